@@ -1,0 +1,112 @@
+"""Hardware parameters of the NeuralMatrix accelerator: the one place they are stated.
+
+The generator, the testbenches, the compiler and the golden model all take an
+:class:`HwConfig`; none of them restates a width, a size or a limit.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+
+__all__ = ["Dataflow", "HwConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """An impossible hardware parameter; the message names it, the allowed range and the value."""
+
+
+class Dataflow(str, enum.Enum):
+    """How operands move through the systolic array.
+
+    ``WS`` (weight-stationary): a ``rows x cols`` weight tile is preloaded into the PEs (double
+    buffered); activation vectors of length ``rows`` stream through; each produces a partial-sum
+    vector of length ``cols``.
+
+    ``OS`` (output-stationary): every PE owns one output element; a column of A (length ``rows``)
+    and a row of B (length ``cols``) enter per cycle; a finished ``rows x cols`` tile drains while
+    the next one accumulates.
+    """
+
+    WS = "ws"
+    OS = "os"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# (name, minimum, maximum) of the integer parameters; one table drives validation and --help.
+_RANGES: dict[str, tuple[int, int]] = {
+    "rows": (1, 64),
+    "cols": (1, 64),
+}
+
+# Parameters with a fixed set of supported values.
+_CHOICES: dict[str, tuple] = {
+    "operand_width": (8,),
+    "acc_width": (32,),
+}
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """Parameters of one generated accelerator.
+
+    Parameters
+    ----------
+    rows : int
+        Systolic array rows, 1..64. In WS this is the reduction (K) depth of a weight tile;
+        in OS the number of output rows (M) of a tile.
+    cols : int
+        Systolic array columns, 1..64: the output width (N) of a tile in both dataflows.
+    dataflow : Dataflow or str
+        ``"ws"`` or ``"os"``.
+    operand_width : int
+        Width of the signed operands; only 8 is supported.
+    acc_width : int
+        Width of the signed accumulators (two's-complement wrap-around); only 32 is supported.
+    """
+
+    rows: int = 8
+    cols: int = 8
+    dataflow: Dataflow = Dataflow.WS
+    operand_width: int = 8
+    acc_width: int = 32
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi) in _RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"{name} must be {lo}..{hi}, got {value!r}")
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                choices = ", ".join(map(str, allowed))
+                raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+        try:
+            dataflow = Dataflow(self.dataflow)
+        except ValueError:
+            raise ConfigError(f"dataflow must be one of ws, os, got {self.dataflow!r}") from None
+        object.__setattr__(self, "dataflow", dataflow)
+
+    @property
+    def tag(self) -> str:
+        """A short name for build directories and reports, e.g. ``ws_8x8``."""
+        return f"{self.dataflow.value}_{self.rows}x{self.cols}"
+
+    def as_dict(self) -> dict:
+        """Plain values of every parameter (for JSON reports)."""
+        return {f.name: str(getattr(self, f.name)) if f.name == "dataflow" else getattr(self, f.name)
+                for f in fields(self)}
+
+    @staticmethod
+    def describe(name: str) -> str:
+        """Allowed values of parameter *name*, for command-line help."""
+        if name in _RANGES:
+            lo, hi = _RANGES[name]
+            return f"{lo}..{hi}"
+        if name in _CHOICES:
+            return ", ".join(map(str, _CHOICES[name]))
+        if name == "dataflow":
+            return "ws, os"
+        raise KeyError(name)

@@ -1,0 +1,132 @@
+"""Processing elements of the systolic array: one int8 x int8 -> int32 MAC each."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import Dataflow, HwConfig
+
+__all__ = ["WeightStationaryPE", "OutputStationaryPE", "make_pe"]
+
+
+class WeightStationaryPE(wiring.Component):
+    """Weight-stationary PE with two weight banks.
+
+    Each cycle with ``en`` high: ``psum_out <= psum_in + a_in * w[bank_in]``; ``a_in`` and
+    ``bank_in`` move one PE to the right. Weights are loaded by shifting them down the column:
+    when ``w_shift`` is high, bank ``w_bank`` takes ``w_in`` and ``w_out`` shows that bank, so
+    ``rows`` shifts fill a column. The bank that ``bank_in`` selects may be in use while the other
+    one is loaded, which is what lets weight tiles follow each other with no bubble.
+
+    Parameters
+    ----------
+    config : HwConfig
+
+    Members
+    -------
+    en : In(1)
+        Global advance; nothing changes while it is low.
+    a_in, a_out : In/Out(signed(operand_width))
+        Activation from the left, registered to the right.
+    bank_in, bank_out : In/Out(1)
+        Weight bank that travels with the activation.
+    psum_in, psum_out : In/Out(signed(acc_width))
+        Partial sum from above, registered downwards.
+    w_in, w_out : In/Out(signed(operand_width))
+        Weight shift chain (from above, to below).
+    w_shift, w_bank : In(1)
+        Shift enable and the bank being loaded.
+    """
+
+    def __init__(self, config: HwConfig):
+        self._config = config
+        ow, aw = config.operand_width, config.acc_width
+        super().__init__({
+            "en": In(1),
+            "a_in": In(signed(ow)), "a_out": Out(signed(ow)),
+            "bank_in": In(1), "bank_out": Out(1),
+            "psum_in": In(signed(aw)), "psum_out": Out(signed(aw)),
+            "w_in": In(signed(ow)), "w_out": Out(signed(ow)),
+            "w_shift": In(1), "w_bank": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        ow, aw = self._config.operand_width, self._config.acc_width
+        w = [Signal(signed(ow), name=f"w{i}") for i in range(2)]
+        weight = Mux(self.bank_in, w[1], w[0])
+        m.d.comb += self.w_out.eq(Mux(self.w_bank, w[1], w[0]))
+        with m.If(self.en):
+            m.d.sync += [
+                self.a_out.eq(self.a_in),
+                self.bank_out.eq(self.bank_in),
+                # Truncation to acc_width is the two's-complement wrap of the contract.
+                self.psum_out.eq((self.psum_in + self.a_in * weight)[:aw]),
+            ]
+            with m.If(self.w_shift):
+                m.d.sync += w[0].eq(Mux(self.w_bank, w[0], self.w_in))
+                m.d.sync += w[1].eq(Mux(self.w_bank, self.w_in, w[1]))
+        return m
+
+
+class OutputStationaryPE(wiring.Component):
+    """Output-stationary PE: accumulates one element of the output tile.
+
+    Each cycle with ``en`` high: ``acc <= (first_in ? 0 : acc) + a_in * b_in``; ``a_in`` and the
+    flags move right, ``b_in`` moves down. When ``last_in`` is high the finished sum is also
+    copied into ``result``, which holds while the next tile accumulates.
+
+    Parameters
+    ----------
+    config : HwConfig
+
+    Members
+    -------
+    en : In(1)
+        Global advance.
+    a_in, a_out : In/Out(signed(operand_width))
+        Row operand, from the left, registered to the right.
+    b_in, b_out : In/Out(signed(operand_width))
+        Column operand, from above, registered downwards.
+    first_in, first_out, last_in, last_out : In/Out(1)
+        Tile boundary flags, travelling with ``a``.
+    result : Out(signed(acc_width))
+        The last finished output element.
+    """
+
+    def __init__(self, config: HwConfig):
+        self._config = config
+        ow, aw = config.operand_width, config.acc_width
+        super().__init__({
+            "en": In(1),
+            "a_in": In(signed(ow)), "a_out": Out(signed(ow)),
+            "b_in": In(signed(ow)), "b_out": Out(signed(ow)),
+            "first_in": In(1), "first_out": Out(1),
+            "last_in": In(1), "last_out": Out(1),
+            "result": Out(signed(aw)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        aw = self._config.acc_width
+        acc = Signal(signed(aw))
+        total = Signal(signed(aw))
+        m.d.comb += total.eq((Mux(self.first_in, 0, acc) + self.a_in * self.b_in)[:aw])
+        with m.If(self.en):
+            m.d.sync += [
+                self.a_out.eq(self.a_in),
+                self.b_out.eq(self.b_in),
+                self.first_out.eq(self.first_in),
+                self.last_out.eq(self.last_in),
+                acc.eq(total),
+            ]
+            with m.If(self.last_in):
+                m.d.sync += self.result.eq(total)
+        return m
+
+
+def make_pe(config: HwConfig) -> wiring.Component:
+    """The PE for ``config.dataflow``."""
+    return {Dataflow.WS: WeightStationaryPE, Dataflow.OS: OutputStationaryPE}[config.dataflow](config)

