@@ -39,7 +39,16 @@ class Dataflow(str, enum.Enum):
 _RANGES: dict[str, tuple[int, int]] = {
     "rows": (1, 64),
     "cols": (1, 64),
+    "sp_depth": (16, 1 << 16),
+    "acc_depth": (16, 1 << 16),
+    "pwl_segments": (2, 64),
+    "pwl_tables": (1, 8),
+    "queue_depth": (2, 256),
+    "dram_latency": (1, 64),
 }
+
+# Parameters that must be powers of two.
+_POW2 = ("sp_depth", "acc_depth", "pwl_segments", "bus_bytes")
 
 # Parameters with a fixed set of supported values.
 _CHOICES: dict[str, tuple] = {
@@ -65,6 +74,21 @@ class HwConfig:
         Width of the signed operands; only 8 is supported.
     acc_width : int
         Width of the signed accumulators (two's-complement wrap-around); only 32 is supported.
+    sp_depth : int
+        Input scratchpad rows (power of two, 16..65536); a row holds ``sp_row`` int8 elements.
+    acc_depth : int
+        Accumulator rows (power of two, 16..65536); a row holds ``cols`` int32 elements.
+    bus_bytes : int or None
+        External memory data width in bytes (power of two, 4..64, at least ``sp_row``).
+        ``None`` picks the smallest allowed: one scratchpad row per beat.
+    pwl_segments : int
+        Segments per PWL table (power of two, 2..64).
+    pwl_tables : int
+        PWL tables resident in the output path (1..8).
+    queue_depth : int
+        Depth of each unit's instruction queue (2..256).
+    dram_latency : int
+        Cycles from a read request to its first data beat in the simulated external memory.
     """
 
     rows: int = 8
@@ -72,6 +96,13 @@ class HwConfig:
     dataflow: Dataflow = Dataflow.WS
     operand_width: int = 8
     acc_width: int = 32
+    sp_depth: int = 4096
+    acc_depth: int = 1024
+    bus_bytes: int | None = None
+    pwl_segments: int = 16
+    pwl_tables: int = 4
+    queue_depth: int = 32
+    dram_latency: int = 8
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _RANGES.items():
@@ -88,6 +119,29 @@ class HwConfig:
         except ValueError:
             raise ConfigError(f"dataflow must be one of ws, os, got {self.dataflow!r}") from None
         object.__setattr__(self, "dataflow", dataflow)
+        sp_row = max(self.rows, self.cols)
+        if self.bus_bytes is None:
+            object.__setattr__(self, "bus_bytes", max(4, 1 << (sp_row - 1).bit_length()))
+        value = self.bus_bytes
+        if isinstance(value, bool) or not isinstance(value, int) or not 4 <= value <= 64:
+            raise ConfigError(f"bus_bytes must be 4..64, got {value!r}")
+        if value < sp_row:
+            raise ConfigError(f"bus_bytes must be at least max(rows, cols) = {sp_row} "
+                              f"(one scratchpad row per beat), got {value}")
+        for name in _POW2:
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ConfigError(f"{name} must be a power of two, got {value}")
+
+    @property
+    def sp_row(self) -> int:
+        """int8 elements in one scratchpad row: ``max(rows, cols)``."""
+        return max(self.rows, self.cols)
+
+    @property
+    def acc_row_beats(self) -> int:
+        """External-memory beats of one int32 accumulator row (``cols * 4`` bytes)."""
+        return -(-4 * self.cols // self.bus_bytes)
 
     @property
     def tag(self) -> str:
@@ -109,4 +163,6 @@ class HwConfig:
             return ", ".join(map(str, _CHOICES[name]))
         if name == "dataflow":
             return "ws, os"
+        if name == "bus_bytes":
+            return "4..64, power of two, >= max(rows, cols)"
         raise KeyError(name)

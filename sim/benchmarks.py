@@ -28,7 +28,8 @@ def bench_array(sizes, dataflows=("ws", "os"), cycles: int = 200_000, root: Path
     for r, c in sizes:
         for df in dataflows:
             cfg = HwConfig(r, c, df)
-            built = build(generate_verilog(cfg, "array"), top_module_name("array"), root=root)
+            built = build(generate_verilog(cfg, "array", for_simulation=True), top_module_name("array"),
+                          root=root)
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "bench.json"
                 run(built, "neuralmatrix.sim.bench_array",

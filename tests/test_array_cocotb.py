@@ -15,7 +15,8 @@ TESTS = "random_tiles_with_stalls,corner_operands,back_to_back_no_bubble"
 
 
 def _run(config: HwConfig, simulator: str, testcase: str, seed: int = 1):
-    built = build(generate_verilog(config, "array"), top_module_name("array"), simulator=simulator)
+    built = build(generate_verilog(config, "array", for_simulation=True), top_module_name("array"),
+                  simulator=simulator)
     env = {"NM_CONFIG": json.dumps(config.as_dict()), "NM_SEED": str(seed)}
     run(built, TB, testcase=testcase, env=env)
 
