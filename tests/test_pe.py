@@ -20,8 +20,12 @@ def _simulate(dut, bench):
 
 
 def test_make_pe_follows_dataflow():
-    assert isinstance(make_pe(HwConfig(dataflow="ws")), WeightStationaryPE)
-    assert isinstance(make_pe(HwConfig(dataflow="os")), OutputStationaryPE)
+    from amaranth.hdl import Fragment
+
+    for dataflow, cls in (("ws", WeightStationaryPE), ("os", OutputStationaryPE)):
+        pe = make_pe(HwConfig(dataflow=dataflow))
+        assert isinstance(pe, cls)
+        Fragment.get(pe, None)   # elaborates (and marks it used)
 
 
 def test_ws_pe_mac_banks_and_wrap():
