@@ -15,11 +15,18 @@ from amaranth.back import rtlil, verilog
 from .params import HwConfig
 from .systolic import SystolicArray
 
+
+def _accelerator(config: HwConfig):
+    from .accelerator import Accelerator   # imports the whole accelerator only when asked
+
+    return Accelerator(config)
+
 __all__ = ["TOPS", "top_module_name", "build_top", "generate_verilog"]
 
-# Top name -> (HDL module name, constructor). Later issues add the whole accelerator.
+# Top name -> (HDL module name, constructor).
 TOPS = {
     "array": ("nm_array", SystolicArray),
+    "accelerator": ("nm_accelerator", _accelerator),
 }
 
 _SIM_SCRIPT = """\
