@@ -155,6 +155,8 @@ class Accelerator(wiring.Component):
         if insns_per_beat == 1:
             part = Signal(range(beats_per_insn + 1))
             m.d.comb += fetch_rd_data.ready.eq(~insn_valid | dispatch | ~fetching)
+            with m.If(dispatch):
+                m.d.sync += insn_valid.eq(0)
             with m.If(got_beat & fetching):
                 if beats_per_insn == 1:
                     m.d.sync += [insn.eq(fetch_rd_data.payload), insn_valid.eq(1)]
@@ -165,8 +167,6 @@ class Accelerator(wiring.Component):
                         m.d.sync += [part.eq(0), insn_valid.eq(1)]
                     with m.Else():
                         m.d.sync += part.eq(part + 1)
-            with m.Elif(dispatch):
-                m.d.sync += insn_valid.eq(0)
         else:
             beat_buf = Signal(8 * B)
             slot = Signal(range(insns_per_beat))

@@ -16,7 +16,7 @@ results. An instruction retires when its last row is written.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -225,7 +225,7 @@ class ComputeUnit(wiring.Component):
                 b_addr.eq(oi.c_addr + row),
                 b_data.eq(out.payload.data.as_value()),
                 b_acc.eq(oi.accumulate),
-                b_mask.eq(Const((1 << C) - 1, C) >> (C - oi.n)),
+                b_mask.eq(Cat(*[j < oi.n for j in range(C)])),
                 b_push_prev.eq(oi.push_prev),
                 b_push_next.eq(oi.push_next),
             ]

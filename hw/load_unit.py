@@ -91,7 +91,8 @@ class LoadUnit(wiring.Component):
         # Data.
         last_beat = beat == beats - 1
         lane_keep = Signal(max(W, C))
-        m.d.comb += lane_keep.eq(Const((1 << max(W, C)) - 1, max(W, C)) >> (max(W, C) - cur.ncols))
+        for i in range(max(W, C)):
+            m.d.comb += lane_keep[i].eq(i < cur.ncols)
         beat_data = self.rd_data.payload
         sp_row = Signal(8 * W)
         for i in range(W):

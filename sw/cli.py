@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "byte-identical for identical options.")
     _add_hw_options(p)
     p.add_argument("--top", default="array",
-                   help="which design to emit: array = the systolic array with its stream "
-                        "ports (default array)")
+                   help="which design to emit: array = the systolic array with its stream ports; "
+                        "accelerator = the whole accelerator with its memory port (default array)")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="output Verilog file ('-' for standard output)")
     p.set_defaults(func=_cmd_verilog)

@@ -40,7 +40,7 @@ def test_dataflows_differ(tmp_path):
     (["--rows", "0"], "rows must be 1..64, got 0"),
     (["--cols", "65"], "cols must be 1..64, got 65"),
     (["--dataflow", "xs"], "dataflow must be one of ws, os, got 'xs'"),
-    (["--top", "gpu"], "top must be one of array, got 'gpu'"),
+    (["--top", "gpu"], "top must be one of array, accelerator, got 'gpu'"),
 ])
 def test_bad_parameters_fail_and_write_nothing(tmp_path, args, message):
     out = tmp_path / "x.v"
