@@ -55,15 +55,22 @@ class WeightStationaryPE(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         ow, aw = self._config.operand_width, self._config.acc_width
-        w = [Signal(signed(ow), name=f"w{i}") for i in range(2)]
+        # Datapath registers need no reset: validity travels in the array's control bits.
+        w = [Signal(signed(ow), name=f"w{i}", reset_less=True) for i in range(2)]
+        a = Signal(signed(ow), reset_less=True)
+        bank = Signal(reset_less=True)
+        psum = Signal(signed(aw), reset_less=True)
         weight = Mux(self.bank_in, w[1], w[0])
-        m.d.comb += self.w_out.eq(Mux(self.w_bank, w[1], w[0]))
+        m.d.comb += [
+            self.w_out.eq(Mux(self.w_bank, w[1], w[0])),
+            self.a_out.eq(a), self.bank_out.eq(bank), self.psum_out.eq(psum),
+        ]
         with m.If(self.en):
             m.d.sync += [
-                self.a_out.eq(self.a_in),
-                self.bank_out.eq(self.bank_in),
+                a.eq(self.a_in),
+                bank.eq(self.bank_in),
                 # Truncation to acc_width is the two's-complement wrap of the contract.
-                self.psum_out.eq((self.psum_in + self.a_in * weight)[:aw]),
+                psum.eq((self.psum_in + self.a_in * weight)[:aw]),
             ]
             with m.If(self.w_shift):
                 m.d.sync += w[0].eq(Mux(self.w_bank, w[0], self.w_in))
@@ -110,20 +117,26 @@ class OutputStationaryPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        aw = self._config.acc_width
-        acc = Signal(signed(aw))
+        ow, aw = self._config.operand_width, self._config.acc_width
+        # Operand and sum registers need no reset: `first` restarts every accumulation.
+        acc = Signal(signed(aw), reset_less=True)
         total = Signal(signed(aw))
-        m.d.comb += total.eq((Mux(self.first_in, 0, acc) + self.a_in * self.b_in)[:aw])
+        a, b = Signal(signed(ow), reset_less=True), Signal(signed(ow), reset_less=True)
+        result = Signal(signed(aw), reset_less=True)
+        m.d.comb += [
+            total.eq((Mux(self.first_in, 0, acc) + self.a_in * self.b_in)[:aw]),
+            self.a_out.eq(a), self.b_out.eq(b), self.result.eq(result),
+        ]
         with m.If(self.en):
             m.d.sync += [
-                self.a_out.eq(self.a_in),
-                self.b_out.eq(self.b_in),
+                a.eq(self.a_in),
+                b.eq(self.b_in),
                 self.first_out.eq(self.first_in),
                 self.last_out.eq(self.last_in),
                 acc.eq(total),
             ]
             with m.If(self.last_in):
-                m.d.sync += self.result.eq(total)
+                m.d.sync += result.eq(total)
         return m
 
 

@@ -168,8 +168,8 @@ class SystolicArray(wiring.Component):
         # top), so it takes activation element R-1-i, delayed by i cycles.
         row_a, row_bank = [], []
         for i in range(R):
-            chain_a = [Signal(signed(ow), name=f"skew_a_{i}_{d}") for d in range(i + 1)]
-            chain_b = [Signal(name=f"skew_bank_{i}_{d}") for d in range(i + 1)]
+            chain_a = [Signal(signed(ow), name=f"skew_a_{i}_{d}", reset_less=True) for d in range(i + 1)]
+            chain_b = [Signal(name=f"skew_bank_{i}_{d}", reset_less=True) for d in range(i + 1)]
             with m.If(en):
                 m.d.sync += [
                     chain_a[0].eq(Mux(a_take, self.acts.payload.data[R - 1 - i], 0)),
@@ -197,7 +197,7 @@ class SystolicArray(wiring.Component):
         for j in range(C):
             col = pes[R - 1][j].psum_out
             for d in range(C - 1 - j):
-                reg = Signal(signed(aw), name=f"deskew_{j}_{d}")
+                reg = Signal(signed(aw), name=f"deskew_{j}_{d}", reset_less=True)
                 with m.If(en):
                     m.d.sync += reg.eq(col)
                 col = reg
@@ -241,8 +241,9 @@ class SystolicArray(wiring.Component):
             m.d.sync += first_pending.eq(ops.payload.last)
 
         # Skew: row i of A and column j of B are delayed by i and j cycles; flags ride with A.
-        def skewed(value, index, shape, name):
-            chain = [Signal(shape, name=f"{name}_{index}_{d}") for d in range(index + 1)]
+        def skewed(value, index, shape, name, reset_less=True):
+            chain = [Signal(shape, name=f"{name}_{index}_{d}", reset_less=reset_less)
+                     for d in range(index + 1)]
             with m.If(en):
                 m.d.sync += chain[0].eq(value)
                 for d in range(1, index + 1):
@@ -251,8 +252,8 @@ class SystolicArray(wiring.Component):
 
         # Cycles without a beat feed zeros, which leave the accumulators unchanged.
         row_a = [skewed(Mux(take, ops.payload.a[i], 0), i, signed(ow), "skew_a") for i in range(R)]
-        row_first = [skewed(take & first_pending, i, 1, "skew_first") for i in range(R)]
-        row_last = [skewed(take_last, i, 1, "skew_last") for i in range(R)]
+        row_first = [skewed(take & first_pending, i, 1, "skew_first", False) for i in range(R)]
+        row_last = [skewed(take_last, i, 1, "skew_last", False) for i in range(R)]
         col_b = [skewed(Mux(take, ops.payload.b[j], 0), j, signed(ow), "skew_b") for j in range(C)]
 
         for i in range(R):
@@ -271,6 +272,7 @@ class SystolicArray(wiring.Component):
         # on consecutive cycles, so one row is read out per cycle.
         done = [pes[i][C - 1].last_out for i in range(R)]
         out_row = [Signal(signed(aw), name=f"out_row_{j}") for j in range(C)]
+        out_data = Signal(C * aw, reset_less=True)
         for j in range(C):
             # AND-OR select: at most one `done` is high in a cycle.
             m.d.comb += out_row[j].eq(
@@ -279,6 +281,6 @@ class SystolicArray(wiring.Component):
             m.d.sync += [
                 self.out.valid.eq(Cat(*done).any()),
                 self.out.payload.last.eq(done[R - 1]),
+                out_data.eq(Cat(*out_row)),
             ]
-            for j in range(C):
-                m.d.sync += self.out.payload.data[j].eq(out_row[j])
+        m.d.comb += self.out.payload.data.eq(out_data)

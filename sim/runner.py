@@ -27,7 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "SIMULATORS", "SimulationFailed", "Build", "available_simulators", "cache_root",
-    "build", "run",
+    "sim_verilog", "build", "run",
 ]
 
 SIMULATORS = ("verilator", "icarus")
@@ -47,6 +47,32 @@ def cache_root() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "neuralmatrix"
+
+
+def sim_verilog(config, top: str) -> str:
+    """Simulation Verilog of *top* for *config*, cached by configuration and generator source.
+
+    Generating a 16x16 accelerator takes about a minute (Amaranth spends it on memory init
+    data); the cache key covers the configuration, the top, the Amaranth version and the text
+    of every ``neuralmatrix.hw`` module, so any change to the generator regenerates.
+    """
+    from importlib.metadata import version
+
+    from neuralmatrix import hw
+    from neuralmatrix.hw.generate import generate_verilog
+
+    key = hashlib.sha256(f"{top}\0{config!r}\0{version('amaranth')}".encode())
+    for source in sorted(Path(hw.__file__).parent.glob("*.py")):
+        key.update(source.name.encode() + b"\0" + source.read_bytes())
+    path = cache_root() / "verilog" / f"{top}-{config.tag}-{key.hexdigest()[:16]}.v"
+    if path.exists():
+        return path.read_text()
+    text = generate_verilog(config, top, for_simulation=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text
 
 
 def _verilator_root() -> Path:

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from neuralmatrix.hw.generate import generate_verilog, top_module_name
+from neuralmatrix.hw.generate import top_module_name
 from neuralmatrix.hw.params import HwConfig
-from neuralmatrix.sim.runner import available_simulators, build, run
+from neuralmatrix.sim.runner import available_simulators, build, run, sim_verilog
 
 SIZES = [(1, 1), (2, 3), (3, 2), (4, 4), (8, 8), (16, 16)]
 DATAFLOWS = ["ws", "os"]
@@ -15,8 +15,7 @@ TESTS = "random_tiles_with_stalls,corner_operands,back_to_back_no_bubble"
 
 
 def _run(config: HwConfig, simulator: str, testcase: str, seed: int = 1):
-    built = build(generate_verilog(config, "array", for_simulation=True), top_module_name("array"),
-                  simulator=simulator)
+    built = build(sim_verilog(config, "array"), top_module_name("array"), simulator=simulator)
     env = {"NM_CONFIG": json.dumps(config.as_dict()), "NM_SEED": str(seed)}
     run(built, TB, testcase=testcase, env=env)
 
