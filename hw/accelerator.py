@@ -63,6 +63,11 @@ class Accelerator(wiring.Component):
     status : Out(status_layout())
     """
 
+    #: Memories whose contents the golden model takes as zero when a program starts (as after
+    #: power-up or FPGA configuration); a simulation harness running several programs in one
+    #: process restores that state between them.
+    POWER_UP_ZERO = ("sp", "acc")
+
     def __init__(self, config: HwConfig):
         self._config = config
         super().__init__({
@@ -136,17 +141,27 @@ class Accelerator(wiring.Component):
         burst_beats = FETCH_BURST_INSNS * beats_per_insn // insns_per_beat
         burst_bytes = burst_beats * B
 
-        # Request bursts while fetching and fewer than two bursts are outstanding.
+        # Fetched beats land in a buffer with room reserved for every outstanding burst, so
+        # instruction data never blocks the shared read channel (load data queued behind it)
+        # when a unit's queue is full.
+        m.submodules.fetch_buffer = fbuf = fifo.SyncFIFOBuffered(width=8 * B, depth=2 * burst_beats)
         m.d.comb += [
-            fetch_rd_req.valid.eq(fetching & (pending <= burst_beats)),
+            fetch_rd_req.valid.eq(fetching & (fbuf.level + pending + burst_beats <= 2 * burst_beats)),
             fetch_rd_req.payload.addr.eq(req_addr),
             fetch_rd_req.payload.len.eq(burst_beats),
+            fbuf.w_data.eq(fetch_rd_data.payload),
+            fbuf.w_en.eq(fetch_rd_data.valid),
+            fetch_rd_data.ready.eq(1),          # space was reserved when the burst was requested
         ]
-        got_beat = fetch_rd_data.valid & fetch_rd_data.ready
+        arrived = fetch_rd_data.valid & fetch_rd_data.ready
         with m.If(fetch_rd_req.valid & fetch_rd_req.ready):
             m.d.sync += req_addr.eq(req_addr + burst_bytes)
         m.d.sync += pending.eq(pending + Mux(fetch_rd_req.valid & fetch_rd_req.ready, burst_beats, 0)
-                               - got_beat)
+                               - arrived)
+        fbeat = stream.Signature(8 * B).create()
+        m.d.comb += [fbeat.valid.eq(fbuf.r_rdy), fbeat.payload.eq(fbuf.r_data),
+                     fbuf.r_en.eq(fbeat.valid & fbeat.ready)]
+        got_beat = fbeat.valid & fbeat.ready
 
         # Assemble instructions from beats.
         insn = Signal(isa.INSN_BITS)
@@ -154,15 +169,15 @@ class Accelerator(wiring.Component):
         dispatch = Signal()
         if insns_per_beat == 1:
             part = Signal(range(beats_per_insn + 1))
-            m.d.comb += fetch_rd_data.ready.eq(~insn_valid | dispatch | ~fetching)
+            m.d.comb += fbeat.ready.eq(~insn_valid | dispatch | ~fetching)
             with m.If(dispatch):
                 m.d.sync += insn_valid.eq(0)
             with m.If(got_beat & fetching):
                 if beats_per_insn == 1:
-                    m.d.sync += [insn.eq(fetch_rd_data.payload), insn_valid.eq(1)]
+                    m.d.sync += [insn.eq(fbeat.payload), insn_valid.eq(1)]
                 else:
                     # Little-endian: the first beat ends up in the low bits.
-                    m.d.sync += insn.eq(Cat(insn[8 * B:], fetch_rd_data.payload))
+                    m.d.sync += insn.eq(Cat(insn[8 * B:], fbeat.payload))
                     with m.If(part == beats_per_insn - 1):
                         m.d.sync += [part.eq(0), insn_valid.eq(1)]
                     with m.Else():
@@ -171,11 +186,11 @@ class Accelerator(wiring.Component):
             beat_buf = Signal(8 * B)
             slot = Signal(range(insns_per_beat))
             m.d.comb += [
-                fetch_rd_data.ready.eq(~insn_valid | (dispatch & (slot == insns_per_beat - 1)) | ~fetching),
+                fbeat.ready.eq(~insn_valid | (dispatch & (slot == insns_per_beat - 1)) | ~fetching),
                 insn.eq(beat_buf.word_select(slot, isa.INSN_BITS)),
             ]
             with m.If(got_beat & fetching):
-                m.d.sync += [beat_buf.eq(fetch_rd_data.payload), insn_valid.eq(1), slot.eq(0)]
+                m.d.sync += [beat_buf.eq(fbeat.payload), insn_valid.eq(1), slot.eq(0)]
             with m.Elif(dispatch):
                 with m.If(slot == insns_per_beat - 1):
                     m.d.sync += insn_valid.eq(0)
@@ -299,7 +314,7 @@ class Accelerator(wiring.Component):
         for q in queues.values():
             all_empty = all_empty & ~q.r_rdy & q.w_rdy & (q.level == 0)
         m.d.comb += idle.eq(~fetching & all_empty & ~load.busy & ~compute.busy & ~store.busy
-                            & (pending == 0) & ~route.r_rdy)
+                            & (pending == 0) & ~fbuf.r_rdy & ~route.r_rdy)
         with m.If(self.start):
             aligned = (self.insn_addr & (max(B, isa.INSN_BYTES) - 1)) == 0
             m.d.sync += [

@@ -25,10 +25,16 @@ Dependency tokens
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
 
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
+
+from .params import Dataflow, HwConfig
 
 __all__ = [
     "INSN_BITS", "INSN_BYTES", "HEADER_BITS", "Opcode", "Unit", "UNIT_OF", "Field", "HEADER",
@@ -252,3 +258,494 @@ def disassemble_binary(blob: bytes) -> list[Insn]:
         raise ValueError(f"program length {len(blob)} is not a multiple of {INSN_BYTES} bytes")
     return [decode(int.from_bytes(blob[i:i + INSN_BYTES], "little"))
             for i in range(0, len(blob), INSN_BYTES)]
+
+
+# ==========================================================================================
+# Program checking, text form and documentation (additions; the encoding above is unchanged)
+# ==========================================================================================
+
+
+__all__ += [
+    "TOKEN_DEPTH", "OPCODE_DOC", "ProgramError", "TokenTrace", "trace_tokens", "validate",
+    "validate_binary", "format_insn", "format_program", "parse_program", "markdown_table",
+]
+
+#: Capacity of each token queue between adjacent units (each direction).
+TOKEN_DEPTH = 255
+
+#: One line per opcode, for documentation.
+OPCODE_DOC: dict[Opcode, str] = {
+    Opcode.LOAD_SP: "external memory -> input scratchpad rows (int8)",
+    Opcode.LOAD_ACC: "external memory -> accumulator rows (int32)",
+    Opcode.COMPUTE: "scratchpad x scratchpad -> accumulator, on the systolic array",
+    Opcode.STORE: "accumulator rows -> output path -> external memory",
+    Opcode.CFG_REQUANT: "set the requantization multiplier/shift of a range of lanes",
+    Opcode.CFG_PWL_SEG: "set one segment of a PWL table",
+    Opcode.CFG_PWL_HDR: "set the header of a PWL table",
+    Opcode.HALT: "stop fetching; done when all units are idle",
+}
+
+_FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")
+# (flag, other unit's offset in the chain LOAD -> COMPUTE -> STORE)
+_FLAG_DIR = {"pop_prev": -1, "pop_next": +1, "push_prev": -1, "push_next": +1}
+
+
+class ProgramError(ValueError):
+    """A program (or its text / binary form) is not valid; ``problems`` lists every problem.
+
+    Parameters
+    ----------
+    problems : list of str
+        One message per problem, each naming the instruction (or line), opcode and field.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        n = len(self.problems)
+        super().__init__(f"{n} problem{'s' if n != 1 else ''} in program:\n"
+                         + "\n".join(f"  - {p}" for p in self.problems))
+
+
+# -- abstract execution of the token protocol ----------------------------------------------
+
+class TokenTrace(NamedTuple):
+    """Result of :func:`trace_tokens`.
+
+    Attributes
+    ----------
+    unit_index : list of int
+        Per instruction: its position in its unit's queue (-1 for HALT and unreached ones).
+    clock : list of tuple or None
+        Per instruction: its start vector clock ``(l, c, s)``: the instructions of LOAD,
+        COMPUTE and STORE with unit index ``<= l, c, s`` are guaranteed to have *completed*
+        before it starts. ``None`` for instructions that never start (deadlock) and HALT.
+    order : list of int
+        Program indices in the order the abstract execution started them.
+    blocked : list of str
+        Empty if every instruction up to the first HALT ran; otherwise why each unit (and
+        fetch) is stuck.
+    """
+
+    unit_index: list[int]
+    clock: list[tuple[int, int, int] | None]
+    order: list[int]
+    blocked: list[str]
+
+    @property
+    def deadlocked(self) -> bool:
+        return bool(self.blocked)
+
+
+def _unit_flags(insn: Insn) -> dict[str, int]:
+    """The token flags the unit of *insn* actually has (illegal ones dropped)."""
+    unit = insn.unit
+    flags = dict(insn.deps)
+    if unit is None:
+        return {f: 0 for f in _FLAGS}
+    if unit == Unit.LOAD:
+        flags["pop_prev"] = flags["push_prev"] = 0
+    if unit == Unit.STORE:
+        flags["pop_next"] = flags["push_next"] = 0
+    return flags
+
+
+def trace_tokens(program: list[Insn], *, queue_depth: int | None = None) -> TokenTrace:
+    """Execute *program*'s token protocol abstractly and derive happens-before clocks.
+
+    Fetch dispatches instructions in program order up to the first ``HALT`` into one queue per
+    unit (at most *queue_depth* waiting per unit; ``None``: unbounded). Each unit takes its
+    queue in order: an instruction starts once every token it pops is available (taking them),
+    and completes by pushing its tokens, waiting while a token queue holds ``TOKEN_DEPTH``.
+    Since every token queue and instruction queue has one producer and one consumer, the
+    outcome (finish or deadlock) does not depend on the interleaving explored.
+
+    The n-th pop of a token queue takes the token of its n-th push; the start clock of an
+    instruction is the join of its unit predecessor's clock and the completion clocks of the
+    instructions whose tokens it took.
+    """
+    n = len(program)
+    end = next((i for i, insn in enumerate(program) if insn.op == Opcode.HALT), n)
+    unit_index = [-1] * n
+    queues: dict[Unit, list[int]] = {u: [] for u in Unit}
+    for i in range(end):
+        u = program[i].unit
+        unit_index[i] = len(queues[u])
+        queues[u].append(i)
+    clock: list[tuple[int, int, int] | None] = [None] * n
+    tokens: dict[tuple[Unit, Unit], deque] = {
+        (a, b): deque() for a in Unit for b in Unit if abs(a - b) == 1}
+    fetched = {u: 0 for u in Unit}
+    started = {u: 0 for u in Unit}
+    completed = {u: 0 for u in Unit}
+    last = {u: (-1, -1, -1) for u in Unit}
+    pc = 0
+    order: list[int] = []
+
+    def join(a, b):
+        return tuple(max(x, y) for x, y in zip(a, b))
+
+    progress = True
+    while progress:
+        progress = False
+        while pc < end:
+            u = program[pc].unit
+            if queue_depth is not None and fetched[u] - started[u] >= queue_depth:
+                break
+            fetched[u] += 1
+            pc += 1
+            progress = True
+        for u in Unit:
+            while True:
+                if started[u] > completed[u]:       # started, waiting to push
+                    i = queues[u][completed[u]]
+                    flags = _unit_flags(program[i])
+                    pushes = [Unit(u + _FLAG_DIR[f]) for f in ("push_prev", "push_next") if flags[f]]
+                    if any(len(tokens[(u, v)]) >= TOKEN_DEPTH for v in pushes):
+                        break
+                    done = list(clock[i])
+                    done[u] = unit_index[i]
+                    for v in pushes:
+                        tokens[(u, v)].append(tuple(done))
+                    completed[u] += 1
+                    progress = True
+                    continue
+                if started[u] >= fetched[u]:
+                    break
+                i = queues[u][started[u]]
+                flags = _unit_flags(program[i])
+                pops = [Unit(u + _FLAG_DIR[f]) for f in ("pop_prev", "pop_next") if flags[f]]
+                if any(not tokens[(v, u)] for v in pops):
+                    break
+                c = last[u]
+                for v in pops:
+                    c = join(c, tokens[(v, u)].popleft())
+                clock[i] = last[u] = c
+                started[u] += 1
+                order.append(i)
+                progress = True
+
+    blocked = []
+    if pc < end or any(completed[u] < len(queues[u]) for u in Unit):
+        for u in Unit:
+            q = queues[u]
+            if completed[u] == len(q):
+                blocked.append(f"{u.name} finished")
+            elif started[u] > completed[u]:
+                i = q[completed[u]]
+                flags = _unit_flags(program[i])
+                full = [Unit(u + _FLAG_DIR[f]).name for f in ("push_prev", "push_next")
+                        if flags[f] and len(tokens[(u, Unit(u + _FLAG_DIR[f]))]) >= TOKEN_DEPTH]
+                blocked.append(f"{u.name} blocked at insn {i} {program[i].op.name}: waiting to "
+                               f"push a token to {', '.join(full)} (token queue full, "
+                               f"{TOKEN_DEPTH} tokens)")
+            elif started[u] < fetched[u]:
+                i = q[started[u]]
+                flags = _unit_flags(program[i])
+                missing = [f"{Unit(u + _FLAG_DIR[f]).name} ({f})" for f in ("pop_prev", "pop_next")
+                           if flags[f] and not tokens[(Unit(u + _FLAG_DIR[f]), u)]]
+                blocked.append(f"{u.name} blocked at insn {i} {program[i].op.name}: waiting for "
+                               f"a token from {' and '.join(missing)}")
+            else:
+                blocked.append(f"{u.name} idle, waiting for fetch")
+        if pc < end:
+            u = program[pc].unit
+            blocked.append(f"fetch blocked at insn {pc} {program[pc].op.name}: {u.name} "
+                           f"queue full ({queue_depth} instructions waiting)")
+    return TokenTrace(unit_index, clock, order, blocked)
+
+
+# -- validation ----------------------------------------------------------------------------
+
+def _check_fields(i: int, insn: Insn, out: list[str]) -> None:
+    name = insn.op.name
+    for flag, v in insn.deps.items():
+        if v not in (0, 1):
+            out.append(f"insn {i} {name}: {flag} must be 0 or 1, got {v}")
+    for f in FIELDS[insn.op]:
+        v = insn.args[f.name]
+        if not f.min <= v <= f.max:
+            out.append(f"insn {i} {name}: {f.name} must be {f.min}..{f.max}, got {v}")
+
+
+def _check_flags(i: int, insn: Insn, out: list[str]) -> None:
+    name = insn.op.name
+    bad = []
+    if insn.unit is None:
+        bad = [f for f in _FLAGS if getattr(insn, f)]
+        why = "HALT has no token flags"
+    elif insn.unit == Unit.LOAD:
+        bad = [f for f in ("pop_prev", "push_prev") if getattr(insn, f)]
+        why = "the LOAD unit has no previous unit"
+    elif insn.unit == Unit.STORE:
+        bad = [f for f in ("pop_next", "push_next") if getattr(insn, f)]
+        why = "the STORE unit has no next unit"
+    for f in bad:
+        out.append(f"insn {i} {name}: {f} must be 0 ({why}), got {getattr(insn, f)}")
+
+
+def _le(out, where, what, value, limit, limit_name, suffix=""):
+    if value > limit:
+        out.append(f"{where}: {what} must be <= {limit_name} = {limit}{suffix}, got {value}")
+
+
+def _transfer_span(insn: Insn, row_bytes: int) -> tuple[int, int]:
+    """Byte range [lo, hi) covered by the rows of a transfer (nrows > 0)."""
+    lo = insn.dram_addr
+    return lo, lo + (insn.nrows - 1) * insn.dram_stride + row_bytes
+
+
+def _check_bounds(i: int, insn: Insn, cfg: HwConfig, dram_bytes, program_range,
+                  out: list[str]) -> None:
+    op, a = insn.op, insn.args
+    where = f"insn {i} {op.name}"
+    B = cfg.bus_bytes
+    if op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE):
+        for f in ("dram_addr", "dram_stride"):
+            if a[f] % B:
+                out.append(f"{where}: {f} must be a multiple of bus_bytes = {B}, got {a[f]}")
+        if a["nrows"] > 0 and a["ncols"] == 0:
+            out.append(f"{where}: ncols must be >= 1 when nrows > 0, got 0")
+    if op == Opcode.LOAD_SP:
+        _le(out, where, "sp_addr + nrows", a["sp_addr"] + a["nrows"], cfg.sp_depth, "sp_depth")
+        _le(out, where, "ncols", a["ncols"], cfg.sp_row, "sp_row")
+    elif op in (Opcode.LOAD_ACC, Opcode.STORE):
+        _le(out, where, "acc_addr + nrows", a["acc_addr"] + a["nrows"], cfg.acc_depth, "acc_depth")
+        _le(out, where, "ncols", a["ncols"], cfg.cols, "cols")
+    if op == Opcode.STORE:
+        _le(out, where, "mode", a["mode"], int(StoreMode.INT32), "INT32")
+        _le(out, where, "table", a["table"], cfg.pwl_tables - 1, "pwl_tables - 1")
+    elif op == Opcode.COMPUTE:
+        df = cfg.dataflow.value
+        if cfg.dataflow is Dataflow.WS:
+            _le(out, where, "k", a["k"], cfg.rows, "rows", f" in {df}")
+            a_rows = a["m"]
+        else:
+            _le(out, where, "m", a["m"], cfg.rows, "rows", f" in {df}")
+            a_rows = a["k"]
+        _le(out, where, "n", a["n"], cfg.cols, "cols")
+        _le(out, where, "a_addr + " + ("m" if cfg.dataflow is Dataflow.WS else "k"),
+            a["a_addr"] + a_rows, cfg.sp_depth, "sp_depth", f" in {df}")
+        _le(out, where, "b_addr + k", a["b_addr"] + a["k"], cfg.sp_depth, "sp_depth")
+        _le(out, where, "c_addr + m", a["c_addr"] + a["m"], cfg.acc_depth, "acc_depth")
+    elif op == Opcode.CFG_REQUANT:
+        _le(out, where, "lane + count", a["lane"] + a["count"], cfg.cols, "cols")
+        _le(out, where, "shift", a["shift"], 47, "MAX_SHIFT")
+    elif op == Opcode.CFG_PWL_SEG:
+        _le(out, where, "seg", a["seg"], cfg.pwl_segments - 1, "pwl_segments - 1")
+        _le(out, where, "table", a["table"], cfg.pwl_tables - 1, "pwl_tables - 1")
+    elif op == Opcode.CFG_PWL_HDR:
+        _le(out, where, "table", a["table"], cfg.pwl_tables - 1, "pwl_tables - 1")
+        _le(out, where, "out_shift", a["out_shift"], 47, "MAX_SHIFT")
+        _le(out, where, "seg_shift", a["seg_shift"], 15, "15")
+
+    if op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE) and a["nrows"] > 0 and a["ncols"] > 0:
+        if op == Opcode.LOAD_SP:
+            row_bytes = B                                       # one beat per row
+        elif op == Opcode.LOAD_ACC:
+            row_bytes = -(-4 * a["ncols"] // B) * B             # whole beats are read
+        else:
+            row_bytes = a["ncols"] * (4 if a["mode"] == StoreMode.INT32 else 1)
+        lo, hi = _transfer_span(insn, row_bytes)
+        verb = "writes" if op == Opcode.STORE else "reads"
+        if dram_bytes is not None and hi > dram_bytes:
+            out.append(f"{where}: dram_addr/dram_stride/nrows: {verb} bytes {lo}..{hi - 1}, "
+                       f"beyond dram_bytes = {dram_bytes}")
+        if op == Opcode.STORE and program_range is not None:
+            p_lo, p_hi = program_range
+            starts = lo + np.arange(a["nrows"], dtype=np.int64) * a["dram_stride"]
+            hit = (starts < p_hi) & (starts + row_bytes > p_lo)
+            if hit.any():
+                r = int(np.argmax(hit))
+                out.append(f"{where}: dram_addr/dram_stride: row {r} writes bytes "
+                           f"{starts[r]}..{starts[r] + row_bytes - 1} inside the program "
+                           f"({p_lo}..{p_hi - 1})")
+
+
+def _problems(program: list, config: HwConfig, dram_bytes, program_range) -> list[str]:
+    """Every problem of *program*; entries that are strings are decode errors."""
+    out: list[str] = []
+    halts = []
+    for i, insn in enumerate(program):
+        if isinstance(insn, str):
+            out.append(f"insn {i}: {insn}")
+            continue
+        _check_fields(i, insn, out)
+        _check_flags(i, insn, out)
+        _check_bounds(i, insn, config, dram_bytes, program_range, out)
+        if insn.op == Opcode.HALT:
+            halts.append(i)
+    if not halts:
+        out.append(f"program: must end with HALT, found none in {len(program)} instructions")
+    else:
+        if len(halts) > 1:
+            out.append(f"program: exactly one HALT allowed, found {len(halts)} "
+                       f"(insns {', '.join(map(str, halts))})")
+        if halts[-1] != len(program) - 1 or halts[0] != len(program) - 1:
+            out.append(f"insn {halts[0]} HALT: must be the last instruction "
+                       f"(program has {len(program)})")
+    legal = [insn for insn in program if not isinstance(insn, str)]
+    if len(legal) == len(program):
+        trace = trace_tokens(program, queue_depth=config.queue_depth)
+        if trace.deadlocked:
+            out.append("deadlock: " + "; ".join(trace.blocked))
+    return out
+
+
+def validate(program: list[Insn], config: HwConfig, *, dram_bytes: int | None = None,
+             program_range: tuple[int, int] | None = None) -> None:
+    """Check *program* against *config*; raise one :class:`ProgramError` listing every problem.
+
+    Parameters
+    ----------
+    program : list of Insn
+    config : HwConfig
+    dram_bytes : int, optional
+        Size of external memory; every transfer must stay inside it (loads are checked on
+        the whole beats they read).
+    program_range : (int, int), optional
+        Byte range ``[start, end)`` holding the program; no ``STORE`` may write into it.
+
+    Checks: field ranges; bus alignment of ``dram_addr``/``dram_stride``; scratchpad,
+    accumulator and compute bounds (per dataflow); lane, segment, table and shift limits;
+    token flags each unit has; exactly one ``HALT``, last; memory ranges; and that the token
+    protocol does not deadlock (:func:`trace_tokens` with ``config.queue_depth``).
+    """
+    problems = _problems(list(program), config, dram_bytes, program_range)
+    if problems:
+        raise ProgramError(problems)
+
+
+def validate_binary(blob: bytes, config: HwConfig, *, dram_bytes: int | None = None,
+                    program_range: tuple[int, int] | None = None) -> list[Insn]:
+    """Decode and :func:`validate` a binary program; returns the instructions.
+
+    Illegal opcodes are reported with their instruction index, together with every other
+    problem, in one :class:`ProgramError`.
+    """
+    blob = bytes(blob)
+    if len(blob) % INSN_BYTES:
+        raise ProgramError([f"program: length {len(blob)} is not a multiple of {INSN_BYTES} bytes"])
+    entries: list = []
+    for i in range(0, len(blob), INSN_BYTES):
+        try:
+            entries.append(decode(int.from_bytes(blob[i:i + INSN_BYTES], "little")))
+        except ValueError as exc:
+            entries.append(str(exc))
+    problems = _problems(entries, config, dram_bytes, program_range)
+    if problems:
+        raise ProgramError(problems)
+    return entries
+
+
+# -- text form -----------------------------------------------------------------------------
+
+def format_insn(insn: Insn) -> str:
+    """One line of assembly: ``OPCODE field=value ... [flags]``; every field is written."""
+    parts = [insn.op.name]
+    parts += [f"{f.name}={insn.args[f.name]}" for f in FIELDS[insn.op]]
+    parts += [f if v == 1 else f"{f}={v}" for f, v in insn.deps.items() if v]
+    return " ".join(parts)
+
+
+def format_program(program: list[Insn]) -> str:
+    """:func:`format_insn` of each instruction, one per line."""
+    return "".join(format_insn(insn) + "\n" for insn in program)
+
+
+def _parse_line(text: str, where: str, out: list[str]) -> Insn | None:
+    words = text.split()
+    try:
+        op = Opcode[words[0].upper()]
+    except KeyError:
+        names = ", ".join(o.name for o in Opcode)
+        out.append(f"{where}: unknown opcode {words[0]!r} (opcodes: {names})")
+        return None
+    names = {f.name for f in FIELDS[op]}
+    values: dict[str, int] = {}
+    ok = True
+    for word in words[1:]:
+        key, eq, raw = word.partition("=")
+        if key not in names and key not in _FLAGS:
+            fields_ = ", ".join([f.name for f in FIELDS[op]] + list(_FLAGS)) or "none"
+            out.append(f"{where}: {op.name} has no field {key!r} (fields: {fields_})")
+            ok = False
+            continue
+        if key in values:
+            out.append(f"{where}: {op.name}: field {key!r} given twice")
+            ok = False
+            continue
+        if not eq:
+            if key not in _FLAGS:
+                out.append(f"{where}: {op.name}: field {key!r} needs a value ({key}=...)")
+                ok = False
+                continue
+            values[key] = 1
+            continue
+        try:
+            values[key] = int(raw, 0)
+        except ValueError:
+            out.append(f"{where}: {op.name}: {key} must be an integer, got {raw!r}")
+            ok = False
+    return Insn(op, **values) if ok else None
+
+
+def parse_program(text: str) -> list[Insn]:
+    """Inverse of :func:`format_program`: one instruction per line, ``#`` starts a comment.
+
+    Fields not given are 0; flags are written bare (``pop_prev``) or as ``pop_prev=1``.
+    Unknown opcodes and fields raise one :class:`ProgramError` naming every bad line.
+    Values are checked by :func:`validate`, not here.
+    """
+    program: list[Insn] = []
+    out: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        body = line.split("#", 1)[0].strip()
+        if not body:
+            continue
+        insn = _parse_line(body, f"line {lineno}", out)
+        if insn is not None:
+            program.append(insn)
+    if out:
+        raise ProgramError(out)
+    return program
+
+
+# -- documentation -------------------------------------------------------------------------
+
+def _field_rows(fields_, offset: int):
+    for f in fields_:
+        yield f, offset
+        offset += f.width
+
+
+def markdown_table() -> str:
+    """The instruction set as markdown (the content of ``hw/ISA.md``), generated from the tables."""
+    lines = [
+        "# NeuralMatrix instruction set",
+        "",
+        "Generated by `neuralmatrix.hw.isa.markdown_table()`; do not edit "
+        "(`tests/test_isa.py` checks that this file is up to date).",
+        "",
+        f"Instructions are {INSN_BITS} bits, {INSN_BYTES} bytes little-endian in memory. "
+        "Fields are packed least significant first; bits not listed are reserved (0). "
+        "Signed fields are two's complement. Token flags: see `neuralmatrix.hw.isa`; "
+        f"each token queue holds at most {TOKEN_DEPTH} tokens.",
+        "",
+        "## Opcodes",
+        "",
+        "| opcode | code | unit | meaning |",
+        "|---|---|---|---|",
+    ]
+    for op in Opcode:
+        unit = UNIT_OF[op].name if UNIT_OF[op] is not None else "fetch"
+        lines.append(f"| `{op.name}` | {int(op)} | {unit} | {OPCODE_DOC[op]} |")
+    lines += ["", "## Fields", "", "| opcode | field | bits | width | signed | meaning |",
+              "|---|---|---|---|---|---|"]
+    for f, off in _field_rows(HEADER, 0):
+        lines.append(f"| (all) | `{f.name}` | {off}..{off + f.width - 1} | {f.width} | "
+                     f"{'yes' if f.signed else 'no'} | {f.doc} |")
+    for op in Opcode:
+        for f, off in _field_rows(FIELDS[op], HEADER_BITS):
+            lines.append(f"| `{op.name}` | `{f.name}` | {off}..{off + f.width - 1} | {f.width} | "
+                         f"{'yes' if f.signed else 'no'} | {f.doc} |")
+    return "\n".join(lines) + "\n"

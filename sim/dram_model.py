@@ -318,10 +318,13 @@ def sim_verilog(config: HwConfig, core_factory, dram_bytes: int):
     """Simulation Verilog of ``SimTop(config, core_factory, dram_bytes)``.
 
     Returns ``(verilog_text, toplevel_name, public_names)``; *public_names* holds the flattened
-    name of the DRAM storage (``dram.mem``), for ``runner.build(public=...)`` and
+    name of the DRAM storage (``dram.mem``) first, then those of the core's memories named in
+    its ``POWER_UP_ZERO`` attribute (``core.sp`` ...), for ``runner.build(public=...)`` and
     :class:`~neuralmatrix.sim.backdoor.Backdoor`.
     """
     top = SimTop(config, core_factory, dram_bytes)
     text, mem = flattened_verilog(top, SIM_TOP_NAME, f"{SIM_TOP_NAME}.dram",
                                   dram_bytes // config.bus_bytes, 8 * config.bus_bytes)
-    return text, SIM_TOP_NAME, [mem]
+    # On-chip memories of the core that start every program from their power-up (zero) state.
+    cleared = [f"core.{name}" for name in getattr(core_factory, "POWER_UP_ZERO", ())]
+    return text, SIM_TOP_NAME, [mem, *cleared]

@@ -130,17 +130,21 @@ _VERILOG_CACHE: dict = {}
 def simulation_build(config: HwConfig, core_factory=None, dram_bytes: int = DEFAULT_DRAM_BYTES,
                      *, waves: bool = False):
     """Build (or reuse) the Verilator model of ``SimTop(config, core_factory, dram_bytes)``
-    with the back door. Returns ``(runner.Build, memory_name)``."""
+    with the back door. Returns ``(runner.Build, memory_names)``: the DRAM first, then the
+    core memories zeroed before every job."""
     from .dram_model import sim_verilog
 
     core_factory = core_factory or _default_core()
     key = (config, core_factory, dram_bytes)
     if key not in _VERILOG_CACHE:
-        _VERILOG_CACHE[key] = sim_verilog(config, core_factory, dram_bytes)
+        name = f"simtop-{getattr(core_factory, '__qualname__', 'core')}-{config.tag}"
+        parts = [repr(config), f"{core_factory.__module__}.{core_factory.__qualname__}", str(dram_bytes)]
+        _VERILOG_CACHE[key] = tuple(runner.cached_generation(
+            name, parts, lambda: list(sim_verilog(config, core_factory, dram_bytes))))
     text, top, public = _VERILOG_CACHE[key]
     built = runner.build(text, top, extra_sources=[backdoor.SOURCE],
                          extra_args=list(backdoor.BUILD_ARGS), public=public, waves=waves)
-    return built, public[0]
+    return built, public
 
 
 def _default_core():
@@ -169,7 +173,7 @@ def run_programs(config: HwConfig, jobs, *, core_factory=None,
                 raise ValueError(f"job {i}: region ({addr:#x}, {n}) is outside the DRAM")
         if job.max_cycles < 1:
             raise ValueError(f"job {i}: max_cycles must be positive")
-    built, memory = simulation_build(config, core_factory, dram_bytes, waves=waves_file is not None)
+    built, memories = simulation_build(config, core_factory, dram_bytes, waves=waves_file is not None)
 
     with tempfile.TemporaryDirectory(prefix="nm_harness_") as tmp:
         tmp = Path(tmp)
@@ -183,7 +187,7 @@ def run_programs(config: HwConfig, jobs, *, core_factory=None,
             spec_jobs.append({"name": job.name or f"job{i}", "image": images[id(job.image)],
                               "insn_addr": int(job.insn_addr), "max_cycles": int(job.max_cycles),
                               "regions": [[int(a), int(n)] for a, n in job.regions]})
-        spec = {"memory": memory, "clock_ns": CLOCK_NS, "jobs": spec_jobs}
+        spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS, "jobs": spec_jobs}
         (tmp / "jobs.json").write_text(json.dumps(spec))
         log = tmp / "sim.log"
         try:

@@ -49,30 +49,36 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "neuralmatrix"
 
 
-def sim_verilog(config, top: str) -> str:
-    """Simulation Verilog of *top* for *config*, cached by configuration and generator source.
-
-    Generating a 16x16 accelerator takes about a minute (Amaranth spends it on memory init
-    data); the cache key covers the configuration, the top, the Amaranth version and the text
-    of every ``neuralmatrix.hw`` module, so any change to the generator regenerates.
-    """
+def cached_generation(name: str, key_parts: Sequence[str], produce):
+    """Text made by ``produce()``, cached on disk under *name* and a hash of *key_parts*, the
+    Amaranth version and the source of every ``neuralmatrix.hw`` and ``neuralmatrix.sim``
+    module (any generator change regenerates)."""
     from importlib.metadata import version
 
-    from neuralmatrix import hw
-    from neuralmatrix.hw.generate import generate_verilog
+    from neuralmatrix import hw, sim
 
-    key = hashlib.sha256(f"{top}\0{config!r}\0{version('amaranth')}".encode())
-    for source in sorted(Path(hw.__file__).parent.glob("*.py")):
-        key.update(source.name.encode() + b"\0" + source.read_bytes())
-    path = cache_root() / "verilog" / f"{top}-{config.tag}-{key.hexdigest()[:16]}.v"
+    key = hashlib.sha256("\0".join([*key_parts, version("amaranth")]).encode())
+    for package in (hw, sim):
+        for source in sorted(Path(package.__file__).parent.glob("*.py")):
+            key.update(source.name.encode() + b"\0" + source.read_bytes())
+    path = cache_root() / "verilog" / f"{name}-{key.hexdigest()[:16]}.json"
     if path.exists():
-        return path.read_text()
-    text = generate_verilog(config, top, for_simulation=True)
+        return json.loads(path.read_text())
+    value = produce()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(json.dumps(value))
     tmp.replace(path)
-    return text
+    return value
+
+
+def sim_verilog(config, top: str) -> str:
+    """Simulation Verilog of *top* for *config*, cached (generating a 16x16 accelerator takes
+    about a minute: Amaranth spends it on memory initialization data)."""
+    from neuralmatrix.hw.generate import generate_verilog
+
+    return cached_generation(f"{top}-{config.tag}", [top, repr(config)],
+                             lambda: generate_verilog(config, top, for_simulation=True))
 
 
 def _verilator_root() -> Path:

@@ -1,0 +1,534 @@
+"""Token-synchronized programs: an auto-synchronizing builder and a tiled int8 GEMM.
+
+:class:`ProgramBuilder` takes instructions in program order (the order that defines their
+meaning) and adds the dependency tokens, and zero-sized COMPUTE relays between LOAD and
+STORE, that make the program race-free: every instruction waits exactly for the latest
+earlier instruction of each other unit whose memory accesses conflict with its own.
+
+:func:`gemm_program` builds ``C = requant(A @ B)`` for shapes larger than the array and the
+scratchpad: tiled over M, N and K with accumulate chains, operand tiles double-buffered in
+the scratchpad and prefetched ahead of the computes, accumulator tiles double-buffered so
+stores overlap the next tile's computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neuralmatrix.hw.arith import matmul_int32, requantize, saturate
+from neuralmatrix.hw.isa import Insn, Opcode, StoreMode, Unit, assemble_binary, validate
+from neuralmatrix.hw.params import Dataflow, HwConfig
+
+from .golden import Access, conflict, footprint
+
+__all__ = ["ProgramBuilder", "MatrixLayout", "GemmProgram", "gemm_program"]
+
+_NONE = (-1, -1, -1)
+
+
+def _join(a, b):
+    return tuple(max(x, y) for x, y in zip(a, b))
+
+
+class ProgramBuilder:
+    """Builds a race-free program: appends instructions and adds their dependency tokens.
+
+    Parameters
+    ----------
+    config : HwConfig, optional
+        Gives the dataflow, for exact COMPUTE footprints (conservative without it).
+
+    Attributes
+    ----------
+    program : list of Insn
+        The instructions so far (token flags included).
+    relays : int
+        Zero-sized COMPUTE instructions added to order LOAD against STORE.
+
+    Notes
+    -----
+    A new instruction Y waits for the latest earlier instruction X of each other unit whose
+    :func:`~neuralmatrix.sw.golden.footprint` conflicts with Y's and is not already ordered
+    before Y: X pushes a token toward Y's unit, Y pops it. Every token is pushed by an
+    instruction before its popper in program order and popped exactly once, so the program
+    runs in program order without deadlock; LOAD and STORE, which share no token queue, are
+    ordered through a COMPUTE (an existing one when it already follows X, else a zero-sized one).
+    """
+
+    def __init__(self, config: HwConfig | None = None):
+        self.config = config
+        self.program: list[Insn] = []
+        self.relays = 0
+        self._members: dict[Unit, list[int]] = {u: [] for u in Unit}
+        self._fps: dict[Unit, list[list[Access]]] = {u: [] for u in Unit}
+        self._clock: dict[Unit, list[tuple]] = {u: [] for u in Unit}
+        self._last_push: dict[tuple[Unit, Unit], int] = {}
+
+    def emit(self, insn: Insn) -> int:
+        """Append *insn* (which must carry no token flags); returns its program index."""
+        if any(insn.deps.values()):
+            raise ValueError(f"{insn.op.name}: ProgramBuilder sets the token flags itself; "
+                             f"got {insn.deps}")
+        if insn.op == Opcode.HALT:
+            raise ValueError("use ProgramBuilder.finish() to end the program")
+        u = insn.unit
+        fp = footprint(insn, self.config)
+        prev = self._clock[u][-1] if self._clock[u] else _NONE
+        need: dict[Unit, int] = {}
+        if fp:
+            for v in Unit:
+                if v == u:
+                    continue
+                fps = self._fps[v]
+                for j in range(len(fps) - 1, prev[v], -1):
+                    if fps[j] and conflict(fp, fps[j]):
+                        need[v] = j
+                        break
+        pops: dict[Unit, int] = {}
+        if u == Unit.COMPUTE:
+            pops = need
+        else:
+            far = Unit.STORE if u == Unit.LOAD else Unit.LOAD
+            near = need.get(Unit.COMPUTE)
+            if far in need:
+                near = self._relay(far, need[far])
+            if near is not None:
+                pops[Unit.COMPUTE] = near
+        return self._append(insn, fp, pops)
+
+    def barrier(self) -> None:
+        """Order everything emitted so far before everything emitted next, with zero-sized
+        instructions (fences): a COMPUTE that waits for the last LOAD and STORE, then a LOAD
+        and a STORE that wait for it."""
+        pops = {}
+        clock = self._clock[Unit.COMPUTE][-1] if self._clock[Unit.COMPUTE] else _NONE
+        for v in (Unit.LOAD, Unit.STORE):
+            last = len(self._members[v]) - 1
+            if last > clock[v]:
+                pops[v] = last
+        self._append(Insn(Opcode.COMPUTE), [], pops)
+        fence = len(self._members[Unit.COMPUTE]) - 1
+        self._append(Insn(Opcode.LOAD_SP), [], {Unit.COMPUTE: fence})
+        self._append(Insn(Opcode.STORE), [], {Unit.COMPUTE: fence})
+
+    def finish(self) -> list[Insn]:
+        """Append HALT and return the program."""
+        self.program.append(Insn(Opcode.HALT))
+        return self.program
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _relay(self, far: Unit, j: int) -> int:
+        """Unit index of a COMPUTE that follows *far*'s instruction *j*, adding one if needed."""
+        clocks = self._clock[Unit.COMPUTE]
+        if clocks and clocks[-1][far] >= j:
+            return len(clocks) - 1
+        self.relays += 1
+        self._append(Insn(Opcode.COMPUTE), [], {far: j})
+        return len(self._clock[Unit.COMPUTE]) - 1
+
+    def _append(self, insn: Insn, fp: list[Access], pops: dict[Unit, int]) -> int:
+        u = insn.unit
+        clock = self._clock[u][-1] if self._clock[u] else _NONE
+        for v, j in pops.items():
+            x = self.program[self._members[v][j]]
+            push = "push_next" if u > v else "push_prev"
+            pop = "pop_prev" if u > v else "pop_next"
+            assert not getattr(x, push) and self._last_push.get((v, u), -1) < j, (x, insn)
+            setattr(x, push, 1)
+            setattr(insn, pop, 1)
+            self._last_push[(v, u)] = j
+            done = list(self._clock[v][j])
+            done[v] = j
+            clock = _join(clock, done)
+        index = len(self.program)
+        self.program.append(insn)
+        self._members[u].append(index)
+        self._fps[u].append(fp)
+        self._clock[u].append(clock)
+        return index
+
+
+# -- matrices in external memory -------------------------------------------------------------
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+@dataclass(frozen=True)
+class MatrixLayout:
+    """Where a ``rows x cols`` matrix lives in external memory.
+
+    The matrix is cut into column panels of ``panel`` elements; element ``(i, j)`` is at
+    ``addr + (j // panel) * panel_stride + i * pitch + (j % panel) * elem``. With
+    ``panel_stride == panel * elem`` this is plain row-major with row pitch ``pitch``.
+    Every tile the GEMM loads or stores starts on a panel, so its address is bus aligned.
+    """
+
+    addr: int
+    rows: int
+    cols: int
+    elem: int
+    panel: int
+    pitch: int
+    panel_stride: int
+
+    @classmethod
+    def tiled(cls, addr: int, rows: int, cols: int, panel: int, bus_bytes: int,
+              elem: int = 1) -> MatrixLayout:
+        """Row-major (pitch rounded up to the bus) when panels fall on bus boundaries, else
+        panel-major (each panel a block of ``rows`` bus-aligned rows)."""
+        if addr % bus_bytes:
+            raise ValueError(f"matrix address must be a multiple of bus_bytes = {bus_bytes}, "
+                             f"got {addr}")
+        if cols <= panel or (panel * elem) % bus_bytes == 0:
+            return cls(addr, rows, cols, elem, panel, _round_up(cols * elem, bus_bytes), panel * elem)
+        pitch = _round_up(panel * elem, bus_bytes)
+        return cls(addr, rows, cols, elem, panel, pitch, rows * pitch)
+
+    @property
+    def row_major(self) -> bool:
+        return self.cols <= self.panel or self.panel_stride == self.panel * self.elem
+
+    def offset(self, i: int, j: int) -> int:
+        """Byte address of element ``(i, j)``."""
+        return self.addr + (j // self.panel) * self.panel_stride + i * self.pitch \
+            + (j % self.panel) * self.elem
+
+    @property
+    def end(self) -> int:
+        """One past the last byte of the matrix."""
+        return self.offset(self.rows - 1, self.cols - 1) + self.elem
+
+    def _index(self) -> np.ndarray:
+        i = np.arange(self.rows, dtype=np.int64)[:, None]
+        j = np.arange(self.cols, dtype=np.int64)[None, :]
+        base = self.addr + (j // self.panel) * self.panel_stride + i * self.pitch \
+            + (j % self.panel) * self.elem
+        return base[..., None] + np.arange(self.elem, dtype=np.int64)
+
+    def write(self, image: np.ndarray, x: np.ndarray) -> None:
+        """Store matrix *x* (int8 or int32 values per ``elem``) into *image* (uint8)."""
+        x = np.asarray(x)
+        if x.shape != (self.rows, self.cols):
+            raise ValueError(f"matrix must be {self.rows}x{self.cols}, got {x.shape}")
+        dtype = np.int8 if self.elem == 1 else np.dtype("<i4")
+        raw = np.ascontiguousarray(x.astype(dtype)).view(np.uint8).reshape(self.rows, self.cols, self.elem)
+        image[self._index()] = raw
+
+    def read(self, image: np.ndarray) -> np.ndarray:
+        """The matrix stored in *image* (int8 or int32)."""
+        raw = np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[self._index()])
+        dtype = np.int8 if self.elem == 1 else np.dtype("<i4")
+        return raw.view(dtype).reshape(self.rows, self.cols)
+
+
+# -- the GEMM ----------------------------------------------------------------------------------
+
+@dataclass
+class GemmProgram:
+    """A GEMM program and where its operands live.
+
+    Attributes
+    ----------
+    program : list of Insn
+    a : MatrixLayout
+        ``A`` (``M x K``) in ws; ``A.T`` (``K x M``) in os.
+    b : MatrixLayout
+        ``B`` (``K x N``).
+    c : MatrixLayout
+        ``C`` (``M x N``): int8 (``out="int8"``) or int32.
+    mult, shift : np.ndarray
+        Requantization per output column.
+    plan : dict
+        The tiling chosen (block sizes, buffer counts), for reports.
+    """
+
+    config: HwConfig
+    M: int
+    K: int
+    N: int
+    program: list[Insn]
+    a: MatrixLayout
+    b: MatrixLayout
+    c: MatrixLayout
+    out: str
+    mult: np.ndarray
+    shift: np.ndarray
+    plan: dict = field(default_factory=dict)
+
+    def place(self, image: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """Write the operands ``A`` (``M x K``) and ``B`` (``K x N``) into *image*."""
+        a = np.asarray(a)
+        self.a.write(image, a if self.config.dataflow is Dataflow.WS else a.T)
+        self.b.write(image, b)
+
+    def result(self, image: np.ndarray) -> np.ndarray:
+        """``C`` as stored in *image*."""
+        return self.c.read(image)
+
+    def expected(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``C`` by numpy and :mod:`neuralmatrix.hw.arith`."""
+        acc = matmul_int32(a, b)
+        if self.out == "int32":
+            return acc
+        return saturate(requantize(acc, self.mult, self.shift, bits=16), 8).astype(np.int8)
+
+    def binary(self) -> bytes:
+        """The program's binary (16 bytes per instruction)."""
+        return assemble_binary(self.program)
+
+    @property
+    def regions(self) -> list[tuple[str, int, int]]:
+        """``(name, start, end)`` of A, B and C in external memory; the program binary must
+        be placed outside them."""
+        return [("A", self.a.addr, self.a.end), ("B", self.b.addr, self.b.end),
+                ("C", self.c.addr, self.c.end)]
+
+
+def _per_column(value, N: int, name: str) -> np.ndarray:
+    arr = np.broadcast_to(np.asarray(value, dtype=np.int64), (N,)).copy() if np.ndim(value) == 0 \
+        else np.asarray(value, dtype=np.int64)
+    if arr.shape != (N,):
+        raise ValueError(f"{name} must be a scalar or have N = {N} entries, got shape {arr.shape}")
+    return arr
+
+
+@dataclass
+class _Plan:
+    mb_rows: int        # M rows per block
+    n_blocks: int
+    group: int          # os: row panels per block (ws: 1)
+    kc: int             # K per compute
+    kt: int             # K chunks
+    nt: int             # N tiles
+    a_bufs: int         # scratchpad A blocks (1 or 2); 0: A tiles stream through a ring
+    a_block: int        # scratchpad rows of one A block, or of one A ring slot
+    b_slots: int        # scratchpad B ring slots
+    b_rows: int         # scratchpad rows per B slot
+    acc_slots: int
+    acc_rows: int       # accumulator rows per slot
+
+
+def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
+    R, C = cfg.rows, cfg.cols
+    nt = -(-N // C)
+    if cfg.dataflow is Dataflow.WS:
+        kc = R
+        kt = -(-K // kc)
+        b_rows = kc
+        b_slots = 4 if 4 * b_rows + kt <= cfg.sp_depth else 2
+        room = cfg.sp_depth - b_slots * b_rows
+
+        def block_max(bufs):
+            return min(room // (bufs * kt), cfg.acc_depth // 2, 0xFFFF)
+
+        if block_max(1) < min(M, R):
+            # K too long to keep A resident: stream A tiles with the B tiles.
+            b_slots = 2
+            mb = min(M, cfg.sp_depth // b_slots - b_rows, cfg.acc_depth // 2, 0xFFFF)
+            if mb < 1:
+                raise ValueError(f"sp_depth = {cfg.sp_depth} is too small for rows = {R}")
+            n_blocks = -(-M // mb)
+            mb = -(-M // n_blocks)
+            return _Plan(mb, n_blocks, 1, kc, kt, nt, 0, mb, b_slots, b_rows, 2, mb)
+        if M <= block_max(1):
+            bufs, n_blocks = 1, 1
+        else:
+            bufs = 2 if block_max(2) >= 2 * R else 1
+            n_blocks = -(-M // block_max(bufs))
+        mb = -(-M // n_blocks)
+        return _Plan(mb, n_blocks, 1, kc, kt, nt, bufs, mb * kt, b_slots, b_rows, 2, mb)
+    # os: one compute per row panel, k as long as the scratchpad allows.
+    kc = min(K, 0xFFFF) if 3 * K <= cfg.sp_depth else (cfg.sp_depth - K) // 2
+    if kc < min(K, 2 * cfg.sp_row):
+        # K too long to keep A^T panels resident: stream A chunks with the B chunks.
+        b_slots = 3
+        kc = min(K, cfg.sp_depth // (2 * b_slots), 0xFFFF)
+        kt = -(-K // kc)
+        mt = -(-M // R)
+        return _Plan(R, mt, 1, kc, kt, nt, 0, kc, b_slots, kc, 2, R)
+    kt = -(-K // kc)
+    b_slots = next(s for s in (4, 3, 2) if K + s * kc <= cfg.sp_depth)
+    room = cfg.sp_depth - b_slots * kc
+    mt = -(-M // R)
+
+    def group_max(bufs):
+        return min(room // (bufs * K), cfg.acc_depth // (2 * R), mt)
+
+    if mt <= group_max(1):
+        bufs, n_blocks = 1, 1
+    else:
+        bufs = 2 if group_max(2) >= 2 else 1
+        n_blocks = -(-mt // group_max(bufs))
+    g = -(-mt // n_blocks)
+    n_blocks = -(-mt // g)
+    return _Plan(g * R, n_blocks, g, kc, kt, nt, bufs, g * K, b_slots, kc, 2, g * R)
+
+
+@dataclass
+class _Load:
+    vpos: int       # emitted before the compute step of this index
+    need: int       # first step that reads it
+    order: int
+    insn: Insn
+
+
+def gemm_program(config: HwConfig, M: int, K: int, N: int, *, a_addr: int, b_addr: int,
+                 c_addr_dram: int, mult=1, shift=0, out: str = "int8",
+                 check: bool = True) -> GemmProgram:
+    """A tiled, double-buffered, token-synchronized program for ``C = requant(A @ B)``.
+
+    Parameters
+    ----------
+    config : HwConfig
+    M, K, N : int
+        ``A`` is ``M x K`` int8, ``B`` is ``K x N`` int8.
+    a_addr, b_addr, c_addr_dram : int
+        External addresses (multiples of ``bus_bytes``) of ``A`` (ws: ``M x K``; os: stored
+        transposed, ``K x M``), ``B`` (``K x N``) and ``C`` (``M x N``). Each is row-major
+        when its tiles fall on bus boundaries (tile width a multiple of ``bus_bytes``, e.g.
+        16x16 with 16-byte beats), else panel-major; see :class:`MatrixLayout` and the
+        returned layouts, whose ``write``/``read`` place and fetch the matrices.
+    mult, shift : int or array of N ints
+        Requantization (per output column) for ``out="int8"``.
+    out : {"int8", "int32"}
+        ``C`` requantized to int8 (STORE mode 0) or the raw int32 accumulators (mode 2).
+    check : bool
+        Validate the program (:func:`~neuralmatrix.hw.isa.validate`).
+
+    Notes
+    -----
+    ws: per block of ``mb`` rows of A, the A block (all K chunks) stays in the scratchpad
+    while every N tile streams its ``rows``-deep B tiles through a ring; each COMPUTE streams
+    ``mb`` rows (``m = mb``, ``k <= rows``) and the K chunks accumulate. os: per block of row
+    panels, the A^T panels stay resident; each COMPUTE covers one ``rows x cols`` output tile
+    with ``k`` as long as the scratchpad allows. A blocks are double-buffered when two fit
+    (the next block's A loads spread over the current block), B tiles are loaded up to
+    ``b_slots - 1`` steps ahead, and accumulator tiles alternate between two slots. When K is
+    too long for a resident A block, A tiles stream through a ring like the B tiles (no A
+    reuse across N tiles: load-bound, but any K works).
+    """
+    if min(M, K, N) < 1:
+        raise ValueError(f"M, K and N must be >= 1, got {M}, {K}, {N}")
+    if out not in ("int8", "int32"):
+        raise ValueError(f"out must be 'int8' or 'int32', got {out!r}")
+    cfg = config
+    ws = cfg.dataflow is Dataflow.WS
+    R, C, BUS = cfg.rows, cfg.cols, cfg.bus_bytes
+    mult_c, shift_c = _per_column(mult, N, "mult"), _per_column(shift, N, "shift")
+    a_lay = (MatrixLayout.tiled(a_addr, M, K, R, BUS) if ws
+             else MatrixLayout.tiled(a_addr, K, M, R, BUS))
+    b_lay = MatrixLayout.tiled(b_addr, K, N, C, BUS)
+    c_lay = MatrixLayout.tiled(c_addr_dram, M, N, C, BUS, elem=1 if out == "int8" else 4)
+    regions = sorted([(a_lay.addr, a_lay.end, "A"), (b_lay.addr, b_lay.end, "B"),
+                      (c_lay.addr, c_lay.end, "C")])
+    for (lo0, hi0, n0), (lo1, hi1, n1) in zip(regions, regions[1:]):
+        if lo1 < hi0:
+            raise ValueError(f"{n0} ({lo0}..{hi0 - 1}) and {n1} ({lo1}..{hi1 - 1}) overlap")
+    p = _plan(cfg, M, K, N)
+
+    def k_of(kt):
+        return min(p.kc, K - kt * p.kc)
+
+    def n_of(nt):
+        return min(C, N - nt * C)
+
+    steps = [(mb, nt, kt) for mb in range(p.n_blocks) for nt in range(p.nt) for kt in range(p.kt)]
+    per_block = p.nt * p.kt
+    loads: list[_Load] = []
+
+    def a_panels(mb):
+        """(m0, m) of the A row groups of block mb: one (ws) or one per row panel (os)."""
+        if ws:
+            m0 = mb * p.mb_rows
+            return [(m0, min(p.mb_rows, M - m0))]
+        first = mb * p.group
+        return [(q * R, min(R, M - q * R)) for q in range(first, min(first + p.group, -(-M // R)))]
+
+    stream = p.a_bufs == 0
+    b_base = p.a_bufs * p.a_block
+
+    def a_sp(i, mb, g, kt):
+        if stream:                              # A ring after the B ring
+            return b_base + p.b_slots * p.b_rows + (i % p.b_slots) * p.a_block
+        base = (mb % p.a_bufs) * p.a_block
+        return base + kt * p.mb_rows if ws else base + g * K + kt * p.kc
+
+    for i, (mb, nt, kt) in enumerate(steps):
+        early = max(0, i - p.b_slots + 1)
+        # The B tile first: the first COMPUTE of a step needs only it and one A tile.
+        insn = Insn(Opcode.LOAD_SP, sp_addr=b_base + (i % p.b_slots) * p.b_rows, nrows=k_of(kt),
+                    ncols=n_of(nt), dram_addr=b_lay.offset(kt * p.kc, nt * C),
+                    dram_stride=b_lay.pitch)
+        loads.append(_Load(early, i, len(loads), insn))
+        if nt == 0 or stream:
+            tiles = a_panels(mb)
+            for g, (m0, m) in enumerate(tiles):
+                if ws:
+                    insn = Insn(Opcode.LOAD_SP, sp_addr=a_sp(i, mb, g, kt), nrows=m, ncols=k_of(kt),
+                                dram_addr=a_lay.offset(m0, kt * p.kc), dram_stride=a_lay.pitch)
+                else:
+                    insn = Insn(Opcode.LOAD_SP, sp_addr=a_sp(i, mb, g, kt), nrows=k_of(kt), ncols=m,
+                                dram_addr=a_lay.offset(kt * p.kc, m0), dram_stride=a_lay.pitch)
+                if mb == 0 or stream:
+                    vpos = early
+                elif p.a_bufs == 2:
+                    # Spread the next block's A loads over the current block.
+                    t = kt * len(tiles) + g
+                    total = p.kt * len(tiles)
+                    vpos = (mb - 1) * per_block + (t + 1) * per_block // (total + 1)
+                else:
+                    vpos = ((mb - 1) * p.nt + p.nt - 1) * p.kt + kt + 1
+                loads.append(_Load(min(vpos, i), i, len(loads), insn))
+    loads.sort(key=lambda ld: (ld.vpos, ld.need, ld.order))
+
+    builder = ProgramBuilder(cfg)
+    lanes = [None] * C                   # (mult, shift) configured per lane
+
+    def configure(nt):
+        n0, n = nt * C, n_of(nt)
+        want = list(zip(mult_c[n0:n0 + n].tolist(), shift_c[n0:n0 + n].tolist()))
+        lane = 0
+        while lane < n:
+            end = lane
+            while end < n and want[end] == want[lane]:
+                end += 1
+            if any(lanes[x] != want[lane] for x in range(lane, end)):
+                # Widen a uniform run to every lane when all of this tile's lanes agree.
+                count = C if (lane == 0 and end == n and len(set(want)) == 1) else end - lane
+                builder.emit(Insn(Opcode.CFG_REQUANT, lane=lane, count=count,
+                                  mult=want[lane][0], shift=want[lane][1]))
+                lanes[lane:lane + count] = [want[lane]] * count
+            lane = end
+
+    li = 0
+    for i, (mb, nt, kt) in enumerate(steps):
+        while li < len(loads) and loads[li].vpos <= i:
+            builder.emit(loads[li].insn)
+            li += 1
+        acc_base = ((mb * p.nt + nt) % p.acc_slots) * p.acc_rows
+        b_sp = b_base + (i % p.b_slots) * p.b_rows
+        for g, (m0, m) in enumerate(a_panels(mb)):
+            builder.emit(Insn(Opcode.COMPUTE, a_addr=a_sp(i, mb, g, kt), b_addr=b_sp,
+                              c_addr=acc_base + (0 if ws else g * R), m=m, k=k_of(kt),
+                              n=n_of(nt), accumulate=int(kt > 0)))
+        if kt == p.kt - 1:
+            m0 = a_panels(mb)[0][0]
+            rows = sum(m for _, m in a_panels(mb))
+            if out == "int8":
+                configure(nt)
+            builder.emit(Insn(Opcode.STORE, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
+                              dram_addr=c_lay.offset(m0, nt * C), dram_stride=c_lay.pitch,
+                              mode=int(StoreMode.INT8 if out == "int8" else StoreMode.INT32)))
+    assert li == len(loads)
+    program = builder.finish()
+    if check:
+        validate(program, cfg)
+    plan = {"dataflow": cfg.dataflow.value, "block_rows": p.mb_rows, "blocks": p.n_blocks,
+            "row_panels_per_block": p.group, "k_per_compute": p.kc, "k_chunks": p.kt,
+            "n_tiles": p.nt, "a_buffers": p.a_bufs, "a_streamed": stream, "b_slots": p.b_slots,
+            "acc_slots": p.acc_slots, "relays": builder.relays}
+    return GemmProgram(cfg, M, K, N, program, a_lay, b_lay, c_lay, out, mult_c, shift_c, plan)

@@ -1,0 +1,530 @@
+"""The golden model: a bit-exact numpy model of the accelerator running a program.
+
+:class:`GoldenModel` executes a program in program order, one vectorized numpy step per
+instruction, with the arithmetic of :mod:`neuralmatrix.hw.arith`. Because the units only
+synchronize through dependency tokens, this equals the hardware exactly when the program is
+race-free; :func:`find_races` checks that. :func:`estimate_cycles` is a discrete-event
+schedule of the same program over instructions (not cycles), with its costs in one table,
+:data:`CYCLE_COSTS`, to be calibrated against the RTL counters.
+
+State semantics (see also :mod:`neuralmatrix.hw.isa`)
+    ``LOAD_SP`` / ``LOAD_ACC`` copy ``nrows`` rows of ``ncols`` int8 / little-endian int32
+    elements from ``dram_addr + r * dram_stride`` and zero the rest of each on-chip row.
+    ``COMPUTE`` writes ``ACC[c_addr:c_addr+m, :n] = (accumulate ? ACC : 0) + A @ B`` (int32
+    wrap) with ``A = SP[a_addr:+m, :k]`` (ws) or ``SP[a_addr:+k, :m].T`` (os) and
+    ``B = SP[b_addr:+k, :n]``; it is a no-op if ``m``, ``k`` or ``n`` is 0. ``STORE`` sends
+    ``ACC[acc_addr+r, :ncols]`` through the output path (per-lane requantization, optional
+    PWL, or raw int32) to ``dram_addr + r * dram_stride``; overlapping rows: the last wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from neuralmatrix.hw.arith import matmul_int32, pwl_eval, requantize, saturate
+from neuralmatrix.hw.isa import (
+    INSN_BYTES, Insn, Opcode, ProgramError, StoreMode, Unit, trace_tokens, validate,
+)
+from neuralmatrix.hw.params import Dataflow, HwConfig
+
+__all__ = [
+    "Access", "footprint", "conflict", "GoldenResult", "GoldenModel", "find_races",
+    "CYCLE_COSTS", "CycleEstimate", "estimate_cycles",
+]
+
+
+# -- memory footprints ---------------------------------------------------------------------
+
+class Access(NamedTuple):
+    """A range ``[lo, hi)`` of ``space`` (``"SP"``/``"ACC"`` rows, ``"DRAM"`` bytes)."""
+
+    space: str
+    lo: int
+    hi: int
+    write: bool
+
+    def __str__(self) -> str:
+        unit = "bytes" if self.space == "DRAM" else "rows"
+        return f"{'writes' if self.write else 'reads'} {self.space} {unit} {self.lo}..{self.hi - 1}"
+
+
+def _dram_span(insn: Insn, row_bytes: int) -> tuple[int, int]:
+    lo = insn.dram_addr
+    return lo, lo + (insn.nrows - 1) * insn.dram_stride + row_bytes
+
+
+def footprint(insn: Insn, config: HwConfig | None = None) -> list[Access]:
+    """On-chip rows and external-memory bytes *insn* reads and writes.
+
+    Rows are whole on-chip rows; a strided transfer's external range is the hull of its rows
+    (conservative). Configuration instructions touch only store-unit state: no footprint.
+    *config* gives the dataflow, which decides how many scratchpad rows COMPUTE reads for A
+    (``m`` in ws, ``k`` in os); without it the larger of the two is assumed.
+    """
+    op = insn.op
+    if op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE):
+        if insn.nrows == 0 or insn.ncols == 0:
+            return []
+        if op == Opcode.LOAD_SP:
+            lo, hi = _dram_span(insn, insn.ncols)
+            return [Access("DRAM", lo, hi, False),
+                    Access("SP", insn.sp_addr, insn.sp_addr + insn.nrows, True)]
+        if op == Opcode.LOAD_ACC:
+            lo, hi = _dram_span(insn, 4 * insn.ncols)
+            return [Access("DRAM", lo, hi, False),
+                    Access("ACC", insn.acc_addr, insn.acc_addr + insn.nrows, True)]
+        lo, hi = _dram_span(insn, insn.ncols * (4 if insn.mode == StoreMode.INT32 else 1))
+        return [Access("ACC", insn.acc_addr, insn.acc_addr + insn.nrows, False),
+                Access("DRAM", lo, hi, True)]
+    if op == Opcode.COMPUTE:
+        if 0 in (insn.m, insn.k, insn.n):
+            return []
+        # A spans m rows (ws) or k rows (os); without the dataflow, take the larger (conservative).
+        if config is None:
+            a_rows = max(insn.m, insn.k)
+        else:
+            a_rows = insn.m if config.dataflow is Dataflow.WS else insn.k
+        acc = [Access("ACC", insn.c_addr, insn.c_addr + insn.m, True)]
+        if insn.accumulate:
+            acc.append(Access("ACC", insn.c_addr, insn.c_addr + insn.m, False))
+        return [Access("SP", insn.a_addr, insn.a_addr + a_rows, False),
+                Access("SP", insn.b_addr, insn.b_addr + insn.k, False)] + acc
+    return []
+
+
+def conflict(a: list[Access], b: list[Access]) -> tuple[Access, Access] | None:
+    """The first pair of overlapping accesses of which at least one writes, or None."""
+    for x in a:
+        for y in b:
+            if (x.space == y.space and (x.write or y.write)
+                    and x.lo < y.hi and y.lo < x.hi):
+                return x, y
+    return None
+
+
+# -- the model -----------------------------------------------------------------------------
+
+@dataclass
+class GoldenResult:
+    """Counts of one run, comparable to the RTL counters (:mod:`neuralmatrix.hw.counters`).
+
+    Attributes
+    ----------
+    insns : int
+        Instructions executed, HALT included.
+    macs : int
+        Sum of ``m * k * n`` over the executed COMPUTEs.
+    pwl_evals : int
+        Sum of ``nrows * ncols`` over mode-1 STOREs.
+    bytes_read : int
+        ``insn_bytes_read + load_bytes_read``.
+    insn_bytes_read : int
+        16 bytes per instruction executed (HALT included). The RTL fetches whole bursts and
+        may read ahead of HALT, so its counter can be larger.
+    load_bytes_read : int
+        Whole bus beats read by loads: ``nrows * beats_per_row * bus_bytes``.
+    bytes_written : int
+        Bytes stored: ``nrows * ncols`` (int8 modes) or ``4 * nrows * ncols`` (int32).
+    estimate : CycleEstimate or None
+        :func:`estimate_cycles` of the program, when ``run(..., estimate=True)``.
+    """
+
+    insns: int = 0
+    macs: int = 0
+    pwl_evals: int = 0
+    insn_bytes_read: int = 0
+    load_bytes_read: int = 0
+    bytes_written: int = 0
+    estimate: CycleEstimate | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        return self.insn_bytes_read + self.load_bytes_read
+
+    def counters(self) -> dict[str, int]:
+        """The counts under the names of :data:`neuralmatrix.hw.counters.COUNTERS`."""
+        return {"insns": self.insns, "macs": self.macs, "pwl_evals": self.pwl_evals,
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+
+
+class GoldenModel:
+    """Bit-exact model of one accelerator and its external memory.
+
+    Parameters
+    ----------
+    config : HwConfig
+    dram_bytes : int
+        Size of the external memory.
+
+    Attributes
+    ----------
+    dram : np.ndarray of uint8, shape (dram_bytes,)
+    sp : np.ndarray of int8, shape (sp_depth, sp_row)
+    acc : np.ndarray of int32, shape (acc_depth, cols)
+    mult, shift : np.ndarray of int64, shape (cols,)
+        Requantization state per lane.
+    pwl_header : np.ndarray of int64, shape (pwl_tables, 4)
+        ``mode, x0, seg_shift, out_shift`` per table.
+    pwl_bp, pwl_k, pwl_b : np.ndarray of int64, shape (pwl_tables, pwl_segments)
+    """
+
+    def __init__(self, config: HwConfig, dram_bytes: int):
+        if dram_bytes <= 0:
+            raise ValueError(f"dram_bytes must be positive, got {dram_bytes}")
+        self.config = config
+        self.dram = np.zeros(dram_bytes, dtype=np.uint8)
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the on-chip state (scratchpad, accumulator, output-path configuration)."""
+        c = self.config
+        self.sp = np.zeros((c.sp_depth, c.sp_row), dtype=np.int8)
+        self.acc = np.zeros((c.acc_depth, c.cols), dtype=np.int32)
+        self.mult = np.zeros(c.cols, dtype=np.int64)
+        self.shift = np.zeros(c.cols, dtype=np.int64)
+        self.pwl_header = np.zeros((c.pwl_tables, 4), dtype=np.int64)
+        self.pwl_bp = np.zeros((c.pwl_tables, c.pwl_segments), dtype=np.int64)
+        self.pwl_k = np.zeros_like(self.pwl_bp)
+        self.pwl_b = np.zeros_like(self.pwl_bp)
+
+    def load_image(self, image: np.ndarray, offset: int = 0) -> None:
+        """Copy *image* (bytes or uint8 array) into external memory at *offset*."""
+        image = np.frombuffer(bytes(image), np.uint8) if isinstance(image, (bytes, bytearray)) \
+            else np.asarray(image, dtype=np.uint8)
+        if offset < 0 or offset + image.size > self.dram.size:
+            raise ValueError(f"image of {image.size} bytes at {offset} does not fit in "
+                             f"{self.dram.size} bytes of external memory")
+        self.dram[offset:offset + image.size] = image
+
+    def run(self, program: list[Insn], *, check: bool = True,
+            estimate: bool = False) -> GoldenResult:
+        """Execute *program* in program order up to its HALT.
+
+        Parameters
+        ----------
+        program : list of Insn
+        check : bool
+            :func:`~neuralmatrix.hw.isa.validate` it first (raises ProgramError).
+        estimate : bool
+            Also fill ``result.estimate`` with :func:`estimate_cycles`.
+        """
+        if check:
+            validate(program, self.config, dram_bytes=self.dram.size)
+        result = GoldenResult()
+        for insn in program:
+            result.insns += 1
+            result.insn_bytes_read += INSN_BYTES
+            if insn.op == Opcode.HALT:
+                break
+            self._execute(insn, result)
+        if estimate:
+            result.estimate = estimate_cycles(program, self.config)
+        return result
+
+    # -- instructions ---------------------------------------------------------------------
+
+    def _execute(self, insn: Insn, result: GoldenResult) -> None:
+        op = insn.op
+        if op == Opcode.LOAD_SP:
+            self._load_sp(insn, result)
+        elif op == Opcode.LOAD_ACC:
+            self._load_acc(insn, result)
+        elif op == Opcode.COMPUTE:
+            self._compute(insn, result)
+        elif op == Opcode.STORE:
+            self._store(insn, result)
+        elif op == Opcode.CFG_REQUANT:
+            self.mult[insn.lane:insn.lane + insn.count] = insn.mult
+            self.shift[insn.lane:insn.lane + insn.count] = insn.shift
+        elif op == Opcode.CFG_PWL_SEG:
+            t, s = insn.table, insn.seg
+            self.pwl_bp[t, s], self.pwl_k[t, s], self.pwl_b[t, s] = insn.bp, insn.k, insn.b
+        elif op == Opcode.CFG_PWL_HDR:
+            self.pwl_header[insn.table] = (insn.mode, insn.x0, insn.seg_shift, insn.out_shift)
+        else:
+            raise ProgramError([f"{op.name}: not executable"])
+
+    def _row_index(self, insn: Insn, row_bytes: int) -> np.ndarray:
+        """Byte addresses (nrows, row_bytes) of a transfer's rows, bounds-checked."""
+        start = insn.dram_addr + np.arange(insn.nrows, dtype=np.int64)[:, None] * insn.dram_stride
+        idx = start + np.arange(row_bytes, dtype=np.int64)[None, :]
+        if idx.size and (idx.min() < 0 or idx.max() >= self.dram.size):
+            raise ProgramError([f"{insn.op.name}: bytes {idx.min()}..{idx.max()} outside "
+                                f"external memory of {self.dram.size} bytes"])
+        return idx
+
+    def _load_sp(self, insn: Insn, result: GoldenResult) -> None:
+        if insn.nrows == 0:
+            return
+        rows = slice(insn.sp_addr, insn.sp_addr + insn.nrows)
+        self.sp[rows] = 0
+        self.sp[rows, :insn.ncols] = self.dram[self._row_index(insn, insn.ncols)].view(np.int8)
+        result.load_bytes_read += insn.nrows * self.config.bus_bytes
+
+    def _load_acc(self, insn: Insn, result: GoldenResult) -> None:
+        if insn.nrows == 0:
+            return
+        raw = np.ascontiguousarray(self.dram[self._row_index(insn, 4 * insn.ncols)])
+        rows = slice(insn.acc_addr, insn.acc_addr + insn.nrows)
+        self.acc[rows] = 0
+        self.acc[rows, :insn.ncols] = raw.view("<i4")
+        beats = -(-4 * insn.ncols // self.config.bus_bytes)
+        result.load_bytes_read += insn.nrows * beats * self.config.bus_bytes
+
+    def _compute(self, insn: Insn, result: GoldenResult) -> None:
+        m, k, n = insn.m, insn.k, insn.n
+        if 0 in (m, k, n):
+            return
+        if self.config.dataflow is Dataflow.WS:
+            a = self.sp[insn.a_addr:insn.a_addr + m, :k]
+        else:
+            a = self.sp[insn.a_addr:insn.a_addr + k, :m].T
+        b = self.sp[insn.b_addr:insn.b_addr + k, :n]
+        c = self.acc[insn.c_addr:insn.c_addr + m, :n]
+        self.acc[insn.c_addr:insn.c_addr + m, :n] = matmul_int32(
+            a, b, c if insn.accumulate else None)
+        result.macs += m * k * n
+
+    def _store(self, insn: Insn, result: GoldenResult) -> None:
+        nrows, ncols = insn.nrows, insn.ncols
+        if nrows == 0:
+            return
+        acc = self.acc[insn.acc_addr:insn.acc_addr + nrows, :ncols]
+        mode = insn.mode
+        if mode == StoreMode.INT32:
+            data = np.ascontiguousarray(acc.astype("<i4")).view(np.uint8).reshape(nrows, 4 * ncols)
+        else:
+            x = requantize(acc, self.mult[:ncols], self.shift[:ncols], bits=16)
+            if mode == StoreMode.INT8:
+                y = saturate(x, 8)
+            else:
+                t = insn.table
+                pmode, x0, seg_shift, out_shift = (int(v) for v in self.pwl_header[t])
+                y = pwl_eval(x, pmode, self.pwl_bp[t], self.pwl_k[t], self.pwl_b[t],
+                             x0, seg_shift, out_shift)
+                result.pwl_evals += nrows * ncols
+            data = y.astype(np.int8).view(np.uint8)
+        idx = self._row_index(insn, data.shape[1])
+        flat_idx, flat = idx.ravel(), data.ravel()
+        if nrows > 1 and insn.dram_stride < data.shape[1]:
+            # Overlapping rows: the last row written wins, as in the hardware.
+            _, first_rev = np.unique(flat_idx[::-1], return_index=True)
+            keep = flat_idx.size - 1 - first_rev
+            flat_idx, flat = flat_idx[keep], flat[keep]
+        self.dram[flat_idx] = flat
+        result.bytes_written += data.size
+
+
+# -- races ---------------------------------------------------------------------------------
+
+def find_races(program: list[Insn], *, config: HwConfig | None = None) -> list[str]:
+    """Pairs of instructions of different units that may run concurrently and conflict.
+
+    Happens-before comes from the token protocol (:func:`~neuralmatrix.hw.isa.trace_tokens`):
+    X happens before Y when a chain of tokens orders X's completion before Y's start. Two
+    unordered instructions race when one writes an on-chip row or external byte range the
+    other reads or writes (:func:`footprint`). Raises ProgramError if the program deadlocks.
+
+    Parameters
+    ----------
+    program : list of Insn
+    config : HwConfig, optional
+        Gives the dataflow (exact COMPUTE footprints) and the instruction-queue depth.
+    """
+    trace = trace_tokens(program, queue_depth=config.queue_depth if config else None)
+    if trace.deadlocked:
+        raise ProgramError(["deadlock: " + "; ".join(trace.blocked)])
+    members: dict[Unit, list[int]] = {u: [] for u in Unit}
+    for i, insn in enumerate(program):
+        if trace.unit_index[i] >= 0:
+            members[insn.unit].append(i)
+    fps = [footprint(insn, config) for insn in program]
+    races = []
+    for u in Unit:
+        for v in Unit:
+            if v <= u or not members[u] or not members[v]:
+                continue
+            qv = members[v]
+            # S(Y)[u] is non-decreasing along v's queue.
+            col = np.array([trace.clock[y][u] for y in qv])
+            busy_v = np.array([j for j, y in enumerate(qv) if fps[y]], dtype=np.int64)
+            for iu, x in enumerate(members[u]):
+                if not fps[x]:
+                    continue
+                lo = trace.clock[x][v] + 1                   # Y at or before this precede X
+                hi = int(np.searchsorted(col, iu, side="left"))  # Y from here follow X
+                if lo >= hi:
+                    continue
+                for j in busy_v[np.searchsorted(busy_v, lo):np.searchsorted(busy_v, hi)]:
+                    y = qv[j]
+                    pair = conflict(fps[x], fps[y])
+                    if pair:
+                        a, b = sorted((x, y))
+                        pa, pb = (pair if a == x else pair[::-1])
+                        races.append((a, b, f"insn {a} {program[a].op.name} ({program[a].unit.name}) and "
+                                     f"insn {b} {program[b].op.name} ({program[b].unit.name}) are "
+                                     f"not ordered by tokens: insn {a} {pa}, insn {b} {pb}"))
+    return [msg for _, _, msg in sorted(races)]
+
+
+# -- cycle estimate ------------------------------------------------------------------------
+
+#: Costs of the cycle estimate, in cycles; calibrate against the RTL counters.
+CYCLE_COSTS: dict[str, int] = {
+    "fetch_start": 2,          # after dram_latency, until the first instruction is decoded
+    "dispatch": 1,             # fetch -> unit queue -> unit
+    "load_overhead": 2,        # accept + retire of a load (beyond dram_latency and beats)
+    "compute_overhead": 0,     # per compute beyond its beats (operands stream back to back)
+    "compute_latency": 4,      # operand read + writeback beyond the array fill (rows + cols)
+    "store_latency": 8,        # accumulator read + output path + write request
+    "cfg": 1,                  # CFG_* instructions
+    "fence": 1,                # zero-sized instructions
+    "halt": 1,                 # from the last completion to done
+}
+
+
+@dataclass
+class CycleEstimate:
+    """Result of :func:`estimate_cycles`.
+
+    Attributes
+    ----------
+    total : int
+        Estimated cycles from start to done.
+    start, end : np.ndarray of int64
+        Per instruction: cycle it starts executing and cycle it completes (pushes its
+        tokens); -1 for HALT.
+    busy : dict of str to int
+        Cycles each unit is occupied.
+    macs : int
+    peak_macs_per_cycle : int
+    """
+
+    total: int
+    start: np.ndarray
+    end: np.ndarray
+    busy: dict[str, int] = field(default_factory=dict)
+    macs: int = 0
+    peak_macs_per_cycle: int = 1
+
+    @property
+    def utilization(self) -> float:
+        """Useful MACs over ``total * rows * cols``."""
+        return self.macs / max(1, self.total * self.peak_macs_per_cycle)
+
+
+def _cost(insn: Insn, config: HwConfig, costs: dict[str, int]) -> tuple[int, int]:
+    """(occupancy, extra latency) of *insn*: the unit is free after the first, the instruction
+    completes after both."""
+    op, B = insn.op, config.bus_bytes
+    if op in (Opcode.LOAD_SP, Opcode.LOAD_ACC):
+        if insn.nrows == 0:
+            return costs["fence"], 0
+        beats = 1 if op == Opcode.LOAD_SP else -(-4 * insn.ncols // B)
+        return config.dram_latency + insn.nrows * beats + costs["load_overhead"], 0
+    if op == Opcode.COMPUTE:
+        if 0 in (insn.m, insn.k, insn.n):
+            return costs["fence"], 0
+        if config.dataflow is Dataflow.WS:
+            occupancy = max(insn.m, config.rows)        # weight preload hides behind m rows
+        else:
+            occupancy = max(insn.k, config.sp_row)      # drain hides behind k beats
+        return (occupancy + costs["compute_overhead"],
+                config.rows + config.cols + costs["compute_latency"])
+    if op == Opcode.STORE:
+        if insn.nrows == 0:
+            return costs["fence"], 0
+        beats = -(-4 * insn.ncols // B) if insn.mode == StoreMode.INT32 else 1
+        return insn.nrows * beats + costs["store_latency"], 0
+    return costs["cfg"], 0
+
+
+def estimate_cycles(program: list[Insn], config: HwConfig, *,
+                    costs: dict[str, int] | None = None) -> CycleEstimate:
+    """Discrete-event schedule of *program* over instructions.
+
+    Fetch delivers one instruction every ``max(1, 16 // bus_bytes)`` cycles after
+    ``dram_latency``, and stalls while the target unit's queue holds ``queue_depth``
+    instructions. Each unit takes its instructions in order; one starts when the unit is
+    free, it has been fetched, and the tokens it pops were pushed (a token is available when
+    its pushing instruction completes). Costs come from :data:`CYCLE_COSTS` (override
+    entries with *costs*).
+    """
+    costs = {**CYCLE_COSTS, **(costs or {})}
+    n = len(program)
+    stop = next((i for i, insn in enumerate(program) if insn.op == Opcode.HALT), n)
+    interval = max(1, INSN_BYTES // config.bus_bytes)
+    queues: dict[Unit, list[int]] = {u: [] for u in Unit}
+    for i in range(stop):
+        queues[program[i].unit].append(i)
+    pos = {i: k for q in queues.values() for k, i in enumerate(q)}
+    arrive = np.full(n, -1, dtype=np.int64)
+    start = np.full(n, -1, dtype=np.int64)
+    end = np.full(n, -1, dtype=np.int64)
+    pushed: dict[tuple[Unit, Unit], list[int]] = {
+        (a, b): [] for a in Unit for b in Unit if abs(a - b) == 1}
+    popped = {q: 0 for q in pushed}
+    nxt = {u: 0 for u in Unit}
+    free = {u: 0 for u in Unit}
+    last_end = {u: 0 for u in Unit}
+    busy = {u.name: 0 for u in Unit}
+    pc, fetch_t = 0, config.dram_latency + costs["fetch_start"] - interval
+    macs = 0
+    progress = True
+    while progress:
+        progress = False
+        while pc <= min(stop, n - 1):
+            t = fetch_t + interval
+            if pc < stop:
+                u = program[pc].unit
+                k = pos[pc] - config.queue_depth
+                if k >= 0:
+                    waiting_for = queues[u][k]
+                    if start[waiting_for] < 0:
+                        break
+                    t = max(t, int(start[waiting_for]))
+            arrive[pc] = fetch_t = t
+            pc += 1
+            progress = True
+        for u in Unit:
+            while nxt[u] < len(queues[u]):
+                i = queues[u][nxt[u]]
+                if arrive[i] < 0:
+                    break
+                insn = program[i]
+                ready = [free[u], int(arrive[i]) + costs["dispatch"]]
+                takes = []
+                for flag, v in (("pop_prev", u - 1), ("pop_next", u + 1)):
+                    if getattr(insn, flag) and 0 <= v <= 2:
+                        q = (Unit(v), u)
+                        if popped[q] >= len(pushed[q]):
+                            break
+                        ready.append(pushed[q][popped[q]])
+                        takes.append(q)
+                else:
+                    t0 = max(ready)
+                    occupancy, latency = _cost(insn, config, costs)
+                    start[i] = t0
+                    end[i] = last_end[u] = max(t0 + occupancy + latency, last_end[u])
+                    free[u] = t0 + occupancy
+                    busy[u.name] += occupancy
+                    for q in takes:
+                        popped[q] += 1
+                    for flag, v in (("push_prev", u - 1), ("push_next", u + 1)):
+                        if getattr(insn, flag) and 0 <= v <= 2:
+                            pushed[(u, Unit(v))].append(int(end[i]))
+                    if insn.op == Opcode.COMPUTE:
+                        macs += insn.m * insn.k * insn.n
+                    nxt[u] += 1
+                    progress = True
+                    continue
+                break
+    if pc <= min(stop, n - 1) or any(nxt[u] < len(queues[u]) for u in Unit):
+        raise ProgramError(["deadlock: the cycle estimate could not schedule every instruction "
+                            "(see neuralmatrix.hw.isa.validate)"])
+    total = int(max([int(end.max(initial=0)), int(fetch_t)])) + costs["halt"]
+    return CycleEstimate(total=total, start=start, end=end, busy=busy, macs=macs,
+                         peak_macs_per_cycle=config.rows * config.cols)
