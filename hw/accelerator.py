@@ -19,11 +19,11 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from . import isa
 from .compute_unit import ComputeUnit
-from .counters import COUNTER_BITS, COUNTERS, counter_layout, status_layout
+from .counters import COUNTERS, control_members
 from .dram import DramSignature, request_layout
 from .load_unit import LoadUnit
 from .params import HwConfig
@@ -72,14 +72,7 @@ class Accelerator(wiring.Component):
         self._config = config
         super().__init__({
             "dram": Out(DramSignature(config)),
-            "start": In(1),
-            "insn_addr": In(32),
-            "done": Out(1),
-            "error": Out(1),
-            "error_code": Out(4),
-            "error_pc": Out(32),
-            "counters": Out(counter_layout()),
-            "status": Out(status_layout()),
+            **control_members(),
         })
 
     def elaborate(self, platform):

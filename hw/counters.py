@@ -1,14 +1,16 @@
-"""Performance counters and status of the accelerator, as read by testbenches and reports.
+"""The accelerator's control ports, performance counters and status, as read by testbenches.
 
-Both are plain ``Out`` ports of the accelerator top (``counters``, ``status``) whose payloads
-follow these layouts, so a testbench unpacks them with the same definition the RTL uses.
+:func:`control_members` is the set of ports every core hosted by a simulation top has (the
+accelerator, and stand-ins in tests); ``counters`` and ``status`` follow the layouts below, so
+a testbench unpacks them with the same definition the RTL uses.
 """
 
 from __future__ import annotations
 
 from amaranth.lib import data
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["COUNTER_BITS", "COUNTERS", "counter_layout", "status_layout"]
+__all__ = ["COUNTER_BITS", "COUNTERS", "counter_layout", "status_layout", "control_members"]
 
 COUNTER_BITS = 48
 
@@ -49,3 +51,22 @@ def status_layout() -> data.StructLayout:
         "store_queue": 9,
         "pc": 32,             # address of the next instruction fetched
     })
+
+
+def control_members() -> dict:
+    """Signature members of a core's control interface.
+
+    ``start`` (In, one-cycle pulse) begins a program at ``insn_addr`` (In, 32 bits); ``done``
+    (Out) rises when it finished or stopped on an error; ``error``, ``error_code`` (4 bits) and
+    ``error_pc`` (32 bits) describe the error; ``counters`` and ``status`` as laid out above.
+    """
+    return {
+        "start": In(1),
+        "insn_addr": In(32),
+        "done": Out(1),
+        "error": Out(1),
+        "error_code": Out(4),
+        "error_pc": Out(32),
+        "counters": Out(counter_layout()),
+        "status": Out(status_layout()),
+    }

@@ -32,7 +32,7 @@ from amaranth.lib import fifo, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from neuralmatrix.hw.counters import counter_layout, status_layout
+from neuralmatrix.hw.counters import control_members
 from neuralmatrix.hw.dram import ADDR_BITS, LEN_BITS, DramSignature
 from neuralmatrix.hw.params import HwConfig
 
@@ -199,14 +199,7 @@ class SimTop(wiring.Component):
         self._core_factory = core_factory
         self._dram_bytes = dram_bytes
         super().__init__({
-            "start": In(1),
-            "insn_addr": In(32),
-            "done": Out(1),
-            "error": Out(1),
-            "error_code": Out(4),
-            "error_pc": Out(32),
-            "counters": Out(counter_layout()),
-            "status": Out(status_layout()),
+            **control_members(),
             "fault": Out(1),
             "fault_addr": Out(ADDR_BITS),
         })

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence

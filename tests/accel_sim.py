@@ -38,7 +38,6 @@ def run_accelerator(config: HwConfig, image: np.ndarray, insn_addr: int, max_cyc
         ctx.set(dut.start, 0)
         ctx.set(port.rd_req.ready, 1)
         ctx.set(port.wr_req.ready, 1)
-        wr_beat = None
         while True:
             cycle += 1
             if cycle > max_cycles:

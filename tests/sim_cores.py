@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import fifo, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
-from neuralmatrix.hw.counters import COUNTERS, counter_layout, status_layout
+from neuralmatrix.hw.counters import COUNTERS, control_members
 from neuralmatrix.hw.dram import DramSignature
 from neuralmatrix.hw.params import HwConfig
 
@@ -42,14 +42,7 @@ class CopyCore(wiring.Component):
         self._config = config
         super().__init__({
             "dram": Out(DramSignature(config)),
-            "start": In(1),
-            "insn_addr": In(32),
-            "done": Out(1),
-            "error": Out(1),
-            "error_code": Out(4),
-            "error_pc": Out(32),
-            "counters": Out(counter_layout()),
-            "status": Out(status_layout()),
+            **control_members(),
         })
 
     def elaborate(self, platform):
