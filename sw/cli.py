@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="output Verilog file ('-' for standard output)")
     p.set_defaults(func=_cmd_verilog)
+
+    from neuralmatrix.sw import pwl
+
+    pwl.add_parser(sub)
     return parser
 
 
