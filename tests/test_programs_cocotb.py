@@ -61,3 +61,44 @@ def test_random_programs(name):
 def test_random_programs_long(name, request):
     count = request.config.getoption("--programs")
     _check_programs(CONFIGS[name], count=count, seed=1000 + zlib.crc32(name.encode()))
+
+
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+def test_maximum_size_transfers(dataflow):
+    """Loads that fill the whole scratchpad and accumulator, the longest COMPUTE the dataflow
+    allows, and stores of every accumulator row, in all three store modes."""
+    from neuralmatrix.hw.isa import Insn, Opcode as O, assemble_binary, validate
+    from neuralmatrix.sw.golden import GoldenModel
+
+    cfg = HwConfig(2, 3, dataflow, sp_depth=64, acc_depth=64)
+    B, S, A = cfg.bus_bytes, cfg.sp_depth, cfg.acc_depth
+    rng = np.random.default_rng(5)
+    image = np.zeros(DRAM, np.uint8)
+    sp_src, acc_src, out = 0x1000, 0x2000, 0x4000
+    image[sp_src:sp_src + S * B] = rng.integers(0, 256, S * B)
+    image[acc_src:acc_src + A * 4 * cfg.cols] = rng.integers(0, 256, A * 4 * cfg.cols)
+    m, k = (A, cfg.rows) if dataflow == "ws" else (cfg.rows, S // 2)
+    program = [
+        Insn(O.LOAD_SP, sp_addr=0, nrows=S, ncols=cfg.sp_row, dram_addr=sp_src, dram_stride=B),
+        Insn(O.LOAD_ACC, acc_addr=0, nrows=A, ncols=cfg.cols, dram_addr=acc_src,
+             dram_stride=4 * cfg.cols, push_next=1),
+        Insn(O.COMPUTE, a_addr=0, b_addr=S // 2 if dataflow == "os" else 0, c_addr=0, m=m, k=k,
+             n=cfg.cols, accumulate=1, pop_prev=1, push_next=1),
+        Insn(O.CFG_REQUANT, lane=0, count=cfg.cols, mult=65535, shift=20),
+        Insn(O.STORE, acc_addr=0, nrows=A, ncols=cfg.cols, dram_addr=out, dram_stride=16,
+             mode=2, pop_prev=1),
+        Insn(O.STORE, acc_addr=0, nrows=A, ncols=cfg.cols, dram_addr=out + 16 * A,
+             dram_stride=B, mode=0),
+        Insn(O.HALT),
+    ]
+    insn_addr = 0x8000
+    validate(program, cfg, dram_bytes=DRAM, program_range=(insn_addr, insn_addr + 16 * len(program)))
+    image[insn_addr:insn_addr + 16 * len(program)] = np.frombuffer(assemble_binary(program), np.uint8)
+    golden = GoldenModel(cfg, DRAM)
+    golden.load_image(image)
+    golden.run(program)
+    res = run_programs(cfg, [ProgramJob(image, insn_addr, [(0, DRAM)], max_cycles=100_000)],
+                       dram_bytes=SIM_DRAM)[0]
+    assert not res.error and not res.fault
+    np.testing.assert_array_equal(res.regions[0], golden.dram)
+    assert res.counters["macs"] == m * k * cfg.cols
