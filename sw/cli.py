@@ -62,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output Verilog file ('-' for standard output)")
     p.set_defaults(func=_cmd_verilog)
 
+    from neuralmatrix.fpga.cli import add_parser as add_synth_parser
     from neuralmatrix.sw import pwl
 
     pwl.add_parser(sub)
+    add_synth_parser(sub)
     return parser
 
 
