@@ -1,0 +1,599 @@
+"""ONNX frontend: read a model and bring it into the static form the compiler lowers.
+
+:func:`load_model` runs these stages in order; each failure raises :class:`FrontendError`
+naming the source and the problem:
+
+1. **Read** a path (external data is loaded from the file's folder) or copy a
+   ``ModelProto``; local functions are inlined.
+2. **Opset**: the default-domain opset must be ``MIN_OPSET..MAX_OPSET``; an older model is
+   converted to ``CONVERT_TO_OPSET`` with ``onnx.version_converter``.
+3. **Check** with ``onnx.checker.check_model``.
+4. **Static inputs**: every graph input gets a fully static shape, from ``input_shapes`` or
+   with ``default_dim`` for each unknown dimension. Graph inputs that are also initializers
+   (old exporters) stop being inputs.
+5. **Shape inference** (strict, with data propagation).
+6. **Constant folding and cleanup**, repeated until nothing changes: nodes whose inputs are
+   all constant are evaluated (``onnx.reference``) into initializers, ``Shape``/``Size`` of a
+   static tensor become constants (so exporters' shape arithmetic disappears),
+   ``Identity``/``Dropout`` are bypassed, dead nodes and unused initializers are dropped.
+   Outputs larger than ``MAX_FOLD_ELEMENTS`` are not folded.
+7. **Operator check**: nodes left whose op is not in :data:`SUPPORTED_OPS` raise one
+   :class:`UnsupportedOpsError` listing all of them. Finally every tensor must have a
+   static shape.
+
+The result's ``graph.value_info`` (with ``graph.input``/``graph.output``) holds the static
+shape of every tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, helper, inliner, numpy_helper, shape_inference, version_converter
+from onnx.reference import ReferenceEvaluator
+
+__all__ = [
+    "SUPPORTED_OPS",
+    "MIN_OPSET",
+    "MAX_OPSET",
+    "CONVERT_TO_OPSET",
+    "MAX_FOLD_ELEMENTS",
+    "FrontendError",
+    "UnsupportedOpsError",
+    "load_model",
+    "unsupported_ops",
+]
+
+#: ONNX (default-domain) operator types the compiler accepts. Shape arithmetic and mask ops
+#: (Shape, Cast, Equal, Where, ConstantOfShape, ...) are listed because they occur in
+#: exported models; most of them fold away in :func:`load_model`.
+SUPPORTED_OPS: frozenset[str] = frozenset({
+    # linear algebra
+    "Conv", "Gemm", "MatMul",
+    # element-wise arithmetic
+    "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Reciprocal", "Sqrt", "Exp", "Erf", "Clip",
+    # activations
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish",
+    "Tanh", "Softplus", "Gelu",
+    # normalization, softmax, reductions
+    "BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax",
+    "ReduceMean", "ReduceSum",
+    # pooling
+    "MaxPool", "AveragePool", "GlobalAveragePool",
+    # data movement
+    "Flatten", "Reshape", "Transpose", "Concat", "Split", "Slice", "Gather", "Squeeze",
+    "Unsqueeze", "Expand", "Pad",
+    # pass-through, shape arithmetic and masks
+    "Identity", "Dropout", "Cast", "Shape", "Constant", "ConstantOfShape", "Equal", "Where",
+})
+
+#: Oldest and newest default-domain opset read as is.
+MIN_OPSET = 11
+MAX_OPSET = 21
+#: Opset that models older than :data:`MIN_OPSET` are converted to.
+CONVERT_TO_OPSET = 17
+#: Constant folding leaves a node alone if its outputs would hold more elements than this.
+MAX_FOLD_ELEMENTS = 64 * 2**20
+
+_DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
+_NONDETERMINISTIC_OPS = frozenset({
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+    "Multinomial", "Bernoulli",
+})
+# Ops whose output can be far larger than their inputs: folded only when the output size is
+# known beforehand.
+_EXPANDING_OPS = frozenset({
+    "ConstantOfShape", "Expand", "Tile", "Range", "Pad", "Resize", "Upsample", "OneHot",
+    "EyeLike",
+})
+_GRAPH_ATTRIBUTE_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+_MAX_LISTED_TENSORS = 20
+
+Shape = tuple[int, ...]
+
+
+class FrontendError(ValueError):
+    """A model the frontend cannot read, check, convert or make static.
+
+    The message names the model (its path, or ``model 'graph name'`` for a ``ModelProto``)
+    and the problem.
+    """
+
+
+class UnsupportedOpsError(FrontendError):
+    """The folded model still contains operators the compiler does not support.
+
+    Parameters
+    ----------
+    source : str
+        The model's path or label, as it starts the message.
+    unsupported : list of (str, str)
+        ``(op_type, node name)`` per offending node, as :func:`unsupported_ops` returns.
+    model : onnx.ModelProto, optional
+        The model after folding, in which those nodes remain.
+
+    Attributes
+    ----------
+    unsupported : list of (str, str)
+        ``(op_type, node name)`` of every unsupported node, in graph order. Ops of other
+        domains read ``"domain:op_type"``; unnamed nodes read ``"#<node index>"``.
+    model : onnx.ModelProto or None
+        The folded model, for tools that want to show what is left.
+    """
+
+    def __init__(self, source: str, unsupported: list[tuple[str, str]],
+                 model: onnx.ModelProto | None = None):
+        self.source = source
+        self.unsupported = list(unsupported)
+        self.model = model
+        count = len(self.unsupported)
+        lines = [
+            f"{source}: {count} unsupported operator{'s' if count != 1 else ''} "
+            f"(the compiler supports {len(SUPPORTED_OPS)} ONNX operators, listed in "
+            f"neuralmatrix.sw.frontend.SUPPORTED_OPS):"
+        ]
+        lines += [f"  {op} ({_describe_node_name(name)})" for op, name in self.unsupported]
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self):
+        return type(self), (self.source, self.unsupported, self.model)
+
+
+def load_model(src: str | os.PathLike | onnx.ModelProto, *,
+               input_shapes: Mapping[str, Iterable[int]] | None = None,
+               default_dim: int = 1) -> onnx.ModelProto:
+    """Read an ONNX model and return it static, folded and checked for supported ops.
+
+    Parameters
+    ----------
+    src : str, os.PathLike or onnx.ModelProto
+        Path of an ``.onnx`` file (external data is read relative to its folder), or a
+        model, which is copied, never modified.
+    input_shapes : mapping of str to tuple of int, optional
+        Full static shape per graph input name; must agree with the input's declared rank
+        and static dimensions.
+    default_dim : int, default 1
+        Value for every input dimension still symbolic or unknown.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Opset ``MIN_OPSET..MAX_OPSET``, only :data:`SUPPORTED_OPS`, no constant
+        subgraphs, ``Identity``/``Dropout`` or dead nodes, and a static shape for every
+        tensor in ``graph.input``, ``graph.value_info`` or ``graph.output``.
+
+    Raises
+    ------
+    UnsupportedOpsError
+        If operators outside :data:`SUPPORTED_OPS` remain after folding; lists every one.
+    FrontendError
+        If the file is missing or not ONNX, the opset is too new or cannot be converted,
+        the checker or shape inference fails, `input_shapes` does not fit the inputs, or a
+        tensor's shape stays unknown.
+    TypeError, ValueError
+        If `src`, `input_shapes` or `default_dim` have the wrong type or value.
+    """
+    _check_dim("default_dim", default_dim)
+    model, label = _read(src)
+    model = _convert_opset(model, label)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise FrontendError(f"{label}: the ONNX checker rejects the model: {exc}") from exc
+    if model.functions:
+        model = inliner.inline_local_functions(model)
+    _make_inputs_static(model.graph, input_shapes or {}, default_dim, label)
+    del model.graph.value_info[:]  # exporters' hints, possibly symbolic; inferred anew
+    model = _infer_shapes(model, label)
+    model = _fold(model, label)
+    unsupported = unsupported_ops(model)
+    if unsupported:
+        raise UnsupportedOpsError(label, unsupported, model)
+    _check_static_shapes(model.graph, label)
+    return model
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """List the nodes of `model`'s graph whose op is not in :data:`SUPPORTED_OPS`.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        Usually the result of folding, as inside :func:`load_model`.
+
+    Returns
+    -------
+    list of (str, str)
+        ``(op_type, node name)`` in graph order; ops of other domains read
+        ``"domain:op_type"``, unnamed nodes ``"#<node index>"``.
+    """
+    found = []
+    for index, node in enumerate(model.graph.node):
+        if node.domain in _DEFAULT_DOMAINS and node.op_type in SUPPORTED_OPS:
+            continue
+        op = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}:{node.op_type}"
+        found.append((op, node.name or f"#{index}"))
+    return found
+
+
+# -- reading and opset ---------------------------------------------------------------------
+
+
+def _read(src) -> tuple[onnx.ModelProto, str]:
+    """Return a private copy of the model and the label that starts error messages."""
+    if isinstance(src, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(src)
+        label = f"model {src.graph.name!r}" if src.graph.name else "model"
+    elif isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        label = str(path)
+        if not os.path.exists(path):
+            raise FrontendError(f"{label}: no such file")
+        if not os.path.isfile(path):
+            raise FrontendError(f"{label}: not a file")
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except (DecodeError, OSError, ValueError) as exc:
+            raise FrontendError(f"{label}: not an ONNX model (unreadable protobuf: {exc})") from exc
+        if not model.HasField("graph") or model.ir_version <= 0:
+            raise FrontendError(f"{label}: not an ONNX model (no graph or IR version)")
+        try:
+            external_data_helper.load_external_data_for_model(model, os.path.dirname(path) or ".")
+        except (OSError, ValueError) as exc:
+            raise FrontendError(f"{label}: cannot read the model's external data: {exc}") from exc
+    else:
+        raise TypeError(f"model must be a path or an onnx.ModelProto, not {type(src).__name__}")
+    if not model.HasField("graph"):
+        raise FrontendError(f"{label}: not an ONNX model (no graph)")
+    return model, label
+
+
+def _default_opset(model: onnx.ModelProto, label: str) -> int:
+    versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
+    if not versions:
+        raise FrontendError(f"{label}: the model imports no default-domain (ai.onnx) opset")
+    return max(versions)
+
+
+def _convert_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    opset = _default_opset(model, label)
+    if opset > MAX_OPSET:
+        raise FrontendError(
+            f"{label}: opset {opset} is newer than the frontend supports "
+            f"({MIN_OPSET}..{MAX_OPSET}; older opsets are converted to {CONVERT_TO_OPSET})")
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        converted = version_converter.convert_version(model, CONVERT_TO_OPSET)
+    except Exception as exc:  # the C++ converter raises several unrelated types
+        raise FrontendError(
+            f"{label}: converting opset {opset} to opset {CONVERT_TO_OPSET} failed: {exc}") from exc
+    # The converter keeps the IR version, which may be too old for what it produced
+    # (e.g. initializers that are not graph inputs need IR >= 4).
+    needed = helper.find_min_ir_version_for(list(converted.opset_import), ignore_unknown=True)
+    converted.ir_version = max(converted.ir_version, needed)
+    return converted
+
+
+# -- static input shapes and shape inference -----------------------------------------------
+
+
+def _check_dim(what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+
+
+def _make_inputs_static(graph: onnx.GraphProto, input_shapes: Mapping[str, Iterable[int]],
+                        default_dim: int, label: str) -> None:
+    constant_names = {t.name for t in graph.initializer}
+    inputs = [vi for vi in graph.input if vi.name not in constant_names]
+    if len(inputs) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(inputs)
+    names = [vi.name for vi in inputs]
+    strangers = sorted(set(input_shapes) - set(names))
+    if strangers:
+        raise FrontendError(
+            f"{label}: input_shapes names {strangers}, which are not graph inputs "
+            f"(the inputs are {names})")
+    for vi in inputs:
+        if not vi.type.HasField("tensor_type"):
+            raise FrontendError(f"{label}: input {vi.name!r} is not a tensor")
+        shape = vi.type.tensor_type.shape
+        if vi.name in input_shapes:
+            given = tuple(input_shapes[vi.name])
+            for dim in given:
+                _check_dim(f"input_shapes[{vi.name!r}] dimensions", dim)
+            if vi.type.tensor_type.HasField("shape"):
+                declared = tuple(d.dim_value if d.HasField("dim_value") else None for d in shape.dim)
+                if len(declared) != len(given) or any(
+                        d is not None and d != g for d, g in zip(declared, given)):
+                    shown = tuple("?" if d is None else d for d in declared)
+                    raise FrontendError(
+                        f"{label}: input_shapes gives input {vi.name!r} the shape {given}, "
+                        f"which does not fit its declared shape {shown}")
+            shape.Clear()
+            for dim in given:
+                shape.dim.add().dim_value = int(dim)
+        elif not vi.type.tensor_type.HasField("shape"):
+            raise FrontendError(
+                f"{label}: input {vi.name!r} has no declared shape; give it in input_shapes")
+        else:
+            for dim in shape.dim:
+                if not dim.HasField("dim_value"):
+                    dim.dim_value = default_dim
+
+
+def _infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as exc:
+        raise FrontendError(f"{label}: shape inference failed: {exc}") from exc
+
+
+def _static_shape(type_proto: onnx.TypeProto) -> Shape | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims = type_proto.tensor_type.shape.dim
+    if not all(d.HasField("dim_value") for d in dims):
+        return None
+    return tuple(d.dim_value for d in dims)
+
+
+def _value_infos(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
+    yield from graph.input
+    yield from graph.value_info
+    yield from graph.output
+
+
+def _check_static_shapes(graph: onnx.GraphProto, label: str) -> None:
+    shapes = {vi.name: _static_shape(vi.type) for vi in _value_infos(graph)}
+    constants = {t.name for t in graph.initializer}
+    unknown = [f"{vi.name!r} (graph input)" for vi in graph.input if shapes.get(vi.name) is None]
+    for index, node in enumerate(graph.node):
+        unknown += [
+            f"{name!r} (output of {node.op_type} {_describe_node_name(node.name or f'#{index}')})"
+            for name in node.output
+            if name and name not in constants and shapes.get(name) is None]
+    if unknown:
+        listed = ", ".join(unknown[:_MAX_LISTED_TENSORS])
+        more = f" and {len(unknown) - _MAX_LISTED_TENSORS} more" if len(unknown) > _MAX_LISTED_TENSORS else ""
+        raise FrontendError(
+            f"{label}: {len(unknown)} tensor shape{'s' if len(unknown) != 1 else ''} still "
+            f"unknown after shape inference and constant folding: {listed}{more}")
+
+
+def _describe_node_name(name: str) -> str:
+    return f"unnamed node {name}" if name.startswith("#") else f'node "{name}"'
+
+
+# -- constant folding and cleanup ----------------------------------------------------------
+
+
+def _fold(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Fold constants, bypass pass-through nodes and drop dead code until nothing changes."""
+    opset = _default_opset(model, label)
+    while True:
+        changed = _fold_constants(model.graph, opset)
+        changed |= _bypass_passthrough(model.graph)
+        changed |= _remove_dead(model.graph)
+        if not changed:
+            return model
+        del model.graph.value_info[:]
+        model = _infer_shapes(model, label)
+
+
+class _Constants:
+    """Initializer values by name, converted to numpy on first use."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self._graph = graph
+        self._protos = {t.name: t for t in graph.initializer}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._protos
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self._protos[name])
+        return self._arrays[name]
+
+    def shape(self, name: str) -> Shape:
+        return tuple(self._protos[name].dims)
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        proto = numpy_helper.from_array(value, name)
+        self._graph.initializer.append(proto)
+        self._protos[name] = self._graph.initializer[-1]
+        self._arrays[name] = value
+
+
+def _fold_constants(graph: onnx.GraphProto, opset: int) -> bool:
+    """Replace every node computable from constants by initializers; True if any was."""
+    constants = _Constants(graph)
+    infos = {vi.name: vi.type for vi in _value_infos(graph)}
+    kept = []
+    for node in graph.node:
+        values = _evaluate(node, constants, infos, opset)
+        if values is None:
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            if name:
+                constants.add(name, value)
+    if len(kept) == len(graph.node):
+        return False
+    del graph.node[:]
+    graph.node.extend(kept)
+    return True
+
+
+def _evaluate(node: onnx.NodeProto, constants: _Constants, infos: dict[str, onnx.TypeProto],
+              opset: int) -> list[np.ndarray] | None:
+    """Output values of `node` if it can and may be folded, else None."""
+    if (node.domain not in _DEFAULT_DOMAINS or node.op_type in _NONDETERMINISTIC_OPS
+            or any(a.type in _GRAPH_ATTRIBUTE_TYPES for a in node.attribute)):
+        return None
+
+    def shape_of(name: str) -> Shape | None:
+        if name in constants:
+            return constants.shape(name)
+        return _static_shape(infos[name]) if name in infos else None
+
+    if node.op_type in ("Shape", "Size") and node.input[0] not in constants:
+        dims = shape_of(node.input[0])
+        if dims is None:
+            return None
+        if node.op_type == "Size":
+            return [np.array(math.prod(dims), dtype=np.int64)]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)]
+
+    inputs = [name for name in node.input if name]
+    if not all(name in constants for name in inputs):
+        return None
+    out_shapes = [shape_of(name) for name in node.output if name]
+    if node.op_type == "Constant":
+        pass  # its value is in the model already
+    elif all(s is not None for s in out_shapes):
+        if sum(math.prod(s) for s in out_shapes) > MAX_FOLD_ELEMENTS:
+            return None
+    elif node.op_type in _EXPANDING_OPS:
+        if _expanded_elements(node, constants) > MAX_FOLD_ELEMENTS:
+            return None
+    try:
+        evaluator = ReferenceEvaluator(node, opsets={"": opset})
+        results = evaluator.run(None, {name: constants[name] for name in inputs})
+    except Exception:  # noqa: BLE001 - an op the reference cannot run simply stays a node
+        return None
+    values = []
+    for name, result in zip(node.output, results):
+        value = np.asarray(result)
+        if name in infos and infos[name].tensor_type.elem_type:
+            dtype = helper.tensor_dtype_to_np_dtype(infos[name].tensor_type.elem_type)
+            if value.dtype != dtype:
+                value = value.astype(dtype)
+        expected = shape_of(name)
+        too_big = value.size > MAX_FOLD_ELEMENTS and node.op_type != "Constant"
+        if too_big or (expected is not None and value.shape != expected):
+            return None
+        values.append(value)
+    return values if len(values) == len(node.output) else None
+
+
+def _expanded_elements(node: onnx.NodeProto, constants: _Constants) -> float:
+    """Upper estimate of the output size of an expanding op with constant inputs."""
+    if node.op_type == "ConstantOfShape":
+        return math.prod(int(d) for d in constants[node.input[0]].reshape(-1))
+    if node.op_type == "Expand":
+        data, shape = constants[node.input[0]], constants[node.input[1]]
+        try:
+            return math.prod(np.broadcast_shapes(data.shape, tuple(int(d) for d in shape)))
+        except ValueError:
+            return math.inf
+    if node.op_type == "Tile":
+        data, repeats = constants[node.input[0]], constants[node.input[1]]
+        return data.size * math.prod(int(r) for r in repeats.reshape(-1))
+    return math.inf  # other expanding ops fold only once inference knows their shape
+
+
+def _is_passthrough(node: onnx.NodeProto, graph: onnx.GraphProto, consumed: set[str]) -> bool:
+    if node.domain not in _DEFAULT_DOMAINS:
+        return False
+    if node.op_type == "Identity":
+        return True
+    if node.op_type != "Dropout":
+        return False
+    mask_used = len(node.output) > 1 and node.output[1] in consumed
+    training = node.input[2] if len(node.input) > 2 else ""
+    if training:
+        values = {t.name: t for t in graph.initializer}
+        if training not in values or bool(numpy_helper.to_array(values[training])):
+            return False
+    return not mask_used
+
+
+def _bypass_passthrough(graph: onnx.GraphProto) -> bool:
+    """Remove Identity and inference-mode Dropout nodes; True if any was removed."""
+    outputs = {o.name for o in graph.output}
+    fixed = outputs | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    consumed = set(_consumed_names(graph.node)) | outputs
+    producers = {name: node for node in graph.node for name in node.output if name}
+    removed = []
+    for node in graph.node:
+        if not _is_passthrough(node, graph, consumed):
+            continue
+        source, target = node.input[0], node.output[0]
+        if target not in outputs:
+            _rename_uses(graph.node, target, source)
+        elif source not in fixed and source in producers:
+            # The graph output keeps its name: the producer writes it directly.
+            producer = producers.pop(source)
+            producer.output[list(producer.output).index(source)] = target
+            _rename_uses(graph.node, source, target)
+            producers[target] = producer
+        else:
+            continue  # an input or constant straight to a graph output: keep the node
+        removed.append(node)
+    if not removed:
+        return False
+    kept = [node for node in graph.node if not any(node is r for r in removed)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return True
+
+
+def _rename_uses(nodes: Iterable[onnx.NodeProto], old: str, new: str) -> None:
+    """Make every consumer of `old`, in subgraphs too, read `new` instead."""
+    for node in nodes:
+        for index, name in enumerate(node.input):
+            if name == old:
+                node.input[index] = new
+        for subgraph in _subgraphs(node):
+            _rename_uses(subgraph.node, old, new)
+            for output in subgraph.output:
+                if output.name == old:
+                    output.name = new
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
+
+
+def _consumed_names(nodes: Iterable[onnx.NodeProto]) -> Iterator[str]:
+    """Every tensor name read by `nodes`, including outer-scope reads of their subgraphs."""
+    for node in nodes:
+        yield from (name for name in node.input if name)
+        for subgraph in _subgraphs(node):
+            yield from _consumed_names(subgraph.node)
+            yield from (o.name for o in subgraph.output)
+
+
+def _remove_dead(graph: onnx.GraphProto) -> bool:
+    """Drop nodes and initializers that no graph output depends on; True if any."""
+    needed = {o.name for o in graph.output}
+    live = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output if name):
+            live.append(node)
+            needed.update(_consumed_names([node]))
+    live.reverse()
+    initializers = [t for t in graph.initializer if t.name in needed]
+    if len(live) == len(graph.node) and len(initializers) == len(graph.initializer):
+        return False
+    del graph.node[:]
+    graph.node.extend(live)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return True
