@@ -34,7 +34,9 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, helper, inliner, numpy_helper, shape_inference, version_converter
+from onnx import (
+    external_data_helper, helper, inliner, numpy_helper, shape_inference, version_converter,
+)
 from onnx.reference import ReferenceEvaluator
 
 __all__ = [
@@ -93,6 +95,7 @@ _EXPANDING_OPS = frozenset({
 })
 _GRAPH_ATTRIBUTE_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _MAX_LISTED_TENSORS = 20
+_INFER_VALUE_LIMIT = 4096
 
 Shape = tuple[int, ...]
 
@@ -164,7 +167,8 @@ def load_model(src: str | os.PathLike | onnx.ModelProto, *,
     -------
     onnx.ModelProto
         Opset ``MIN_OPSET..MAX_OPSET``, only :data:`SUPPORTED_OPS`, no constant
-        subgraphs, ``Identity``/``Dropout`` or dead nodes, and a static shape for every
+        subgraphs, dead nodes, ``Dropout`` or ``Identity`` (except one passing a graph
+        input or constant straight to a graph output), and a static shape for every
         tensor in ``graph.input``, ``graph.value_info`` or ``graph.output``.
 
     Raises
@@ -188,6 +192,7 @@ def load_model(src: str | os.PathLike | onnx.ModelProto, *,
     if model.functions:
         model = inliner.inline_local_functions(model)
     _make_inputs_static(model.graph, input_shapes or {}, default_dim, label)
+    model.ir_version = max(model.ir_version, 4)  # initializers need not be inputs from IR 4
     del model.graph.value_info[:]  # exporters' hints, possibly symbolic; inferred anew
     model = _infer_shapes(model, label)
     model = _fold(model, label)
@@ -311,7 +316,8 @@ def _make_inputs_static(graph: onnx.GraphProto, input_shapes: Mapping[str, Itera
             for dim in given:
                 _check_dim(f"input_shapes[{vi.name!r}] dimensions", dim)
             if vi.type.tensor_type.HasField("shape"):
-                declared = tuple(d.dim_value if d.HasField("dim_value") else None for d in shape.dim)
+                declared = tuple(d.dim_value if d.HasField("dim_value") else None
+                                 for d in shape.dim)
                 if len(declared) != len(given) or any(
                         d is not None and d != g for d, g in zip(declared, given)):
                     shown = tuple("?" if d is None else d for d in declared)
@@ -331,10 +337,38 @@ def _make_inputs_static(graph: onnx.GraphProto, input_shapes: Mapping[str, Itera
 
 
 def _infer_shapes(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Fill ``graph.value_info`` and the output types of `model` (in place) and return it.
+
+    Shape inference serializes the model, so it runs on a copy in which initializers larger
+    than ``_INFER_VALUE_LIMIT`` elements are typed graph inputs: their shapes matter, their
+    values do not (shape arithmetic only reads small tensors).
+    """
+    graph = model.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    light.graph.name = graph.name
+    light.graph.node.extend(graph.node)
+    light.graph.input.extend(graph.input)
+    light.graph.output.extend(graph.output)
+    light.graph.value_info.extend(graph.value_info)
+    light.graph.sparse_initializer.extend(graph.sparse_initializer)
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) > _INFER_VALUE_LIMIT:
+            light.graph.input.append(
+                helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            light.graph.initializer.append(tensor)
     try:
-        return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        inferred = shape_inference.infer_shapes(light, strict_mode=True, data_prop=True)
     except (shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as exc:
         raise FrontendError(f"{label}: shape inference failed: {exc}") from exc
+    del graph.value_info[:]
+    graph.value_info.extend(inferred.graph.value_info)
+    del graph.output[:]
+    graph.output.extend(inferred.graph.output)
+    return model
 
 
 def _static_shape(type_proto: onnx.TypeProto) -> Shape | None:
@@ -363,7 +397,8 @@ def _check_static_shapes(graph: onnx.GraphProto, label: str) -> None:
             if name and name not in constants and shapes.get(name) is None]
     if unknown:
         listed = ", ".join(unknown[:_MAX_LISTED_TENSORS])
-        more = f" and {len(unknown) - _MAX_LISTED_TENSORS} more" if len(unknown) > _MAX_LISTED_TENSORS else ""
+        hidden = len(unknown) - _MAX_LISTED_TENSORS
+        more = f" and {hidden} more" if hidden > 0 else ""
         raise FrontendError(
             f"{label}: {len(unknown)} tensor shape{'s' if len(unknown) != 1 else ''} still "
             f"unknown after shape inference and constant folding: {listed}{more}")
@@ -589,11 +624,12 @@ def _remove_dead(graph: onnx.GraphProto) -> bool:
             live.append(node)
             needed.update(_consumed_names([node]))
     live.reverse()
-    initializers = [t for t in graph.initializer if t.name in needed]
-    if len(live) == len(graph.node) and len(initializers) == len(graph.initializer):
+    unused = [i for i, t in enumerate(graph.initializer) if t.name not in needed]
+    if len(live) == len(graph.node) and not unused:
         return False
-    del graph.node[:]
-    graph.node.extend(live)
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    if len(live) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(live)
+    for index in reversed(unused):  # deleting in place: the weights are not copied
+        del graph.initializer[index]
     return True

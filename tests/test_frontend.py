@@ -35,6 +35,7 @@ def _run(model, feeds):
 
 
 def _assert_all_static(model):
+    onnx.checker.check_model(model)
     graph = model.graph
     infos = {vi.name: vi for vi in [*graph.input, *graph.value_info, *graph.output]}
     constants = {t.name for t in graph.initializer}
@@ -143,13 +144,21 @@ def test_opset9_is_converted():
     np.testing.assert_allclose(_run(loaded, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-6)
 
 
+def test_failed_conversion_is_a_frontend_error():
+    model = _model([helper.make_node("NoSuchOp", ["x"], ["y"])], [_vi("x", [2])], [_vi("y", [2])],
+                   opset=9)
+    with pytest.raises(FrontendError, match="converting opset 9 to opset 17 failed"):
+        load_model(model)
+
+
 def test_initializers_listed_as_inputs_are_not_inputs():
     model = _model([helper.make_node("Add", ["x", "b"], ["y"])],
-                   [_vi("x", [2]), _vi("b", [2])], [_vi("y", [2])], [_const("b", [1, 2], np.float32)],
-                   opset=9)
+                   [_vi("x", [2]), _vi("b", [2])], [_vi("y", [2])],
+                   [_const("b", [1, 2], np.float32)], opset=9)
     model.ir_version = 3
     loaded = load_model(model)
     assert [vi.name for vi in loaded.graph.input] == ["x"]
+    onnx.checker.check_model(loaded)
 
 
 @pytest.mark.parametrize("opset", [22, 23])
@@ -168,8 +177,8 @@ def test_checker_failure_is_a_frontend_error():
 
 
 def test_caller_model_is_not_modified():
-    model = _model([helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["y"])],
-                   [_vi("x", ["N", 2])], [_vi("y", ["N", 2])])
+    nodes = [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["y"])]
+    model = _model(nodes, [_vi("x", ["N", 2])], [_vi("y", ["N", 2])])
     before = model.SerializeToString()
     load_model(model)
     assert model.SerializeToString() == before
@@ -180,8 +189,9 @@ def test_caller_model_is_not_modified():
 
 def _dynamic_batch():
     w = np.arange(12, dtype=np.float32).reshape(4, 3)
-    return _model([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
-                  [_vi("x", ["batch", 4])], [_vi("y", ["batch", 3])], [numpy_helper.from_array(w, "w")])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    return _model(nodes, [_vi("x", ["batch", 4])], [_vi("y", ["batch", 3])],
+                  [numpy_helper.from_array(w, "w")])
 
 
 def _shape(vi):
@@ -338,8 +348,7 @@ def test_identity_from_input_to_output_is_kept():
 
 
 def test_unknown_shape_is_reported():
-    # Conv with an unknown kernel size (dynamic weight) keeps spatial dims unknown ...
-    # Simplest unknown: a Reshape whose target shape is a runtime input.
+    # A Reshape whose target shape is a runtime input: its output shape cannot be known.
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], name="/reshape")]
     model = _model(nodes, [_vi("x", [2, 3]), _vi("shape", [2], INT64)], [_vi("y", ["A", "B"])])
     with pytest.raises(FrontendError, match=r"'y' \(output of Reshape node \"/reshape\"\)"):

@@ -6,7 +6,9 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from neuralmatrix.sw import frontend
-from neuralmatrix.sw.models.onnx_cases import SUITES, OnnxCase, case_ops, load_case, main, onnx_cases
+from neuralmatrix.sw.models.onnx_cases import (
+    SUITES, OnnxCase, case_ops, load_case, main, onnx_cases,
+)
 
 CASES = onnx_cases()
 
