@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verilog)
 
     from neuralmatrix.fpga.cli import add_parser as add_synth_parser
-    from neuralmatrix.sw import pwl
+    from neuralmatrix.sw import compiler, pwl
 
+    compiler.add_parser(sub)
     pwl.add_parser(sub)
     add_synth_parser(sub)
     return parser

@@ -23,7 +23,8 @@ from neuralmatrix.hw.params import Dataflow, HwConfig
 
 from .golden import Access, conflict, footprint
 
-__all__ = ["ProgramBuilder", "MatrixLayout", "GemmProgram", "gemm_program"]
+__all__ = ["ProgramBuilder", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
+           "chunk_depths", "gemm_program"]
 
 _NONE = (-1, -1, -1)
 
@@ -376,6 +377,246 @@ class _Load:
     insn: Insn
 
 
+@dataclass(frozen=True)
+class Operand:
+    """One term ``A @ B`` of a :func:`matmul_program`.
+
+    ``a`` holds ``A`` (``M x K``) in ws and ``A.T`` (``K x M``) in os; ``b`` holds ``B``
+    (``K x N``); both int8. Every tile the program loads starts on a panel of its layout
+    (``rows`` for A in ws / ``rows``-wide panels of A.T in os, ``cols`` for B)."""
+
+    a: MatrixLayout
+    b: MatrixLayout
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    part: int
+    k0: int         # first row of B (column of A) within the part
+    k: int          # depth
+    koff: int       # offset of this chunk within the concatenated K
+
+
+def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult=1, shift=0,
+                   out: str = "int8", bias: MatrixLayout | None = None, pwl=None,
+                   active: np.ndarray | None = None, check: bool = True) -> tuple[list[Insn], dict]:
+    """A tiled, double-buffered, token-synchronized program for
+    ``C = out(bias + sum_p A_p @ B_p)``.
+
+    Parameters
+    ----------
+    config : HwConfig
+    parts : list of Operand
+        The terms; all have the same ``M`` and ``N``; their depths ``K_p`` may differ. Their
+        K chunks are concatenated (a chunk never straddles two terms).
+    c : MatrixLayout
+        ``C`` (``M x N``), int8 (``elem=1``) or int32 (``elem=4``, ``out="int32"``).
+    mult, shift : int or array of N ints
+        Requantization per output column (ignored for ``out="int32"``).
+    out : {"int8", "int32"}
+    bias : MatrixLayout, optional
+        A ``1 x N`` int32 row (``elem=4``, panels of ``cols``) loaded into the accumulator
+        (broadcast to every row by a stride-0 ``LOAD_ACC``) before the first COMPUTE of each
+        output tile.
+    pwl : PwlTable, optional
+        ``out="int8"`` through this PWL table (STORE mode 1, table 0): ``C = pwl(requant16)``.
+    active : bool array (chunks x N tiles), optional
+        ``active[j, t]`` False skips chunk ``j`` for output tile ``t`` (its B block is zero:
+        block-diagonal and other structured weights). Chunks are ``rows`` deep (ws) or as
+        planned (os); :func:`chunk_depths` gives them.
+    check : bool
+        Validate the program.
+
+    Returns
+    -------
+    program : list of Insn
+    plan : dict
+        The tiling chosen, for reports.
+    """
+    if out not in ("int8", "int32"):
+        raise ValueError(f"out must be 'int8' or 'int32', got {out!r}")
+    if not parts:
+        raise ValueError("matmul_program needs at least one operand")
+    cfg = config
+    ws = cfg.dataflow is Dataflow.WS
+    R, C = cfg.rows, cfg.cols
+    M, N = c.rows, c.cols
+    for i, p in enumerate(parts):
+        m_p = p.a.rows if ws else p.a.cols
+        k_p = p.a.cols if ws else p.a.rows
+        if m_p != M or p.b.cols != N or k_p != p.b.rows:
+            raise ValueError(f"operand {i}: A is {p.a.rows}x{p.a.cols}, B {p.b.rows}x{p.b.cols}; "
+                             f"C is {M}x{N} ({cfg.dataflow} stores A{'' if ws else '.T'})")
+    K = sum(p.b.rows for p in parts)
+    if min(M, K, N) < 1:
+        raise ValueError(f"M, K and N must be >= 1, got {M}, {K}, {N}")
+    if pwl is not None and out != "int8":
+        raise ValueError("a PWL output needs out='int8'")
+    mult_c, shift_c = _per_column(mult, N, "mult"), _per_column(shift, N, "shift")
+    chunks = _chunks(cfg, [p.b.rows for p in parts])
+    p = _plan(cfg, M, len(chunks) * R if ws else K, N)
+    nt_count = p.nt
+    if active is None:
+        active = np.ones((len(chunks), nt_count), dtype=bool)
+    active = np.asarray(active, dtype=bool)
+    if active.shape != (len(chunks), nt_count):
+        raise ValueError(f"active must be {len(chunks)} chunks x {nt_count} N tiles, "
+                         f"got {active.shape}")
+
+    def n_of(nt):
+        return min(C, N - nt * C)
+
+    def a_panels(mb):
+        """(m0, m) of the A row groups of block mb: one (ws) or one per row panel (os)."""
+        if ws:
+            m0 = mb * p.mb_rows
+            return [(m0, min(p.mb_rows, M - m0))]
+        first = mb * p.group
+        return [(q * R, min(R, M - q * R)) for q in range(first, min(first + p.group, -(-M // R)))]
+
+    # The steps: per block, per N tile, the active chunks (at least one, so every tile is written).
+    steps: list[tuple[int, int, int]] = []
+    block_start = []
+    for mb in range(p.n_blocks):
+        block_start.append(len(steps))
+        for nt in range(nt_count):
+            js = np.nonzero(active[:, nt])[0].tolist() or [0]
+            steps += [(mb, nt, j) for j in js]
+    block_start.append(len(steps))
+    stream = p.a_bufs == 0
+    b_base = p.a_bufs * p.a_block
+
+    def a_sp(i, mb, g, j):
+        if stream:                              # A ring after the B ring
+            return b_base + p.b_slots * p.b_rows + (i % p.b_slots) * p.a_block
+        base = (mb % p.a_bufs) * p.a_block
+        return base + j * p.mb_rows if ws else base + g * K + chunks[j].koff
+
+    def a_load(sp, m0, m, j):
+        ch, lay = chunks[j], parts[chunks[j].part].a
+        if ws:
+            return Insn(Opcode.LOAD_SP, sp_addr=sp, nrows=m, ncols=ch.k,
+                        dram_addr=lay.offset(m0, ch.k0), dram_stride=lay.pitch)
+        return Insn(Opcode.LOAD_SP, sp_addr=sp, nrows=ch.k, ncols=m,
+                    dram_addr=lay.offset(ch.k0, m0), dram_stride=lay.pitch)
+
+    loads: list[_Load] = []
+    first_use: dict[tuple[int, int], int] = {}
+    last_use: dict[tuple[int, int], int] = {}
+    for i, (mb, nt, j) in enumerate(steps):
+        first_use.setdefault((mb, j), i)
+        last_use[(mb, j)] = i
+    for i, (mb, nt, j) in enumerate(steps):
+        early = max(0, i - p.b_slots + 1)
+        ch, blay = chunks[j], parts[chunks[j].part].b
+        # The B tile first: the first COMPUTE of a step needs only it and one A tile.
+        insn = Insn(Opcode.LOAD_SP, sp_addr=b_base + (i % p.b_slots) * p.b_rows, nrows=ch.k,
+                    ncols=n_of(nt), dram_addr=blay.offset(ch.k0, nt * C), dram_stride=blay.pitch)
+        loads.append(_Load(early, i, len(loads), insn))
+        if stream:
+            for g, (m0, m) in enumerate(a_panels(mb)):
+                loads.append(_Load(early, i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
+        elif first_use[(mb, j)] == i:
+            tiles = a_panels(mb)
+            used = sorted({jj for (b_, jj) in first_use if b_ == mb})
+            for g, (m0, m) in enumerate(tiles):
+                if mb == 0:
+                    vpos = early
+                elif p.a_bufs == 2:
+                    # Spread the next block's A loads over the current block.
+                    t = used.index(j) * len(tiles) + g
+                    total = len(used) * len(tiles)
+                    span = block_start[mb] - block_start[mb - 1]
+                    vpos = block_start[mb - 1] + (t + 1) * span // (total + 1)
+                else:
+                    # One A buffer: after the previous block's last use of these rows.
+                    vpos = last_use.get((mb - 1, j), block_start[mb - 1]) + 1
+                loads.append(_Load(min(vpos, i), i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
+    loads.sort(key=lambda ld: (ld.vpos, ld.need, ld.order))
+
+    builder = ProgramBuilder(cfg)
+    if pwl is not None:
+        for insn in pwl.instructions(0, cfg):
+            builder.emit(insn)
+    lanes = [None] * C                   # (mult, shift) configured per lane
+
+    def configure(nt):
+        n0, n = nt * C, n_of(nt)
+        want = list(zip(mult_c[n0:n0 + n].tolist(), shift_c[n0:n0 + n].tolist()))
+        lane = 0
+        while lane < n:
+            end = lane
+            while end < n and want[end] == want[lane]:
+                end += 1
+            if any(lanes[x] != want[lane] for x in range(lane, end)):
+                # Widen a uniform run to every lane when all of this tile's lanes agree.
+                count = C if (lane == 0 and end == n and len(set(want)) == 1) else end - lane
+                builder.emit(Insn(Opcode.CFG_REQUANT, lane=lane, count=count,
+                                  mult=want[lane][0], shift=want[lane][1]))
+                lanes[lane:lane + count] = [want[lane]] * count
+            lane = end
+
+    mode = StoreMode.INT32 if out == "int32" else StoreMode.INT8 if pwl is None else StoreMode.INT8_PWL
+    li = 0
+    tile_index = -1
+    for i, (mb, nt, j) in enumerate(steps):
+        while li < len(loads) and loads[li].vpos <= i:
+            builder.emit(loads[li].insn)
+            li += 1
+        first = i == 0 or steps[i - 1][:2] != (mb, nt)
+        last = i == len(steps) - 1 or steps[i + 1][:2] != (mb, nt)
+        if first:
+            tile_index += 1
+        acc_base = (tile_index % p.acc_slots) * p.acc_rows
+        rows = sum(m for _, m in a_panels(mb))
+        if first and bias is not None:
+            builder.emit(Insn(Opcode.LOAD_ACC, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
+                              dram_addr=bias.offset(0, nt * C), dram_stride=0))
+        b_sp = b_base + (i % p.b_slots) * p.b_rows
+        for g, (m0, m) in enumerate(a_panels(mb)):
+            builder.emit(Insn(Opcode.COMPUTE, a_addr=a_sp(i, mb, g, j), b_addr=b_sp,
+                              c_addr=acc_base + (0 if ws else g * R), m=m, k=chunks[j].k,
+                              n=n_of(nt), accumulate=int(bias is not None or not first)))
+        if last:
+            m0 = a_panels(mb)[0][0]
+            if out == "int8":
+                configure(nt)
+            builder.emit(Insn(Opcode.STORE, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
+                              dram_addr=c.offset(m0, nt * C), dram_stride=c.pitch,
+                              mode=int(mode), table=0))
+    assert li == len(loads)
+    program = builder.finish()
+    if check:
+        validate(program, cfg)
+    plan = {"dataflow": cfg.dataflow.value, "block_rows": p.mb_rows, "blocks": p.n_blocks,
+            "row_panels_per_block": p.group, "k_chunks": len(chunks),
+            "k_steps": len(steps), "n_tiles": nt_count, "a_buffers": p.a_bufs,
+            "a_streamed": stream, "b_slots": p.b_slots, "acc_slots": p.acc_slots,
+            "relays": builder.relays}
+    return program, plan
+
+
+def chunk_depths(config: HwConfig, depths: list[int]) -> list[tuple[int, int, int]]:
+    """``(part, k0, k)`` of the K chunks :func:`matmul_program` uses for terms of these depths
+    (ws: ``rows`` deep; os: as deep as the scratchpad plan allows)."""
+    return [(c.part, c.k0, c.k) for c in _chunks(config, depths)]
+
+
+def _chunks(cfg: HwConfig, depths: list[int]) -> list[_Chunk]:
+    if cfg.dataflow is Dataflow.WS:
+        kc = cfg.rows
+    else:
+        # The os plan's chunk depth for the whole K (a chunk never straddles two terms).
+        kc = _plan(cfg, cfg.rows, sum(depths), cfg.cols).kc
+    out, koff = [], 0
+    for part, d in enumerate(depths):
+        for k0 in range(0, d, kc):
+            k = min(kc, d - k0)
+            out.append(_Chunk(part, k0, k, koff))
+            koff += k
+    return out
+
+
 def gemm_program(config: HwConfig, M: int, K: int, N: int, *, a_addr: int, b_addr: int,
                  c_addr_dram: int, mult=1, shift=0, out: str = "int8",
                  check: bool = True) -> GemmProgram:
@@ -401,15 +642,16 @@ def gemm_program(config: HwConfig, M: int, K: int, N: int, *, a_addr: int, b_add
 
     Notes
     -----
-    ws: per block of ``mb`` rows of A, the A block (all K chunks) stays in the scratchpad
-    while every N tile streams its ``rows``-deep B tiles through a ring; each COMPUTE streams
-    ``mb`` rows (``m = mb``, ``k <= rows``) and the K chunks accumulate. os: per block of row
-    panels, the A^T panels stay resident; each COMPUTE covers one ``rows x cols`` output tile
-    with ``k`` as long as the scratchpad allows. A blocks are double-buffered when two fit
-    (the next block's A loads spread over the current block), B tiles are loaded up to
-    ``b_slots - 1`` steps ahead, and accumulator tiles alternate between two slots. When K is
-    too long for a resident A block, A tiles stream through a ring like the B tiles (no A
-    reuse across N tiles: load-bound, but any K works).
+    This is :func:`matmul_program` with one term. ws: per block of ``mb`` rows of A, the A
+    block (all K chunks) stays in the scratchpad while every N tile streams its ``rows``-deep
+    B tiles through a ring; each COMPUTE streams ``mb`` rows (``m = mb``, ``k <= rows``) and
+    the K chunks accumulate. os: per block of row panels, the A^T panels stay resident; each
+    COMPUTE covers one ``rows x cols`` output tile with ``k`` as long as the scratchpad
+    allows. A blocks are double-buffered when two fit (the next block's A loads spread over
+    the current block), B tiles are loaded up to ``b_slots - 1`` steps ahead, and accumulator
+    tiles alternate between two slots. When K is too long for a resident A block, A tiles
+    stream through a ring like the B tiles (no A reuse across N tiles: load-bound, but any K
+    works).
     """
     if min(M, K, N) < 1:
         raise ValueError(f"M, K and N must be >= 1, got {M}, {K}, {N}")
@@ -428,107 +670,6 @@ def gemm_program(config: HwConfig, M: int, K: int, N: int, *, a_addr: int, b_add
     for (lo0, hi0, n0), (lo1, hi1, n1) in zip(regions, regions[1:]):
         if lo1 < hi0:
             raise ValueError(f"{n0} ({lo0}..{hi0 - 1}) and {n1} ({lo1}..{hi1 - 1}) overlap")
-    p = _plan(cfg, M, K, N)
-
-    def k_of(kt):
-        return min(p.kc, K - kt * p.kc)
-
-    def n_of(nt):
-        return min(C, N - nt * C)
-
-    steps = [(mb, nt, kt) for mb in range(p.n_blocks) for nt in range(p.nt) for kt in range(p.kt)]
-    per_block = p.nt * p.kt
-    loads: list[_Load] = []
-
-    def a_panels(mb):
-        """(m0, m) of the A row groups of block mb: one (ws) or one per row panel (os)."""
-        if ws:
-            m0 = mb * p.mb_rows
-            return [(m0, min(p.mb_rows, M - m0))]
-        first = mb * p.group
-        return [(q * R, min(R, M - q * R)) for q in range(first, min(first + p.group, -(-M // R)))]
-
-    stream = p.a_bufs == 0
-    b_base = p.a_bufs * p.a_block
-
-    def a_sp(i, mb, g, kt):
-        if stream:                              # A ring after the B ring
-            return b_base + p.b_slots * p.b_rows + (i % p.b_slots) * p.a_block
-        base = (mb % p.a_bufs) * p.a_block
-        return base + kt * p.mb_rows if ws else base + g * K + kt * p.kc
-
-    for i, (mb, nt, kt) in enumerate(steps):
-        early = max(0, i - p.b_slots + 1)
-        # The B tile first: the first COMPUTE of a step needs only it and one A tile.
-        insn = Insn(Opcode.LOAD_SP, sp_addr=b_base + (i % p.b_slots) * p.b_rows, nrows=k_of(kt),
-                    ncols=n_of(nt), dram_addr=b_lay.offset(kt * p.kc, nt * C),
-                    dram_stride=b_lay.pitch)
-        loads.append(_Load(early, i, len(loads), insn))
-        if nt == 0 or stream:
-            tiles = a_panels(mb)
-            for g, (m0, m) in enumerate(tiles):
-                if ws:
-                    insn = Insn(Opcode.LOAD_SP, sp_addr=a_sp(i, mb, g, kt), nrows=m, ncols=k_of(kt),
-                                dram_addr=a_lay.offset(m0, kt * p.kc), dram_stride=a_lay.pitch)
-                else:
-                    insn = Insn(Opcode.LOAD_SP, sp_addr=a_sp(i, mb, g, kt), nrows=k_of(kt), ncols=m,
-                                dram_addr=a_lay.offset(kt * p.kc, m0), dram_stride=a_lay.pitch)
-                if mb == 0 or stream:
-                    vpos = early
-                elif p.a_bufs == 2:
-                    # Spread the next block's A loads over the current block.
-                    t = kt * len(tiles) + g
-                    total = p.kt * len(tiles)
-                    vpos = (mb - 1) * per_block + (t + 1) * per_block // (total + 1)
-                else:
-                    vpos = ((mb - 1) * p.nt + p.nt - 1) * p.kt + kt + 1
-                loads.append(_Load(min(vpos, i), i, len(loads), insn))
-    loads.sort(key=lambda ld: (ld.vpos, ld.need, ld.order))
-
-    builder = ProgramBuilder(cfg)
-    lanes = [None] * C                   # (mult, shift) configured per lane
-
-    def configure(nt):
-        n0, n = nt * C, n_of(nt)
-        want = list(zip(mult_c[n0:n0 + n].tolist(), shift_c[n0:n0 + n].tolist()))
-        lane = 0
-        while lane < n:
-            end = lane
-            while end < n and want[end] == want[lane]:
-                end += 1
-            if any(lanes[x] != want[lane] for x in range(lane, end)):
-                # Widen a uniform run to every lane when all of this tile's lanes agree.
-                count = C if (lane == 0 and end == n and len(set(want)) == 1) else end - lane
-                builder.emit(Insn(Opcode.CFG_REQUANT, lane=lane, count=count,
-                                  mult=want[lane][0], shift=want[lane][1]))
-                lanes[lane:lane + count] = [want[lane]] * count
-            lane = end
-
-    li = 0
-    for i, (mb, nt, kt) in enumerate(steps):
-        while li < len(loads) and loads[li].vpos <= i:
-            builder.emit(loads[li].insn)
-            li += 1
-        acc_base = ((mb * p.nt + nt) % p.acc_slots) * p.acc_rows
-        b_sp = b_base + (i % p.b_slots) * p.b_rows
-        for g, (m0, m) in enumerate(a_panels(mb)):
-            builder.emit(Insn(Opcode.COMPUTE, a_addr=a_sp(i, mb, g, kt), b_addr=b_sp,
-                              c_addr=acc_base + (0 if ws else g * R), m=m, k=k_of(kt),
-                              n=n_of(nt), accumulate=int(kt > 0)))
-        if kt == p.kt - 1:
-            m0 = a_panels(mb)[0][0]
-            rows = sum(m for _, m in a_panels(mb))
-            if out == "int8":
-                configure(nt)
-            builder.emit(Insn(Opcode.STORE, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
-                              dram_addr=c_lay.offset(m0, nt * C), dram_stride=c_lay.pitch,
-                              mode=int(StoreMode.INT8 if out == "int8" else StoreMode.INT32)))
-    assert li == len(loads)
-    program = builder.finish()
-    if check:
-        validate(program, cfg)
-    plan = {"dataflow": cfg.dataflow.value, "block_rows": p.mb_rows, "blocks": p.n_blocks,
-            "row_panels_per_block": p.group, "k_per_compute": p.kc, "k_chunks": p.kt,
-            "n_tiles": p.nt, "a_buffers": p.a_bufs, "a_streamed": stream, "b_slots": p.b_slots,
-            "acc_slots": p.acc_slots, "relays": builder.relays}
+    program, plan = matmul_program(cfg, [Operand(a_lay, b_lay)], c_lay, mult=mult_c,
+                                   shift=shift_c, out=out, check=check)
     return GemmProgram(cfg, M, K, N, program, a_lay, b_lay, c_lay, out, mult_c, shift_c, plan)

@@ -1,0 +1,228 @@
+"""Code generation: memory layout, one program per kernel, the external-memory image.
+
+Every tensor of a :class:`~neuralmatrix.sw.ir.Network` gets a
+:class:`~neuralmatrix.sw.gemm_program.MatrixLayout` in external memory (constants first, then
+activations, then the programs); every kernel becomes a tiled, double-buffered program
+(:func:`~neuralmatrix.sw.gemm_program.matmul_program`) whose all-zero weight blocks are
+skipped. In the output-stationary dataflow, where the hardware reads ``A`` transposed, each
+activation ``A`` operand gets a transposed copy made by a host transfer (constants are stored
+transposed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neuralmatrix.hw.isa import Insn, assemble_binary
+from neuralmatrix.hw.params import ConfigError, Dataflow, HwConfig
+
+from .gemm_program import MatrixLayout, Operand, chunk_depths, matmul_program
+from .golden import estimate_cycles
+from .ir import Kernel, Lookup, Network, Tensor, Term, Transfer
+
+__all__ = ["KernelCode", "Compiled", "codegen", "panel_of"]
+
+_ALIGN = 64
+
+
+@dataclass
+class KernelCode:
+    """A kernel's program and where it lives."""
+
+    kernel: Kernel
+    program: list[Insn]
+    addr: int
+    size: int
+    plan: dict
+    macs: int           # MACs the program executes (zero blocks skipped)
+    est_cycles: int
+
+
+@dataclass
+class Compiled:
+    """A compiled network: layouts, programs and the initial external-memory image.
+
+    Attributes
+    ----------
+    config : HwConfig
+    network : Network
+    steps : list
+        The network's steps (with os transposes added), each Kernel paired with its
+        :class:`KernelCode` in ``code``.
+    layouts : dict
+        ``id(tensor) -> MatrixLayout``.
+    image : np.ndarray of uint8
+        Constants and programs; activations are zero.
+    """
+
+    config: HwConfig
+    network: Network
+    steps: list
+    layouts: dict[int, MatrixLayout]
+    code: dict[int, KernelCode]
+    image: np.ndarray
+    regions: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def dram_bytes(self) -> int:
+        return int(self.image.size)
+
+    def layout(self, t: Tensor) -> MatrixLayout:
+        return self.layouts[id(t)]
+
+
+def panel_of(config: HwConfig) -> int:
+    """The column panel every tensor uses, so that any tensor can be any operand."""
+    R, C, BUS = config.rows, config.cols, config.bus_bytes
+    if R % BUS == 0 and C % BUS == 0:
+        return C                     # row-major: every R or C column offset is bus aligned
+    if R == C:
+        return R
+    raise ConfigError(f"networks need rows == cols or rows and cols multiples of bus_bytes "
+                      f"({config.rows}x{config.cols}, bus_bytes {BUS})")
+
+
+def _align(x: int, a: int = _ALIGN) -> int:
+    return -(-x // a) * a
+
+
+def _transpose_operands(net: Network, cfg: HwConfig) -> list:
+    """os: every A operand stored transposed (host transfer for activations)."""
+    if cfg.dataflow is Dataflow.WS:
+        return list(net.steps)
+    steps, made = [], {}
+    for s in net.steps:
+        if isinstance(s, Kernel):
+            terms = []
+            for t in s.terms:
+                a = t.a
+                key = id(a)
+                if key not in made:
+                    at = Tensor(f"{a.name}.T", a.cols, a.rows, a.scale, a.elem,
+                                None if a.data is None else np.asarray(a.data).T)
+                    if a.data is None:
+                        idx = np.arange(a.rows * a.cols, dtype=np.int64).reshape(a.rows, a.cols).T
+                        steps.append(Transfer(at.name, s.origin, [a], at, np.ascontiguousarray(idx)))
+                    made[key] = at
+                terms.append(Term(made[key], t.b))
+            s = Kernel(s.name, s.origin, terms, s.out, s.mult, s.shift, s.bias, s.pwl, s.role, s.func)
+        steps.append(s)
+    return steps
+
+
+def _tensors(steps, net: Network) -> list[Tensor]:
+    seen: dict[int, Tensor] = {}
+
+    def add(t):
+        while t is not None:
+            seen.setdefault(id(t), t)
+            t = t.base
+
+    for t in net.inputs.values():
+        add(t)
+    for s in steps:
+        if isinstance(s, Kernel):
+            for term in s.terms:
+                add(term.a)
+                add(term.b)
+            add(s.out)
+        elif isinstance(s, Transfer):
+            for t in s.srcs:
+                add(t)
+            add(s.out)
+        elif isinstance(s, Lookup):
+            add(s.table)
+            add(s.out)
+    return list(seen.values())
+
+
+def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
+    """Lay out *net* in external memory and generate every kernel's program."""
+    cfg = config
+    panel = panel_of(cfg)
+    BUS = cfg.bus_bytes
+    steps = _transpose_operands(net, cfg)
+    tensors = _tensors(steps, net)
+    layouts: dict[int, MatrixLayout] = {}
+    pos = 0
+    regions = {}
+
+    def place(t: Tensor):
+        nonlocal pos
+        lay = MatrixLayout.tiled(pos, t.rows, t.cols, panel, BUS, t.elem)
+        layouts[id(t)] = lay
+        pos = _align(lay.end)
+
+    start = pos
+    for t in tensors:
+        if t.base is None and t.const:
+            place(t)
+    biases: dict[int, MatrixLayout] = {}
+    for s in steps:
+        if isinstance(s, Kernel) and s.bias is not None:
+            lay = MatrixLayout.tiled(pos, 1, s.out.cols, cfg.cols, BUS, 4)
+            biases[id(s)] = lay
+            pos = _align(lay.end)
+    regions["constants"] = (start, pos)
+    start = pos
+    for t in tensors:
+        if t.base is None and not t.const:
+            place(t)
+    regions["activations"] = (start, pos)
+
+    def resolve(t: Tensor) -> MatrixLayout:
+        if id(t) in layouts:
+            return layouts[id(t)]
+        base = resolve(t.base)
+        if t.cols != base.cols:
+            raise AssertionError(f"view {t.name} has {t.cols} columns, its base {base.cols}")
+        lay = MatrixLayout(base.addr + t.row0 * base.pitch, t.rows, t.cols, base.elem,
+                           base.panel, base.pitch, base.panel_stride)
+        layouts[id(t)] = lay
+        return lay
+
+    for t in tensors:
+        resolve(t)
+
+    code: dict[int, KernelCode] = {}
+    programs = []
+    start = pos
+    for s in steps:
+        if not isinstance(s, Kernel):
+            continue
+        depths = [t.b.rows for t in s.terms]
+        chunks = chunk_depths(cfg, depths)
+        n_tiles = -(-s.out.cols // cfg.cols)
+        active = np.ones((len(chunks), n_tiles), dtype=bool)
+        for j, (part, k0, k) in enumerate(chunks):
+            b = s.terms[part].b
+            if b.const:
+                blk = np.asarray(b.data)[k0:k0 + k]
+                nz = np.zeros(n_tiles, dtype=bool)
+                cols = np.nonzero(np.any(blk != 0, axis=0))[0]
+                nz[np.unique(cols // cfg.cols)] = True
+                active[j] = nz
+        parts = [Operand(layouts[id(t.a)], layouts[id(t.b)]) for t in s.terms]
+        program, plan = matmul_program(cfg, parts, layouts[id(s.out)], mult=s.mult, shift=s.shift,
+                                       bias=biases.get(id(s)), pwl=s.pwl, active=active,
+                                       check=check)
+        macs = sum(i.m * i.k * i.n for i in program if i.op.name == "COMPUTE")
+        est = estimate_cycles(program, cfg).total
+        blob = assemble_binary(program)
+        kc = KernelCode(s, program, pos, len(blob), plan, macs, est)
+        code[id(s)] = kc
+        programs.append((pos, blob))
+        pos = _align(pos + len(blob))
+    regions["programs"] = (start, pos)
+    image = np.zeros(max(pos, _ALIGN), dtype=np.uint8)
+    for t in tensors:
+        if t.base is None and t.const:
+            layouts[id(t)].write(image, np.asarray(t.data))
+    for s in steps:
+        if id(s) in biases:
+            biases[id(s)].write(image, np.asarray(s.bias, dtype=np.int64)[None, :])
+    for addr, blob in programs:
+        image[addr:addr + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+    return Compiled(cfg, net, steps, layouts, code, image, regions)

@@ -1,0 +1,364 @@
+"""The compiler driver and ``neuralmatrix compile``.
+
+ONNX -> :mod:`~neuralmatrix.sw.frontend` (static, folded, every unsupported op reported at
+once) -> :mod:`~neuralmatrix.sw.quantize` (calibration) -> :mod:`~neuralmatrix.sw.linearize`
+(kernels, PWL tables, host transfers) -> :mod:`~neuralmatrix.sw.codegen` (layout, programs,
+image) -> a report per layer.
+
+The output directory holds ``image.bin`` (the initial external memory: constants and
+programs), ``program.bin`` (every kernel's program, back to back), ``network.json`` (tensors,
+layouts, steps, program addresses), ``transfers.npz`` (host gather indices), ``quant.json``
+(scales, requantization, PWL tables), ``report.json`` and ``report.txt``. It is written to a
+temporary directory first and renamed, so a failed compile leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from neuralmatrix.hw.params import ConfigError, HwConfig
+
+from .codegen import Compiled, codegen
+from .frontend import FrontendError, load_model
+from .ir import Kernel, Lookup, Transfer
+from .linearize import LinearizeError, linearize
+from .quantize import METHODS, calibrate
+
+__all__ = ["CompileError", "Compilation", "BUILTIN_MODELS", "compile_model", "report",
+           "write_output", "format_report", "add_parser"]
+
+BUILTIN_MODELS = ("digits", "minilm")
+
+
+class CompileError(ValueError):
+    """A model that cannot be compiled for this hardware (names the layer and the reason)."""
+
+
+@dataclass
+class Compilation:
+    compiled: Compiled
+    report: dict
+    seconds: float
+    model: object          # the frontend's onnx.ModelProto
+
+
+def _random_feeds(model, n: int = 4, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    init = {i.name for i in model.graph.initializer}
+    feeds = []
+    for _ in range(n):
+        f = {}
+        for vi in model.graph.input:
+            if vi.name in init:
+                continue
+            shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            f[vi.name] = rng.standard_normal(shape).astype(np.float32)
+        feeds.append(f)
+    return feeds
+
+
+def builtin(name: str, *, seq_len: int = 16):
+    """``(model, calibration feeds, input_shapes)`` of a built-in model."""
+    if name == "digits":
+        from .models.digits import MODEL_PATH, load_split
+
+        x, _ = load_split("train")
+        return str(MODEL_PATH), [{"input": x[i:i + 1]} for i in range(0, 256)], {"input": (1, 1, 8, 8)}
+    if name == "minilm":
+        from .models import minilm
+
+        model = minilm.load_onnx(seq_len)
+        toks = minilm.tokenize(minilm.SENTENCES[:16], seq_len)
+        feeds = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(minilm.SENTENCES[:16]))]
+        return model, feeds, {k: (1, seq_len) for k in toks}
+    raise CompileError(f"unknown built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}")
+
+
+def compile_model(src, config: HwConfig, *, calib_feeds: list[dict] | None = None,
+                  input_shapes: dict | None = None, segments: int = 16,
+                  calibration: str = "max", pwl_method: str = "curvature",
+                  func_segments: dict | None = None) -> Compilation:
+    """Compile an ONNX model (path or ModelProto) for *config*.
+
+    Raises FrontendError (unreadable model, unsupported operators: all listed),
+    LinearizeError (an operator use the linearizer cannot map) or CompileError (a layer
+    that does not fit the hardware).
+    """
+    t0 = time.perf_counter()
+    model = load_model(src, input_shapes=input_shapes)
+    feeds = calib_feeds if calib_feeds else _random_feeds(model)
+    ranges = calibrate(model, feeds)
+    net = linearize(model, config, ranges, segments=segments, calibration=calibration,
+                    pwl_method=pwl_method, func_segments=func_segments)
+    try:
+        compiled = codegen(net, config)
+    except (ValueError, ConfigError) as exc:
+        raise CompileError(f"code generation failed: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    rep = report(compiled)
+    rep["compile_seconds"] = round(seconds, 3)
+    rep["calibration"] = {"method": calibration, "samples": len(feeds),
+                          "data": "given" if calib_feeds else "random normal (no data given)"}
+    return Compilation(compiled, rep, seconds, model)
+
+
+def report(c: Compiled) -> dict:
+    """Per-kernel and per-layer figures and totals (see ``format_report``)."""
+    cfg = c.config
+    peak = cfg.rows * cfg.cols
+    kernels, layers = [], {}
+    host_bytes = 0
+    for s in c.steps:
+        if isinstance(s, (Transfer, Lookup)):
+            host_bytes += s.bytes
+            lay = layers.setdefault(s.origin or s.name, _layer(s.origin or s.name))
+            lay["host_bytes"] += s.bytes
+            continue
+        kc = c.code[id(s)]
+        K = sum(t.b.rows for t in s.terms)
+        row = {"name": s.name, "layer": s.origin, "role": s.role, "M": s.out.rows, "K": K,
+               "N": s.out.cols, "terms": len(s.terms), "macs_dense": s.macs,
+               "macs": kc.macs, "pwl": s.func if s.pwl is not None else "",
+               "segments": int(s.pwl.segments) if s.pwl is not None else 0,
+               "est_cycles": kc.est_cycles, "insns": len(kc.program),
+               "est_utilization": round(kc.macs / max(1, kc.est_cycles * peak), 4)}
+        kernels.append(row)
+        lay = layers.setdefault(s.origin or s.name, _layer(s.origin or s.name))
+        lay["kernels"] += 1
+        lay["macs_linear" if s.role == "linear" else "macs_linearization"] += kc.macs
+        lay["est_cycles"] += kc.est_cycles
+        if row["pwl"]:
+            lay["pwl"] = sorted(set(lay["pwl"]) | {f"{row['pwl']}/{row['segments']}"})
+    lin = sum(k["macs"] for k in kernels if k["role"] == "linear")
+    extra = sum(k["macs"] for k in kernels if k["role"] != "linear")
+    cycles = sum(k["est_cycles"] for k in kernels)
+    totals = {"kernels": len(kernels), "layers": len(layers), "macs_linear": lin,
+              "macs_linearization": extra,
+              "extra_macs_pct": round(100.0 * extra / max(1, lin), 3),
+              "est_cycles": cycles,
+              "est_utilization": round((lin + extra) / max(1, cycles * peak), 4),
+              "host_bytes_moved": host_bytes,
+              "host_arithmetic": ["quantize the network inputs", "dequantize the outputs"],
+              "dram_bytes": c.dram_bytes,
+              "program_bytes": sum(kc.size for kc in c.code.values()),
+              "pwl_tables": sum(1 for k in kernels if k["pwl"])}
+    return {"config": {"rows": cfg.rows, "cols": cfg.cols, "dataflow": cfg.dataflow.value,
+                       "sp_depth": cfg.sp_depth, "acc_depth": cfg.acc_depth,
+                       "bus_bytes": cfg.bus_bytes, "pwl_segments": cfg.pwl_segments},
+            "layers": list(layers.values()), "kernels": kernels, "totals": totals,
+            "notes": list(c.network.notes)}
+
+
+def _layer(name: str) -> dict:
+    return {"layer": name, "kernels": 0, "macs_linear": 0, "macs_linearization": 0,
+            "est_cycles": 0, "host_bytes": 0, "pwl": []}
+
+
+def format_report(rep: dict, console=None) -> None:
+    """The per-layer table and the totals, on a rich console."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    cfg = rep["config"]
+    t = Table(title=f"per layer ({cfg['rows']}x{cfg['cols']} {cfg['dataflow']})")
+    for col in ("layer", "kernels", "MACs", "extra MACs", "PWL (func/segments)", "est. cycles",
+                "host bytes"):
+        t.add_column(col, justify="left" if col in ("layer", "PWL (func/segments)") else "right")
+    for lay in rep["layers"]:
+        t.add_row(lay["layer"], str(lay["kernels"]), f"{lay['macs_linear']:,}",
+                  f"{lay['macs_linearization']:,}", ", ".join(lay["pwl"]),
+                  f"{lay['est_cycles']:,}", f"{lay['host_bytes']:,}")
+    console.print(t)
+    tot = rep["totals"]
+    console.print(
+        f"kernels {tot['kernels']}, MACs {tot['macs_linear']:,} + linearization "
+        f"{tot['macs_linearization']:,} ({tot['extra_macs_pct']}% extra), estimated cycles "
+        f"{tot['est_cycles']:,} (utilization {100 * tot['est_utilization']:.1f}%), host data "
+        f"movement {tot['host_bytes_moved']:,} bytes, external memory {tot['dram_bytes']:,} bytes")
+
+
+def _manifest(c: Compiled) -> tuple[dict, dict, dict]:
+    names: dict[int, str] = {}
+    tensors = []
+    seen = set()
+
+    def tname(t):
+        if id(t) not in names:
+            names[id(t)] = t.name
+        if id(t) not in seen:
+            seen.add(id(t))
+            lay = c.layout(t)
+            tensors.append({"name": t.name, "rows": t.rows, "cols": t.cols, "elem": t.elem,
+                            "scale": t.scale, "const": t.const, "shape": list(t.shape),
+                            "perm": list(t.perm), "addr": lay.addr, "pitch": lay.pitch,
+                            "panel": lay.panel, "panel_stride": lay.panel_stride,
+                            "view_of": t.base.name if t.base is not None else None})
+        return names[id(t)]
+
+    steps, index, quant = [], {}, {"tensors": {}, "kernels": {}}
+    for name, t in c.network.inputs.items():
+        if t is not None:
+            tname(t)
+    for i, s in enumerate(c.steps):
+        if isinstance(s, Transfer):
+            key = f"t{i}"
+            index[key] = s.index
+            steps.append({"kind": "transfer", "name": s.name, "layer": s.origin,
+                          "srcs": [tname(t) for t in s.srcs], "out": tname(s.out), "index": key})
+        elif isinstance(s, Lookup):
+            steps.append({"kind": "lookup", "name": s.name, "layer": s.origin,
+                          "table": tname(s.table), "ids": s.ids, "out": tname(s.out)})
+        else:
+            kc = c.code[id(s)]
+            steps.append({"kind": "kernel", "name": s.name, "layer": s.origin, "role": s.role,
+                          "terms": [[tname(t.a), tname(t.b)] for t in s.terms],
+                          "out": tname(s.out), "program_addr": kc.addr, "program_bytes": kc.size,
+                          "plan": kc.plan})
+            k = {"mult": s.mult.tolist(), "shift": s.shift.tolist(),
+                 "bias": None if s.bias is None else np.asarray(s.bias).tolist()}
+            if s.pwl is not None:
+                p = s.pwl
+                k["pwl"] = {"function": s.func, "mode": int(p.mode), "out_shift": int(p.out_shift),
+                            "bp": p.bp.tolist(), "k": p.k.tolist(), "b": p.b.tolist(),
+                            "in_scale": p.in_scale, "out_scale": p.out_scale,
+                            "range": [p.lo, p.hi]}
+            quant["kernels"][s.name] = k
+    for t in tensors:
+        quant["tensors"][t["name"]] = t["scale"]
+    man = {"config": c.config.__dict__ | {"dataflow": c.config.dataflow.value},
+           "dram_bytes": c.dram_bytes, "regions": c.regions,
+           "inputs": {k: (names.get(id(v)) if v is not None else None)
+                      for k, v in c.network.inputs.items()},
+           "outputs": {k: tname(v) for k, v in c.network.outputs.items()},
+           "tensors": tensors, "steps": steps}
+    return man, index, quant
+
+
+def write_output(comp: Compilation, out_dir) -> Path:
+    """Write every artefact into *out_dir* atomically (all or nothing)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        c = comp.compiled
+        (tmp / "image.bin").write_bytes(c.image.tobytes())
+        blobs = [c.image[kc.addr:kc.addr + kc.size].tobytes()
+                 for kc in sorted(c.code.values(), key=lambda k: k.addr)]
+        (tmp / "program.bin").write_bytes(b"".join(blobs))
+        man, index, quant = _manifest(c)
+        (tmp / "network.json").write_text(json.dumps(man, indent=1, default=str))
+        np.savez_compressed(tmp / "transfers.npz", **index)
+        (tmp / "quant.json").write_text(json.dumps(quant, indent=1))
+        (tmp / "report.json").write_text(json.dumps(comp.report, indent=1))
+        from rich.console import Console
+
+        with open(tmp / "report.txt", "w") as fh:
+            format_report(comp.report, Console(file=fh, width=160, color_system=None))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def _load_feeds(path: str, model_path) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        raise CompileError(f"calibration data {path}: no such file")
+    if p.suffix == ".npz":
+        data = np.load(p)
+        n = min(len(data[k]) for k in data.files)
+        return [{k: data[k][i:i + 1] for k in data.files} for i in range(n)]
+    if p.suffix == ".npy":
+        import onnx
+
+        m = onnx.load(model_path, load_external_data=False) if not hasattr(model_path, "graph") \
+            else model_path
+        init = {i.name for i in m.graph.initializer}
+        name = next(i.name for i in m.graph.input if i.name not in init)
+        x = np.load(p)
+        return [{name: x[i:i + 1]} for i in range(len(x))]
+    raise CompileError(f"calibration data must be .npy or .npz, got {path}")
+
+
+def _parse_shapes(items) -> dict:
+    out = {}
+    for item in items or []:
+        name, _, dims = item.partition("=")
+        try:
+            out[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise CompileError(f"--input-shape must look like name=1x3x224x224, got {item!r}") from None
+    return out
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from .cli import _add_hw_options
+
+    p = sub.add_parser(
+        "compile", help="compile an ONNX model into accelerator programs and a memory image",
+        description="Compile an ONNX model (or a built-in one: digits, minilm) into int8 "
+                    "programs for the accelerator: every layer becomes GEMM kernels and PWL "
+                    "tables. Writes the program, the memory image, the quantization "
+                    "parameters and a per-layer report to DIR.")
+    p.add_argument("model", help="MODEL.onnx, or a built-in model: digits, minilm")
+    _add_hw_options(p)
+    p.add_argument("--segments", type=int, default=16,
+                   help="PWL segments per nonlinear function (1..pwl_segments; default 16)")
+    p.add_argument("--calibration", default="max", choices=METHODS,
+                   help="activation threshold method (default max)")
+    p.add_argument("--pwl-method", default="curvature", choices=("uniform", "curvature", "error"),
+                   help="PWL breakpoint placement (default curvature)")
+    p.add_argument("--calib-data", metavar="FILE",
+                   help="calibration inputs: .npy (first input, batch on axis 0) or .npz (one "
+                        "array per input); default: the built-in model's data, else random")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                   help="static shape of an input with dynamic dimensions, e.g. input=1x3x224x224")
+    p.add_argument("--seq-len", type=int, default=16, help="minilm: tokens per sentence (default 16)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.set_defaults(func=_cmd_compile)
+    return p
+
+
+def _cmd_compile(args) -> int:
+    from rich.console import Console
+
+    from .cli import _config
+
+    config = _config(args)
+    console = Console(stderr=True)
+    try:
+        if args.model in BUILTIN_MODELS:
+            src, feeds, shapes = builtin(args.model, seq_len=args.seq_len)
+        else:
+            src, feeds, shapes = args.model, None, _parse_shapes(args.input_shape)
+            if not Path(src).exists():
+                raise CompileError(f"{src}: no such file")
+        if args.calib_data:
+            feeds = _load_feeds(args.calib_data, src)
+        comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes,
+                             segments=args.segments, calibration=args.calibration,
+                             pwl_method=args.pwl_method)
+        out = write_output(comp, args.output)
+    except (FrontendError, LinearizeError, CompileError) as exc:
+        print(f"neuralmatrix compile: error: {exc}", file=sys.stderr)
+        return 2
+    format_report(comp.report, console)
+    console.print(f"compiled in {comp.seconds:.2f} s; wrote {out}/")
+    return 0

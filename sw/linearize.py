@@ -1,0 +1,1153 @@
+"""Linearization: an ONNX graph becomes GEMM kernels, PWL tables and host data movement.
+
+This is the NeuralMatrix step. Every ONNX node is lowered onto :mod:`neuralmatrix.sw.ir`:
+
+* **Linear layers** (Conv 1-D/2-D incl. groups and depthwise, Gemm, MatMul with constant or
+  activation operands) are kernels; convolution is im2col (a host gather) times a
+  block-diagonal weight matrix (groups), BatchNormalization and constant scalings and bias
+  additions are folded into the weights and the int32 bias.
+* **Element-wise nonlinear functions** are PWL tables on the output path. A maximal chain of
+  element-wise operators of one tensor (``x * 0.5 * (1 + erf(x / sqrt 2))``, ``x *
+  sigmoid(x)``, clips, ...) is fused into ONE function, evaluated in float by the reference
+  ONNX runtime on a grid and fitted by :mod:`neuralmatrix.sw.pwl`; when the chain follows a
+  linear layer, the table sits on that layer's output (no extra kernel).
+* **Element-wise sums** of tensors accumulate into the int32 accumulator (each operand times a
+  diagonal int8 weight that aligns the scales); products with constants are diagonal
+  weights; products of two tensors are ``((x+y)^2 - (x-y)^2) / 4`` with a PWL square.
+* **Reductions** are GEMMs with a ones vector (ReduceSum/ReduceMean, GlobalAveragePool,
+  softmax denominators); AveragePool sums shifted views; MaxPool is a tree of
+  ``max(a, b) = a + relu(b - a)``.
+* **Softmax** is ``exp(x - max - log(sum exp(x - max)))``: a max tree, a kernel with a fused
+  PWL exp (the max is subtracted by a rank-1 GEMM term), a sum by GEMM with a fused PWL log,
+  and a final kernel with a fused PWL exp. LogSoftmax stops before the last exp.
+* **LayerNormalization** (and its decomposed ReduceMean/Sub/Pow/Sqrt/Div form): mean by GEMM,
+  centering by a rank-1 term, per-row sums of squares by GEMM (block-diagonal, per group of
+  ``rows`` rows), a fused PWL rsqrt, the per-row scaling as a GEMM with a diagonal matrix,
+  gamma and beta folded into weights and a rank-1 term.
+* **Data movement** (Reshape, Transpose, Flatten, Concat, Split, Slice, Squeeze, Unsqueeze,
+  Pad, Expand, Gather) are host gathers (:class:`~neuralmatrix.sw.ir.Transfer`), or nothing
+  when the storage does not change; an embedding Gather of a run-time index input is a
+  :class:`~neuralmatrix.sw.ir.Lookup`.
+
+Quantization decisions (per-tensor activation scales from calibration, per-channel weight
+scales, int32 biases, requantization multipliers) are made here, with
+:mod:`neuralmatrix.sw.quantize`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from neuralmatrix.hw.arith import INT8_MAX
+from neuralmatrix.hw.params import HwConfig
+
+from . import pwl as pwl_lib
+from .ir import FILL_MIN, FILL_ZERO, Kernel, Lookup, Network, Tensor, Term, Transfer
+from .quantize import Range, bias_int32, quantize_weights, requant_params, threshold
+
+__all__ = ["LinearizeError", "ELEMENTWISE", "linearize"]
+
+
+class LinearizeError(ValueError):
+    """An operator that the linearizer cannot map (with the node and the reason)."""
+
+
+#: Element-wise operators that fuse into one PWL function of their single tensor input.
+ELEMENTWISE = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Gelu", "Erf", "Exp", "Sqrt", "Reciprocal", "Pow", "Clip", "Neg", "Add", "Sub",
+    "Mul", "Div", "Identity", "Dropout", "Cast",
+})
+_ACTIVATIONS = ELEMENTWISE - {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Cast", "Neg"}
+_IN16 = 32000.0          # int16 codes used for a PWL input range (headroom below 32767)
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _prod(xs) -> int:
+    return int(np.prod(xs, dtype=np.int64)) if len(xs) else 1
+
+
+def _storage(shape, perm) -> tuple[int, int]:
+    stored = [shape[p] for p in perm]
+    if not stored:
+        return 1, 1
+    return _prod(stored[:-1]), int(stored[-1])
+
+
+def _channels_last(rank: int) -> tuple[int, ...]:
+    if rank >= 3:
+        return (0,) + tuple(range(2, rank)) + (1,)
+    return tuple(range(rank))
+
+
+def linearize(model: onnx.ModelProto, config: HwConfig, ranges: dict[str, Range], *,
+              segments: int = 16, calibration: str = "max", pwl_method: str = "curvature",
+              func_segments: dict[str, int] | None = None) -> Network:
+    """Lower *model* (from :func:`~neuralmatrix.sw.frontend.load_model`: static shapes,
+    constants folded) onto kernels and transfers.
+
+    Parameters
+    ----------
+    config : HwConfig
+        The hardware (PWL table size, array shape).
+    ranges : dict
+        :func:`~neuralmatrix.sw.quantize.calibrate` of the same model.
+    segments : int
+        PWL segments per function (at most ``config.pwl_segments``).
+    calibration : str
+        Threshold method of :func:`~neuralmatrix.sw.quantize.threshold`.
+    pwl_method : str
+        Breakpoint placement of :func:`neuralmatrix.sw.pwl.fit` (``uniform`` is fitted over
+        the same range, placed uniformly, and stored as breakpoints).
+    func_segments : dict, optional
+        Segment count per function kind (``"exp"``, ``"gelu"``, ``"rsqrt"``, ...) overriding
+        *segments*.
+    """
+    return _Lowering(model, config, ranges, segments, calibration, pwl_method,
+                     func_segments or {}).run()
+
+
+class _Lowering:
+    def __init__(self, model, config, ranges, segments, calibration, pwl_method, func_segments):
+        if not 1 <= segments <= config.pwl_segments:
+            raise LinearizeError(f"segments must be 1..{config.pwl_segments} (the hardware "
+                                 f"table size), got {segments}")
+        for k, v in func_segments.items():
+            if not 1 <= v <= config.pwl_segments:
+                raise LinearizeError(f"segments for {k} must be 1..{config.pwl_segments}, got {v}")
+        self.model = model
+        self.cfg = config
+        self.ranges = ranges
+        self.segments = segments
+        self.calibration = calibration
+        self.pwl_method = pwl_method
+        self.func_segments = func_segments
+        g = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                self.shapes[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+        self.consumers: dict[str, list] = defaultdict(list)
+        for node in g.node:
+            for i in node.input:
+                if i:
+                    self.consumers[i].append(node)
+        self.graph_outputs = {o.name for o in g.output}
+        self.vals: dict[str, Tensor] = {}
+        self.done: set[int] = set()
+        self.steps: list = []
+        self.notes: list[str] = []
+        self._cache: dict = {}
+        self._names: dict[str, int] = defaultdict(int)
+
+    # -- driver -----------------------------------------------------------------------------
+
+    def run(self) -> Network:
+        g = self.model.graph
+        inputs: dict[str, Tensor | None] = {}
+        for vi in g.input:
+            if vi.name in self.consts:
+                continue
+            elem = vi.type.tensor_type.elem_type
+            if elem in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+                inputs[vi.name] = None           # indices: consumed by Lookup steps
+                continue
+            shape = self.shapes[vi.name]
+            conv = any(n.op_type in ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool",
+                                     "BatchNormalization") for n in self.consumers[vi.name])
+            perm = _channels_last(len(shape)) if conv else tuple(range(len(shape)))
+            t = self._new(vi.name, shape, perm, self._scale(vi.name))
+            self.vals[vi.name] = t
+            inputs[vi.name] = t
+        for node in g.node:
+            if id(node) in self.done:
+                continue
+            handler = getattr(self, f"_op_{node.op_type}", None)
+            if handler is None:
+                raise LinearizeError(f"{node.op_type} (node {node.name!r}) has no lowering")
+            if all(i in self.consts or not i for i in node.input):
+                continue                         # constant subgraph left by the frontend
+            handler(node)
+        outputs = {}
+        for o in g.output:
+            if o.name not in self.vals:
+                raise LinearizeError(f"graph output {o.name!r} is a constant or was not computed")
+            outputs[o.name] = self.vals[o.name]
+        return Network(inputs, outputs, self.steps, self.notes)
+
+    # -- helpers: tensors, scales -------------------------------------------------------------
+
+    def _uniq(self, name: str) -> str:
+        self._names[name] += 1
+        return name if self._names[name] == 1 else f"{name}#{self._names[name]}"
+
+    def _new(self, name, shape, perm, scale, elem=1) -> Tensor:
+        rows, cols = _storage(shape, perm)
+        return Tensor(self._uniq(name), rows, cols, float(scale), elem, None, tuple(shape),
+                      tuple(perm))
+
+    def _range(self, name) -> Range:
+        if name not in self.ranges:
+            raise LinearizeError(f"no calibration range for tensor {name!r}")
+        return self.ranges[name]
+
+    def _scale(self, name) -> float:
+        return max(threshold(self._range(name), self.calibration), 1e-8) / INT8_MAX
+
+    def _shape(self, name) -> tuple[int, ...]:
+        if name in self.consts:
+            return tuple(self.consts[name].shape)
+        if name in self.vals:
+            return self.vals[name].shape
+        return self.shapes[name]
+
+    def _const(self, name, data, scale, shape=None) -> Tensor:
+        data = np.asarray(data)
+        t = Tensor(self._uniq(name), data.shape[0], data.shape[1], float(scale), 1,
+                   data.astype(np.int64), shape or data.shape)
+        return t
+
+    def _diag(self, n: int, values) -> Tensor:
+        """A constant ``n x n`` int8 diagonal matrix (cached)."""
+        values = np.broadcast_to(np.asarray(values, dtype=np.int64), (n,))
+        key = ("diag", n, values.tobytes())
+        if key not in self._cache:
+            self._cache[key] = self._const(f"diag{n}", np.diag(values), 1.0)
+        return self._cache[key]
+
+    def _ones(self, rows: int, cols: int, value: int = 1) -> Tensor:
+        key = ("ones", rows, cols, value)
+        if key not in self._cache:
+            self._cache[key] = self._const(f"ones{rows}x{cols}", np.full((rows, cols), value), 1.0)
+        return self._cache[key]
+
+    def _single_consumer(self, name):
+        cs = self.consumers[name]
+        if len(cs) == 1 and name not in self.graph_outputs:
+            return cs[0]
+        return None
+
+    def _val(self, name, node) -> Tensor:
+        if name not in self.vals:
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): input {name!r} is not "
+                                 f"an activation")
+        return self.vals[name]
+
+    # -- helpers: steps -----------------------------------------------------------------------
+
+    def _gather(self, name, origin, srcs, fn, perm=None, scale=None) -> Tensor:
+        """A host Transfer: *fn* maps the sources' logical index arrays to the output's."""
+        idx, off = [], 0
+        for s in srcs:
+            flat = np.arange(s.rows * s.cols, dtype=np.int64).reshape(s.rows, s.cols) + off
+            idx.append(s.from_matrix(flat))
+            off += s.rows * s.cols
+        out_idx = np.asarray(fn(*idx), dtype=np.int64)
+        perm = tuple(range(out_idx.ndim)) if perm is None else tuple(perm)
+        out = self._new(name, out_idx.shape, perm, srcs[0].scale if scale is None else scale)
+        index = out.to_matrix(out_idx)
+        if len(srcs) == 1 and index.size == srcs[0].rows * srcs[0].cols and \
+                index.shape[1] == srcs[0].cols and np.array_equal(index.ravel(), np.arange(index.size)):
+            # Same bytes in the same order: a new view of the source, no step.
+            out.base = srcs[0]
+            return out
+        self.steps.append(Transfer(out.name, origin, list(srcs), out, index))
+        return out
+
+    def _relayout(self, t: Tensor, perm, origin) -> Tensor:
+        perm = tuple(perm)
+        if t.perm == perm:
+            return t
+        return self._gather(t.name + ".relayout", origin, [t], lambda i: i, perm)
+
+    def _table(self, func, lo, hi, in_scale, out_scale, kind, func_name):
+        segs = self.func_segments.get(kind, self.segments)
+        if not hi > lo:
+            lo, hi = lo - 1e-3, hi + 1e-3
+        method = self.pwl_method
+        fitted = pwl_lib.fit(func, lo, hi, segs, method=method)
+        fitted = pwl_lib.PwlFit(fitted.breakpoints, fitted.slopes, fitted.intercepts,
+                                fitted.method, fitted.objective, func, func_name)
+        table = pwl_lib.quantize(fitted, in_scale=in_scale, out_scale=out_scale,
+                                 mode="breakpoints", config=self.cfg)
+        table.lo, table.hi = lo, hi
+        return table
+
+    def _kernel(self, name, origin, terms, out: Tensor, acc_scale, *, bias=None, func=None,
+                pre=None, role="linear", kind="") -> Kernel:
+        """Append a kernel; *func* (float callable) with the real range *pre* of its input
+        puts a PWL table on the output path."""
+        N = out.cols
+        acc_scale = np.broadcast_to(np.asarray(acc_scale, dtype=np.float64), (N,)).copy()
+        table = None
+        if func is None:
+            mult, shift = requant_params(acc_scale / out.scale)
+        else:
+            lo, hi = pre
+            in_scale = max(abs(lo), abs(hi), 1e-6) / _IN16
+            in_scale = max(in_scale, float(acc_scale.max()) / 60000.0)
+            mult, shift = requant_params(acc_scale / in_scale)
+            table = self._table(func, lo, hi, in_scale, out.scale, kind, kind or "f")
+        b = None
+        if bias is not None:
+            b = bias_int32(np.broadcast_to(np.asarray(bias, dtype=np.float64), (N,)), acc_scale)
+        k = Kernel(self._uniq(name), origin, terms, out, mult, shift, b, table, role, kind)
+        self.steps.append(k)
+        return k
+
+    # -- element-wise chains ------------------------------------------------------------------
+
+    def _scalar(self, name):
+        if name in self.consts and self.consts[name].size == 1:
+            return float(self.consts[name].reshape(()))
+        return None
+
+    def _chain(self, x: str):
+        """The maximal chain of element-wise nodes computing a function of *x* alone.
+
+        Returns ``(nodes, out_name)`` (``([], None)`` when there is none). A node joins when
+        every non-constant input is *x* or a chain output and every constant input is a
+        scalar; the chain is cut back until exactly one of its values leaves it.
+        """
+        inside = {x}
+        members: list = []
+        for n in self.model.graph.node:
+            if id(n) in self.done or n.op_type not in ELEMENTWISE:
+                continue
+            ins = [i for i in n.input if i]
+            if not any(i in inside for i in ins):
+                continue
+            if n.op_type in ("Dropout", "Clip"):
+                ok = ins[0] in inside and all(i in self.consts for i in ins[1:])
+            else:
+                ok = all(i in inside or (i in self.consts and self.consts[i].size == 1) for i in ins)
+            if ok:
+                members.append(n)
+                inside.add(n.output[0])
+        while members:
+            outs = {n.output[0] for n in members}
+            leaving = [o for o in outs if o in self.graph_outputs
+                       or any(c not in members for c in self.consumers[o])]
+            if len(leaving) == 1:
+                out = leaving[0]
+                needed, keep = {out}, []
+                for n in reversed(members):
+                    if n.output[0] in needed:
+                        keep.append(n)
+                        needed.update(i for i in n.input if i)
+                keep.reverse()
+                if not any(n.op_type not in ("Identity", "Dropout", "Cast") for n in keep):
+                    return [], None
+                return keep, out
+            members = members[:-1]
+        return [], None
+
+    def _chain_function(self, x: str, nodes, out: str):
+        """The chain as a float function of a 1-D array (the reference ONNX runtime)."""
+        from onnx.reference import ReferenceEvaluator
+
+        inits = {}
+        for n in nodes:
+            for i in n.input:
+                if i in self.consts:
+                    inits[i] = numpy_helper.from_array(
+                        np.asarray(self.consts[i], dtype=self.consts[i].dtype).reshape(()), i)
+        graph = helper.make_graph(
+            list(nodes), "chain",
+            [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [None])],
+            [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [None])],
+            list(inits.values()))
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        sess = ReferenceEvaluator(m)
+
+        def f(v):
+            v = np.asarray(v, dtype=np.float64)
+            r = sess.run(None, {x: v.astype(np.float32).ravel()})[0]
+            return np.asarray(r, dtype=np.float64).reshape(v.shape)
+
+        return f
+
+    def _chain_kind(self, nodes) -> str:
+        ops = [n.op_type for n in nodes if n.op_type in _ACTIVATIONS]
+        if not ops:
+            return "affine"
+        if "Erf" in ops or "Gelu" in ops:
+            return "gelu"
+        return ops[0].lower()
+
+    def _tail(self, x: str):
+        """What follows a linear layer's output *x*: ``(func, pre_range, out_name, kind)``
+        with the chain consumed, or ``(None, None, x, "")``."""
+        nodes, out = self._chain(x)
+        if not nodes:
+            return None, None, x, ""
+        for n in nodes:
+            self.done.add(id(n))
+        r = self._range(x)
+        kind = self._chain_kind(nodes)
+        self.notes.append(f"{', '.join(n.name or n.op_type for n in nodes)}: one PWL "
+                          f"({kind}) on the output of {x}")
+        return self._chain_function(x, nodes, out), (r.lo, r.hi), out, kind
+
+    def _emit_linear(self, node, terms, acc_scale, bias, out_name, shape, perm, *, role="linear"):
+        """A kernel for a linear node, with the element-wise chain after it fused."""
+        func, pre, final, kind = self._tail(out_name)
+        out = self._new(final, self._shape(final) if final != out_name else shape, perm,
+                        self._scale(final))
+        if _prod(out.shape) != _prod(shape):
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): fused chain changes the shape")
+        out.shape = tuple(shape)
+        self._kernel(node.name or node.op_type, node.name, terms, out, acc_scale, bias=bias,
+                     func=func, pre=pre, role=role, kind=kind)
+        self.vals[final] = out
+        return out
+
+    # -- linear layers ------------------------------------------------------------------------
+
+    def _fold_after(self, name, nchan: int, chan_axis: int):
+        """Fold BatchNormalization and constant per-channel Mul, Div, Add, Sub that follow a
+        linear layer's output *name* (channels on *chan_axis*): returns
+        ``(scale_per_channel, bias_per_channel, new_name)``."""
+        a, b = None, None
+        while True:
+            c = self._single_consumer(name)
+            if c is None or id(c) in self.done:
+                return a, b, name
+            if c.op_type == "BatchNormalization" and c.input[0] == name:
+                gamma, beta, mean, var = (self.consts.get(i) for i in c.input[1:5])
+                if any(v is None for v in (gamma, beta, mean, var)):
+                    return a, b, name
+                eps = _attr(c, "epsilon", 1e-5)
+                s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+                t = beta - mean * s
+            elif c.op_type in ("Add", "Sub", "Mul", "Div"):
+                other = c.input[1] if c.input[0] == name else c.input[0]
+                if other not in self.consts or c.input[0] == c.input[1]:
+                    return a, b, name
+                v = self._per_channel(self.consts[other], len(self._shape(name)), nchan, chan_axis)
+                if v is None:
+                    return a, b, name
+                if c.op_type == "Add":
+                    s, t = np.ones(nchan), v
+                elif c.op_type == "Sub":
+                    s, t = (np.ones(nchan), -v) if c.input[0] == name else (-np.ones(nchan), v)
+                elif c.op_type == "Mul":
+                    s, t = v, np.zeros(nchan)
+                else:
+                    if c.input[0] != name:
+                        return a, b, name
+                    s, t = 1.0 / v, np.zeros(nchan)
+            else:
+                return a, b, name
+            if tuple(self._shape(c.output[0])) != tuple(self._shape(name)):
+                return a, b, name
+            a = s if a is None else a * s
+            b = t if b is None else b * s + t
+            self.done.add(id(c))
+            self.notes.append(f"{c.name or c.op_type} folded into the preceding layer")
+            name = c.output[0]
+
+    @staticmethod
+    def _per_channel(v, rank: int, nchan: int, chan_axis: int):
+        """Constant *v* as a per-channel vector, or None if it varies along another axis."""
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim > rank:
+            return None
+        vs = [1] * (rank - v.ndim) + list(v.shape)
+        ax = chan_axis % rank
+        if any(d != 1 for i, d in enumerate(vs) if i != ax) or vs[ax] not in (1, nchan):
+            return None
+        return np.broadcast_to(v.reshape(-1), (nchan,)).copy()
+
+    def _op_Conv(self, node):
+        x = self._val(node.input[0], node)
+        w = self.consts.get(node.input[1])
+        if w is None:
+            raise LinearizeError(f"Conv (node {node.name!r}): weights must be constant")
+        bias = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        rank = len(x.shape)
+        if rank not in (3, 4):
+            raise LinearizeError(f"Conv (node {node.name!r}): only 1-D and 2-D convolutions, "
+                                 f"input has rank {rank}")
+        if x.shape[0] != 1:
+            raise LinearizeError(f"Conv (node {node.name!r}): batch must be 1, got {x.shape[0]}")
+        x = self._relayout(x, _channels_last(rank), node.name)
+        sp = rank - 2
+        ks = list(w.shape[2:])
+        strides = list(_attr(node, "strides", [1] * sp))
+        dil = list(_attr(node, "dilations", [1] * sp))
+        group = int(_attr(node, "group", 1))
+        pads = list(_attr(node, "pads", [0] * (2 * sp)))
+        auto = _attr(node, "auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        in_sp = list(x.shape[2:])
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0] * (2 * sp)
+            for d in range(sp):
+                out_d = -(-in_sp[d] // strides[d])
+                total = max(0, (out_d - 1) * strides[d] + (ks[d] - 1) * dil[d] + 1 - in_sp[d])
+                lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+                pads[d], pads[d + sp] = lo, total - lo
+        elif auto == "VALID":
+            pads = [0] * (2 * sp)
+        if sp == 1:                                 # treat 1-D as 2-D with height 1
+            ks, strides, dil = [1] + ks, [1] + strides, [1] + dil
+            pads = [0, pads[0], 0, pads[1]]
+            in_sp = [1] + in_sp
+            w = w[:, :, None, :]
+        cout, cin_g, kh, kw = w.shape
+        cin = x.shape[1]
+        if cin != cin_g * group:
+            raise LinearizeError(f"Conv (node {node.name!r}): {cin} input channels, weights "
+                                 f"expect {cin_g} x group {group}")
+        H, W = in_sp
+        Ho = (H + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+        Wo = (W + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+
+        def im2col(i):
+            i = i.reshape(1, cin, H, W)
+            p = np.pad(i, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
+                       constant_values=FILL_ZERO)
+            oy = np.arange(Ho)[:, None, None, None, None]
+            ox = np.arange(Wo)[None, :, None, None, None]
+            c = np.arange(cin)[None, None, :, None, None]
+            ky = np.arange(kh)[None, None, None, :, None]
+            kx = np.arange(kw)[None, None, None, None, :]
+            cols = p[0, c, oy * strides[0] + ky * dil[0], ox * strides[1] + kx * dil[1]]
+            return cols.reshape(Ho * Wo, cin * kh * kw)
+
+        a = self._gather(f"{node.name}.im2col", node.name, [x], im2col)
+        s_bn, t_bn, out_name = self._fold_after(node.output[0], cout, 1)
+        wf = w.astype(np.float64).reshape(cout, cin_g * kh * kw)
+        bf = np.zeros(cout) if bias is None else bias.astype(np.float64)
+        if s_bn is not None:
+            wf = wf * s_bn[:, None]
+            bf = bf * s_bn + t_bn
+        q, sw = quantize_weights(wf, axis=0)
+        cout_g = cout // group
+        B = np.zeros((cin * kh * kw, cout), dtype=np.int64)
+        kg = cin_g * kh * kw
+        for g in range(group):
+            B[g * kg:(g + 1) * kg, g * cout_g:(g + 1) * cout_g] = q[g * cout_g:(g + 1) * cout_g].T
+        wt = self._const(f"{node.name}.W", B, 1.0)
+        shape = (1, cout) + ((Wo,) if sp == 1 else (Ho, Wo))
+        self._emit_linear(node, [Term(a, wt)], x.scale * sw, bf, out_name, shape,
+                          _channels_last(len(shape)))
+
+    def _op_Gemm(self, node):
+        x = self._val(node.input[0], node)
+        if _attr(node, "transA", 0):
+            x = self._gather(f"{node.name}.transA", node.name, [x], lambda i: i.T)
+        x = self._relayout(x, (0, 1), node.name)
+        w = self.consts.get(node.input[1])
+        alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
+        bias = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if w is None:
+            raise LinearizeError(f"Gemm (node {node.name!r}): B must be constant (use MatMul)")
+        w = w.astype(np.float64) * alpha
+        if _attr(node, "transB", 0):
+            w = w.T
+        N = w.shape[1]
+        bf = np.zeros(N) if bias is None else np.broadcast_to(
+            bias.astype(np.float64).reshape(-1) * beta, (N,)).copy()
+        if bias is not None and bias.size not in (1, N):
+            raise LinearizeError(f"Gemm (node {node.name!r}): C must broadcast along rows")
+        self._linear_const(node, x, w, bf, (x.shape[0], N))
+
+    def _linear_const(self, node, x, w, bf, shape):
+        s, t, out_name = self._fold_after(node.output[0], w.shape[1], -1)
+        if s is not None:
+            w = w * s[None, :]
+            bf = bf * s + t
+        q, sw = quantize_weights(w, axis=1)
+        wt = self._const(f"{node.name}.W", q, 1.0)
+        self._emit_linear(node, [Term(x, wt)], x.scale * sw, bf, out_name, shape,
+                          tuple(range(len(shape))))
+
+    def _op_MatMul(self, node):
+        a_name, b_name = node.input[:2]
+        if a_name in self.consts and b_name not in self.consts:
+            raise LinearizeError(f"MatMul (node {node.name!r}): constant A with activation B "
+                                 f"is not supported")
+        x = self._val(a_name, node)
+        x = self._relayout(x, tuple(range(len(x.shape))), node.name)
+        if b_name in self.consts:
+            w = self.consts[b_name].astype(np.float64)
+            if w.ndim != 2:
+                raise LinearizeError(f"MatMul (node {node.name!r}): constant B must be 2-D")
+            shape = x.shape[:-1] + (w.shape[1],)
+            self._linear_const(node, x, w, np.zeros(w.shape[1]), shape)
+            return
+        y = self._val(b_name, node)
+        y = self._relayout(y, tuple(range(len(y.shape))), node.name)
+        xs, ys = x.shape, y.shape
+        if len(xs) < 2 or len(ys) < 2:
+            raise LinearizeError(f"MatMul (node {node.name!r}): 1-D operands are not supported")
+        batch = np.broadcast_shapes(xs[:-2], ys[:-2])
+        M, K, N = xs[-2], xs[-1], ys[-1]
+        if ys[-2] != K:
+            raise LinearizeError(f"MatMul (node {node.name!r}): inner dimensions {K} and {ys[-2]}")
+        if tuple(xs[:-2]) != tuple(batch):
+            x = self._gather(f"{node.name}.bcastA", node.name, [x],
+                             lambda i: np.broadcast_to(i, tuple(batch) + (M, K)))
+        if tuple(ys[:-2]) != tuple(batch):
+            y = self._gather(f"{node.name}.bcastB", node.name, [y],
+                             lambda i: np.broadcast_to(i, tuple(batch) + (K, N)))
+        shape = tuple(batch) + (M, N)
+        func, pre, final, kind = self._tail(node.output[0])
+        out = self._new(final, shape, tuple(range(len(shape))), self._scale(final))
+        nb = _prod(batch)
+        for b in range(nb):
+            xa = self._view(x, b * M, M)
+            yb = self._view(y, b * K, K)
+            ob = self._view(out, b * M, M)
+            self._kernel(f"{node.name or 'MatMul'}[{b}]", node.name, [Term(xa, yb)], ob,
+                         x.scale * y.scale, func=func, pre=pre, kind=kind)
+        self.vals[final] = out
+
+    def _view(self, t: Tensor, row0: int, rows: int) -> Tensor:
+        """Rows ``row0 .. row0 + rows`` of *t*'s storage, as a tensor of its own."""
+        if row0 == 0 and rows == t.rows:
+            return t
+        v = Tensor(f"{t.name}[{row0}:{row0 + rows}]", rows, t.cols, t.scale, t.elem)
+        v.base, v.row0 = t, row0
+        return v
+
+    # -- element-wise ---------------------------------------------------------------------
+
+    def _elementwise_chain(self, node) -> bool:
+        """Lower *node* and the element-wise chain it starts as one PWL kernel, if it is one."""
+        x = next((i for i in node.input if i in self.vals), None)
+        if x is None:
+            return False
+        nodes, out = self._chain(x)
+        if not nodes or node not in nodes:
+            return False
+        for n in nodes:
+            self.done.add(id(n))
+        t = self.vals[x]
+        r = self._range(x)
+        f = self._chain_function(x, nodes, out)
+        kind = self._chain_kind(nodes)
+        o = self._new(out, t.shape, t.perm, self._scale(out))
+        self._kernel(f"{nodes[0].name or nodes[0].op_type}.pwl", ",".join(n.name for n in nodes),
+                     [Term(t, self._diag(t.cols, 1))], o, t.scale, func=f, pre=(r.lo, r.hi),
+                     role="linearization", kind=kind)
+        self.notes.append(f"{', '.join(n.name or n.op_type for n in nodes)}: one PWL ({kind})")
+        self.vals[out] = o
+        return True
+
+    def _unary(self, node):
+        if not self._elementwise_chain(node):
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): not an element-wise "
+                                 f"function of one tensor")
+
+    _op_Relu = _op_LeakyRelu = _op_Elu = _op_Selu = _op_Sigmoid = _op_HardSigmoid = _unary
+    _op_HardSwish = _op_Tanh = _op_Softplus = _op_Gelu = _op_Erf = _op_Exp = _unary
+    _op_Sqrt = _op_Reciprocal = _op_Clip = _op_Neg = _unary
+
+    def _op_PRelu(self, node):
+        if self._scalar(node.input[1]) is not None:
+            return self._unary(node)
+        # Per-channel slope: relu(x) - a * relu(-x), two PWL kernels and a sum.
+        x = self._val(node.input[0], node)
+        a = self.consts.get(node.input[1])
+        if a is None:
+            raise LinearizeError(f"PRelu (node {node.name!r}): slope must be constant")
+        r = self._range(node.input[0])
+        n = x.cols
+        a = np.broadcast_to(a.astype(np.float64).reshape(-1), (n,))
+        pos = self._new(node.output[0] + ".pos", x.shape, x.perm, max(r.hi, 1e-6) / INT8_MAX)
+        neg = self._new(node.output[0] + ".neg", x.shape, x.perm, max(-r.lo, 1e-6) / INT8_MAX)
+        self._kernel(f"{node.name}.pos", node.name, [Term(x, self._diag(n, 1))], pos, x.scale,
+                     func=pwl_lib.relu, pre=(r.lo, r.hi), role="linearization", kind="relu")
+        self._kernel(f"{node.name}.neg", node.name, [Term(x, self._diag(n, -1))], neg, x.scale,
+                     func=pwl_lib.relu, pre=(-r.hi, -r.lo), role="linearization", kind="relu")
+        self._sum(node, [(pos, np.ones(n)), (neg, -a)], node.output[0], x.shape, x.perm)
+
+    def _sum(self, node, parts, out_name, shape, perm, *, bias=None, fuse=True):
+        """``out = sum_i c_i * x_i`` (per-column real coefficients ``c_i``), accumulated in
+        int32 with diagonal int8 weights; the element-wise chain after it is fused."""
+        n = parts[0][0].cols
+        w = np.stack([np.asarray(c, dtype=np.float64) * t.scale for t, c in parts])  # P x n
+        top = np.max(np.abs(w), axis=0)
+        top = np.where(top > 0, top, 1.0)
+        q = np.round(w / top * INT8_MAX).astype(np.int64)
+        acc = top / INT8_MAX
+        terms = [Term(t, self._diag(n, q[i])) for i, (t, _) in enumerate(parts)]
+        if fuse:
+            return self._emit_linear(node, terms, acc, bias, out_name, shape, perm,
+                                     role="linearization")
+        out = self._new(out_name, shape, perm, self._scale(out_name))
+        self._kernel(node.name or node.op_type, node.name, terms, out, acc, bias=bias,
+                     role="linearization")
+        self.vals[out_name] = out
+        return out
+
+    def _binary_operands(self, node):
+        a, b = node.input[:2]
+        out_shape = self._shape(node.output[0])
+        return a, b, out_shape
+
+    def _broadcast_to(self, t: Tensor, shape, perm, origin) -> Tensor:
+        if tuple(t.shape) == tuple(shape):
+            return self._relayout(t, perm, origin)
+        return self._gather(f"{t.name}.bcast", origin, [t],
+                            lambda i: np.broadcast_to(i.reshape((1,) * (len(shape) - i.ndim) + i.shape),
+                                                      shape), perm)
+
+    def _op_Add(self, node, sign=1.0):
+        if self._elementwise_chain(node):
+            return
+        a, b, shape = self._binary_operands(node)
+        if a in self.vals and b in self.vals:
+            ta, tb = self.vals[a], self.vals[b]
+            lead = ta if tuple(ta.shape) == tuple(shape) else tb
+            perm = lead.perm
+            ta = self._broadcast_to(ta, shape, perm, node.name)
+            tb = self._broadcast_to(tb, shape, perm, node.name)
+            n = ta.cols
+            self._sum(node, [(ta, np.ones(n)), (tb, sign * np.ones(n))], node.output[0], shape, perm)
+            return
+        x_name, c_name = (a, b) if a in self.vals else (b, a)
+        x = self.vals[x_name]
+        c = self.consts[c_name].astype(np.float64)
+        coef = 1.0 if (x_name == a or sign > 0) else -1.0
+        csign = sign if x_name == a else 1.0
+        if tuple(x.shape) != tuple(shape):
+            x = self._broadcast_to(x, shape, x.perm, node.name)
+        n = x.cols
+        vs = [1] * (len(shape) - c.ndim) + list(c.shape)
+        per_col = all(d == 1 for i, d in enumerate(vs) if i != x.perm[-1])
+        if per_col:
+            bias = csign * np.broadcast_to(c.reshape(-1), (n,))
+            self._sum(node, [(x, coef * np.ones(n))], node.output[0], shape, x.perm, bias=bias)
+            return
+        # A constant tensor: an operand of its own in the int32 sum.
+        full = np.broadcast_to(c.reshape(vs), shape)
+        q, s = quantize_weights(full, axis=None)
+        ct = Tensor(self._uniq(c_name), *_storage(shape, x.perm), float(s), 1, None, tuple(shape),
+                    x.perm)
+        ct.data = ct.to_matrix(q).astype(np.int64)
+        self._sum(node, [(x, coef * np.ones(n)), (ct, csign * np.ones(n))], node.output[0],
+                  shape, x.perm)
+
+    def _op_Sub(self, node):
+        self._op_Add(node, sign=-1.0)
+
+    def _op_Mul(self, node, div=False):
+        if self._elementwise_chain(node):
+            return
+        a, b, shape = self._binary_operands(node)
+        if a in self.vals and b in self.vals and not div:
+            return self._product(node, self.vals[a], self.vals[b], shape)
+        if div and b in self.vals:
+            raise LinearizeError(f"Div (node {node.name!r}): division by a tensor is lowered "
+                                 f"only inside LayerNorm/softmax patterns")
+        x_name, c_name = (a, b) if a in self.vals else (b, a)
+        x = self.vals[x_name]
+        c = self.consts[c_name].astype(np.float64)
+        if div:
+            c = 1.0 / c
+        if c.size == 1 and float(c.reshape(())) > 0 and tuple(x.shape) == tuple(shape):
+            # A positive scalar only changes the scale: no step.
+            out = self._new(node.output[0], x.shape, x.perm, x.scale * float(c.reshape(())))
+            out.base = x
+            self.vals[node.output[0]] = out
+            self.notes.append(f"{node.name or node.op_type}: scalar folded into the scale")
+            return
+        if tuple(x.shape) != tuple(shape):
+            x = self._broadcast_to(x, shape, x.perm, node.name)
+        n = x.cols
+        vs = [1] * (len(shape) - c.ndim) + list(c.shape)
+        if not all(d == 1 for i, d in enumerate(vs) if i != x.perm[-1]):
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): constant must be a scalar "
+                                 f"or per-{'channel' if len(shape) > 2 else 'column'} vector")
+        self._sum(node, [(x, np.broadcast_to(c.reshape(-1), (n,)))], node.output[0], shape, x.perm)
+
+    def _op_Div(self, node):
+        self._op_Mul(node, div=True)
+
+    def _product(self, node, ta, tb, shape):
+        """``x * y = ((x + y)^2 - (x - y)^2) / 4`` with two PWL squares."""
+        perm = ta.perm if tuple(ta.shape) == tuple(shape) else tb.perm
+        ta = self._broadcast_to(ta, shape, perm, node.name)
+        tb = self._broadcast_to(tb, shape, perm, node.name)
+        n = ta.cols
+        ra, rb = self._range(node.input[0]), self._range(node.input[1])
+        lim = ra.absmax + rb.absmax
+        sq = []
+        for tag, sgn in (("sum", 1.0), ("diff", -1.0)):
+            w = np.array([ta.scale, sgn * tb.scale])
+            top = np.max(np.abs(w))
+            q = np.round(w / top * INT8_MAX).astype(np.int64)
+            o = self._new(f"{node.output[0]}.{tag}2", shape, perm, lim * lim / INT8_MAX)
+            self._kernel(f"{node.name}.{tag}2", node.name,
+                         [Term(ta, self._diag(n, q[0])), Term(tb, self._diag(n, q[1]))], o,
+                         top / INT8_MAX, func=lambda v: np.asarray(v) ** 2, pre=(-lim, lim),
+                         role="linearization", kind="square")
+            sq.append(o)
+        self._sum(node, [(sq[0], 0.25 * np.ones(n)), (sq[1], -0.25 * np.ones(n))],
+                  node.output[0], shape, perm)
+
+    # -- reductions, pooling ----------------------------------------------------------------
+
+    def _rows_by(self, x: Tensor, axes, origin) -> Tensor:
+        """*x* as a matrix whose columns are the reduced *axes* (moved last, in order)."""
+        rank = len(x.shape)
+        keep = [d for d in range(rank) if d not in axes]
+        perm = tuple(keep) + tuple(axes)
+        if len(axes) == 1:
+            return self._relayout(x, perm, origin)
+        lead = tuple(x.shape[d] for d in keep)
+        red = _prod([x.shape[d] for d in axes])
+        return self._gather(f"{x.name}.rows", origin, [x],
+                            lambda i: np.transpose(i, perm).reshape(lead + (red,)))
+
+    def _reduce(self, node, mean: bool):
+        x = self._val(node.input[0], node)
+        rank = len(x.shape)
+        axes = _attr(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.consts[node.input[1]].tolist()
+        if axes is None or len(axes) == 0:
+            axes = list(range(rank))
+        axes = sorted(a % rank for a in axes)
+        out_shape = self._shape(node.output[0])
+        count = _prod([x.shape[a] for a in axes])
+        # Reducing every stored row of a channel-last tensor (global pooling): ones-row @ x.
+        if x.shape[0] == 1 and x.perm[-1] not in axes and \
+                set(range(rank)) - set(axes) == {0, x.perm[-1]}:
+            perm = _channels_last(len(out_shape)) if len(out_shape) >= 3 else \
+                tuple(range(len(out_shape)))
+            out = self._new(node.output[0], out_shape, perm, self._scale(node.output[0]))
+            self._kernel(node.name or node.op_type, node.name, [Term(self._ones(1, x.rows), x)],
+                         out, x.scale / (count if mean else 1), role="linearization")
+            self.vals[node.output[0]] = out
+            return
+        xr = self._rows_by(x, axes, node.name)
+        lead = tuple(x.shape[d] for d in range(rank) if d not in axes)
+        out = self._new(node.output[0] + ".sum", lead + (1,), tuple(range(len(lead) + 1)),
+                        self._scale(node.output[0]))
+        self._kernel(node.name or node.op_type, node.name, [Term(xr, self._ones(xr.cols, 1))],
+                     out, x.scale / (count if mean else 1), role="linearization")
+        self.vals[node.output[0]] = self._gather(node.output[0], node.name, [out],
+                                                 lambda i: i.reshape(out_shape))
+
+    def _op_ReduceMean(self, node):
+        self._reduce(node, True)
+
+    def _op_ReduceSum(self, node):
+        self._reduce(node, False)
+
+    def _op_GlobalAveragePool(self, node):
+        x = self._val(node.input[0], node)
+        x = self._relayout(x, _channels_last(len(x.shape)), node.name)
+        out_shape = self._shape(node.output[0])
+        out = self._new(node.output[0], out_shape, _channels_last(len(out_shape)),
+                        self._scale(node.output[0]))
+        self._kernel(node.name or node.op_type, node.name, [Term(self._ones(1, x.rows), x)], out,
+                     x.scale / x.rows, role="linearization")
+        self.vals[node.output[0]] = out
+
+    def _windows(self, node, x: Tensor, fill):
+        """Shifted views of a pooling window, stacked: ``(stack, views, out_shape)``."""
+        rank = len(x.shape)
+        sp = rank - 2
+        ks = list(_attr(node, "kernel_shape"))
+        strides = list(_attr(node, "strides", [1] * sp))
+        dil = list(_attr(node, "dilations", [1] * sp))
+        pads = list(_attr(node, "pads", [0] * (2 * sp)))
+        ceil = _attr(node, "ceil_mode", 0)
+        auto = _attr(node, "auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        in_sp = list(x.shape[2:])
+        if auto != "NOTSET":
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): auto_pad={auto} is not "
+                                 f"supported; use explicit pads")
+        out_sp = []
+        for d in range(sp):
+            span = in_sp[d] + pads[d] + pads[d + sp] - dil[d] * (ks[d] - 1) - 1
+            o = (-(-span // strides[d]) if ceil else span // strides[d]) + 1
+            if ceil and (o - 1) * strides[d] >= in_sp[d] + pads[d]:
+                o -= 1
+            out_sp.append(o)
+        if sp == 1:
+            ks, strides, dil, in_sp, out_sp = [1] + ks, [1] + strides, [1] + dil, [1] + in_sp, [1] + out_sp
+            pads = [0, pads[0], 0, pads[1]]
+        C = x.shape[1]
+        H, W = in_sp
+        Ho, Wo = out_sp
+        kh, kw = ks
+        extra_h = max(0, (Ho - 1) * strides[0] + (kh - 1) * dil[0] + 1 - (H + pads[0] + pads[2]))
+        extra_w = max(0, (Wo - 1) * strides[1] + (kw - 1) * dil[1] + 1 - (W + pads[1] + pads[3]))
+
+        def stack(i):
+            i = i.reshape(1, C, H, W)
+            p = np.pad(i, ((0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w)),
+                       constant_values=fill)
+            views = []
+            for ky in range(kh):
+                for kx in range(kw):
+                    ys = np.arange(Ho) * strides[0] + ky * dil[0]
+                    xs = np.arange(Wo) * strides[1] + kx * dil[1]
+                    v = p[0][:, ys][:, :, xs]
+                    views.append(np.transpose(v, (1, 2, 0)).reshape(Ho * Wo, C))
+            return np.concatenate(views, axis=0)
+
+        x = self._relayout(x, _channels_last(rank), node.name)
+        st = self._gather(f"{node.name}.windows", node.name, [x], stack)
+        n = kh * kw
+        views = [self._view(st, t * Ho * Wo, Ho * Wo) for t in range(n)]
+        out_shape = (1, C) + ((Wo,) if sp == 1 else (Ho, Wo))
+        has_pad = any(pads) or extra_h or extra_w
+        return views, out_shape, has_pad, n
+
+    def _op_MaxPool(self, node):
+        if len(node.output) > 1 and node.output[1]:
+            raise LinearizeError(f"MaxPool (node {node.name!r}): the Indices output is not supported")
+        x = self._val(node.input[0], node)
+        views, out_shape, _, _ = self._windows(node, x, FILL_MIN)
+        C = x.shape[1]
+        level = 0
+        while len(views) > 1:
+            nxt = []
+            for i in range(0, len(views) - 1, 2):
+                a, b = views[i], views[i + 1]
+                d = Tensor(self._uniq(f"{node.name}.d{level}.{i}"), a.rows, C, a.scale)
+                self._kernel(f"{node.name}.relu{level}.{i}", node.name,
+                             [Term(a, self._diag(C, -1)), Term(b, self._diag(C, 1))], d, a.scale,
+                             func=pwl_lib.relu, pre=(-255 * a.scale, 255 * a.scale),
+                             role="linearization", kind="relu")
+                m = Tensor(self._uniq(f"{node.name}.max{level}.{i}"), a.rows, C, a.scale)
+                self._kernel(f"{node.name}.max{level}.{i}", node.name,
+                             [Term(a, self._diag(C, 1)), Term(d, self._diag(C, 1))], m, a.scale,
+                             role="linearization")
+                nxt.append(m)
+            if len(views) % 2:
+                nxt.append(views[-1])
+            views = nxt
+            level += 1
+        res = views[0]
+        out = self._new(node.output[0], out_shape, _channels_last(len(out_shape)), res.scale)
+        if len(self.steps) and isinstance(self.steps[-1], Kernel) and self.steps[-1].out is res:
+            self.steps[-1].out = out
+        else:
+            out.base = res
+        self.vals[node.output[0]] = out
+
+    def _op_AveragePool(self, node):
+        x = self._val(node.input[0], node)
+        views, out_shape, has_pad, n = self._windows(node, x, FILL_ZERO)
+        if has_pad and not _attr(node, "count_include_pad", 0):
+            raise LinearizeError(f"AveragePool (node {node.name!r}): padding with "
+                                 f"count_include_pad=0 (a per-pixel divisor) is not supported")
+        C = x.shape[1]
+        out = self._new(node.output[0], out_shape, _channels_last(len(out_shape)),
+                        self._scale(node.output[0]))
+        self._kernel(node.name or node.op_type, node.name,
+                     [Term(v, self._diag(C, 1)) for v in views], out, x.scale / n,
+                     role="linearization")
+        self.vals[node.output[0]] = out
+
+    # -- softmax ------------------------------------------------------------------------------
+
+    def _rowmax(self, node, x: Tensor) -> Tensor:
+        """Row maxima ``[rows, 1]`` by a tree of ``a + relu(b - a)`` over column halves."""
+        cur = x
+        level = 0
+        while cur.cols > 1:
+            h = cur.cols // 2
+            odd = cur.cols % 2
+            a = self._gather(f"{node.name}.maxA{level}", node.name, [cur], lambda i: i[:, :h])
+            b = self._gather(f"{node.name}.maxB{level}", node.name, [cur], lambda i: i[:, h:2 * h])
+            d = Tensor(self._uniq(f"{node.name}.maxd{level}"), x.rows, h, x.scale)
+            self._kernel(f"{node.name}.maxrelu{level}", node.name,
+                         [Term(a, self._diag(h, -1)), Term(b, self._diag(h, 1))], d, x.scale,
+                         func=pwl_lib.relu, pre=(-255 * x.scale, 255 * x.scale),
+                         role="linearization", kind="relu")
+            m = Tensor(self._uniq(f"{node.name}.max{level}"), x.rows, h, x.scale)
+            self._kernel(f"{node.name}.max{level}", node.name,
+                         [Term(a, self._diag(h, 1)), Term(d, self._diag(h, 1))], m, x.scale,
+                         role="linearization")
+            if odd:
+                m = self._gather(f"{node.name}.maxodd{level}", node.name, [m, cur],
+                                 lambda i, j: np.concatenate([i, j[:, -1:]], axis=1))
+            cur = m
+            level += 1
+        return cur
+
+    def _softmax(self, node, log: bool):
+        x = self._val(node.input[0], node)
+        rank = len(x.shape)
+        axis = _attr(node, "axis", -1 if self.opset >= 13 else 1) % rank
+        if self.opset < 13 and axis != rank - 1:
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): opset {self.opset} "
+                                 f"softmax over axis {axis} is not the last axis")
+        perm = tuple(d for d in range(rank) if d != axis) + (axis,)
+        x = self._relayout(x, perm, node.name)
+        L, M = x.cols, x.rows
+        r = self._range(node.input[0])
+        span = max(r.hi - r.lo, 1e-3)
+        zlo = -min(span, 24.0)
+        m = self._rowmax(node, x)
+        neg_ones = self._ones(1, L, -1)
+        e = Tensor(self._uniq(f"{node.name}.exp"), M, L, 1.0 / INT8_MAX)
+        self._kernel(f"{node.name}.exp", node.name,
+                     [Term(x, self._diag(L, 1)), Term(m, neg_ones)], e, x.scale,
+                     func=pwl_lib.exp, pre=(zlo, 0.0), role="linearization", kind="exp")
+        ln_l = math.log(L)
+        ls = Tensor(self._uniq(f"{node.name}.logsum"), M, 1, max(ln_l, 1e-3) / INT8_MAX)
+        self._kernel(f"{node.name}.logsum", node.name, [Term(e, self._ones(L, 1))], ls, e.scale,
+                     func=np.log, pre=(1.0, float(L)), role="linearization", kind="log")
+        u = max(x.scale, ls.scale) / INT8_MAX
+        c1 = int(round(x.scale / u))
+        c2 = int(round(ls.scale / u))
+        terms = [Term(x, self._diag(L, c1)), Term(m, self._ones(1, L, -c1)),
+                 Term(ls, self._ones(1, L, -c2))]
+        out_shape = tuple(x.shape)
+        if log:
+            out = self._new(node.output[0], out_shape, perm, self._scale(node.output[0]))
+            self._kernel(node.name or node.op_type, node.name, terms, out, u, role="linearization")
+        else:
+            out = self._new(node.output[0], out_shape, perm, 1.0 / INT8_MAX)
+            self._kernel(node.name or node.op_type, node.name, terms, out, u, func=pwl_lib.exp,
+                         pre=(zlo - ln_l, 0.0), role="linearization", kind="exp")
+        self.vals[node.output[0]] = out
+
+    def _op_Softmax(self, node):
+        self._softmax(node, log=False)
+
+    def _op_LogSoftmax(self, node):
+        self._softmax(node, log=True)
+
+    # -- data movement ------------------------------------------------------------------------
+
+    def _move(self, node, fn, *, srcs=None, perm=None):
+        srcs = srcs or [self._val(node.input[0], node)]
+        out = self._gather(node.output[0], node.name, srcs, fn, perm)
+        self.vals[node.output[0]] = out
+        return out
+
+    def _op_Identity(self, node):
+        self.vals[node.output[0]] = self._val(node.input[0], node)
+
+    _op_Dropout = _op_Cast = _op_Identity
+
+    def _op_Reshape(self, node):
+        shape = self._shape(node.output[0])
+        self._move(node, lambda i: i.reshape(shape))
+
+    def _op_Flatten(self, node):
+        self._op_Reshape(node)
+
+    _op_Squeeze = _op_Unsqueeze = _op_Reshape
+
+    def _op_Expand(self, node):
+        shape = self._shape(node.output[0])
+        self._move(node, lambda i: np.broadcast_to(i, shape))
+
+    def _op_Transpose(self, node):
+        perm = _attr(node, "perm", None)
+        self._move(node, lambda i: np.transpose(i, perm))
+
+    def _op_Concat(self, node):
+        axis = _attr(node, "axis")
+        srcs = [self._val(i, node) if i in self.vals else None for i in node.input]
+        if any(s is None for s in srcs):
+            raise LinearizeError(f"Concat (node {node.name!r}): constant operands are not supported")
+        scale = max(s.scale for s in srcs)
+        srcs = [self._rescale(node, s, scale) for s in srcs]
+        self._move(node, lambda *i: np.concatenate(i, axis=axis), srcs=srcs)
+
+    def _rescale(self, node, t: Tensor, scale: float) -> Tensor:
+        if abs(t.scale - scale) <= 1e-9 * scale:
+            return t
+        out = Tensor(self._uniq(f"{t.name}.rescaled"), t.rows, t.cols, scale, 1, None, t.shape, t.perm)
+        self._kernel(f"{node.name}.rescale", node.name, [Term(t, self._diag(t.cols, 1))], out,
+                     t.scale, role="linearization")
+        return out
+
+    def _op_Split(self, node):
+        x = self._val(node.input[0], node)
+        axis = _attr(node, "axis", 0) % len(x.shape)
+        split = _attr(node, "split", None)
+        if split is None and len(node.input) > 1 and node.input[1]:
+            split = self.consts[node.input[1]].tolist()
+        if split is None:
+            n = len(node.output)
+            split = [-(-x.shape[axis] // n)] * (n - 1)
+            split.append(x.shape[axis] - sum(split))
+        start = 0
+        for o, s in zip(node.output, split):
+            lo, hi = start, start + s
+            self.vals[o] = self._gather(o, node.name, [x],
+                                        lambda i, lo=lo, hi=hi: np.take(i, np.arange(lo, hi), axis=axis))
+            start = hi
+
+    def _op_Slice(self, node):
+        x = self._val(node.input[0], node)
+        starts, ends = (self.consts[i].tolist() for i in node.input[1:3])
+        rank = len(x.shape)
+        axes = self.consts[node.input[3]].tolist() if len(node.input) > 3 and node.input[3] \
+            else list(range(len(starts)))
+        steps = self.consts[node.input[4]].tolist() if len(node.input) > 4 and node.input[4] \
+            else [1] * len(starts)
+
+        def fn(i):
+            sl = [slice(None)] * rank
+            for s, e, a, st in zip(starts, ends, axes, steps):
+                sl[a % rank] = slice(s, e, st)
+            return i[tuple(sl)]
+
+        self._move(node, fn)
+
+    def _op_Pad(self, node):
+        mode = _attr(node, "mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = self.consts[node.input[1]].tolist() if len(node.input) > 1 else _attr(node, "pads")
+        value = self._scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
+        if mode != "constant" or value:
+            raise LinearizeError(f"Pad (node {node.name!r}): only constant zero padding")
+        x = self._val(node.input[0], node)
+        rank = len(x.shape)
+        width = [(pads[d], pads[d + rank]) for d in range(rank)]
+        self._move(node, lambda i: np.pad(i, width, constant_values=FILL_ZERO), perm=x.perm)
+
+    def _op_Gather(self, node):
+        data, idx = node.input[:2]
+        axis = _attr(node, "axis", 0)
+        if data in self.consts and idx not in self.consts:
+            # Embedding lookup of a run-time index input.
+            table = self.consts[data].astype(np.float64)
+            if table.ndim != 2 or axis != 0:
+                raise LinearizeError(f"Gather (node {node.name!r}): only row lookups in a 2-D table")
+            s = self._scale(node.output[0])
+            q = np.clip(np.round(table / s), -INT8_MAX, INT8_MAX).astype(np.int64)
+            tt = self._const(f"{node.name}.table", q, s)
+            shape = self._shape(node.output[0])
+            out = self._new(node.output[0], shape, tuple(range(len(shape))), s)
+            if idx not in [i.name for i in self.model.graph.input]:
+                raise LinearizeError(f"Gather (node {node.name!r}): indices must be a graph input")
+            self.steps.append(Lookup(out.name, node.name, tt, idx, out))
+            self.vals[node.output[0]] = out
+            return
+        x = self._val(data, node)
+        ind = self.consts[idx].astype(np.int64)
+        rank = len(x.shape)
+        self._move(node, lambda i: np.take(i, np.where(ind < 0, ind + x.shape[axis % rank], ind),
+                                           axis=axis % rank))
