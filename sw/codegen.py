@@ -120,7 +120,7 @@ def _tensors(steps, net: Network) -> list[Tensor]:
             seen.setdefault(id(t), t)
             t = t.base
 
-    for t in net.inputs.values():
+    for t in list(net.inputs.values()) + list(net.outputs.values()):
         add(t)
     for s in steps:
         if isinstance(s, Kernel):

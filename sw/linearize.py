@@ -278,6 +278,15 @@ class _Lowering:
         segs = self.func_segments.get(kind, self.segments)
         if not hi > lo:
             lo, hi = lo - 1e-3, hi + 1e-3
+        grid = np.linspace(lo, hi, 4097)
+        with np.errstate(all="ignore"):
+            ok = np.isfinite(np.asarray(func(grid), dtype=np.float64))
+        if not ok.all():
+            if not ok.any():
+                raise LinearizeError(f"{func_name}: not finite anywhere on [{lo:g}, {hi:g}]")
+            # Shrink to the finite part (e.g. sqrt or log at calibrated values just below 0).
+            idx = np.nonzero(ok)[0]
+            lo, hi = float(grid[idx[0]]), float(grid[idx[-1]])
         method = self.pwl_method
         fitted = pwl_lib.fit(func, lo, hi, segs, method=method)
         fitted = pwl_lib.PwlFit(fitted.breakpoints, fitted.slopes, fitted.intercepts,
@@ -360,23 +369,27 @@ class _Lowering:
         """The chain as a float function of a 1-D array (the reference ONNX runtime)."""
         from onnx.reference import ReferenceEvaluator
 
-        inits = {}
+        inits, body = {}, []
         for n in nodes:
             for i in n.input:
                 if i in self.consts:
                     inits[i] = numpy_helper.from_array(
-                        np.asarray(self.consts[i], dtype=self.consts[i].dtype).reshape(()), i)
+                        np.asarray(self.consts[i], dtype=np.float64).reshape(()), i)
+            if n.op_type in ("Cast", "Dropout", "Identity"):
+                n = helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name)
+            body.append(n)
+        # In double precision: the fit's curvature estimate needs smooth samples.
         graph = helper.make_graph(
-            list(nodes), "chain",
-            [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [None])],
-            [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [None])],
+            body, "chain",
+            [helper.make_tensor_value_info(x, onnx.TensorProto.DOUBLE, [None])],
+            [helper.make_tensor_value_info(out, onnx.TensorProto.DOUBLE, [None])],
             list(inits.values()))
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         sess = ReferenceEvaluator(m)
 
         def f(v):
             v = np.asarray(v, dtype=np.float64)
-            r = sess.run(None, {x: v.astype(np.float32).ravel()})[0]
+            r = sess.run(None, {x: v.ravel()})[0]
             return np.asarray(r, dtype=np.float64).reshape(v.shape)
 
         return f
@@ -483,8 +496,7 @@ class _Lowering:
         if rank not in (3, 4):
             raise LinearizeError(f"Conv (node {node.name!r}): only 1-D and 2-D convolutions, "
                                  f"input has rank {rank}")
-        if x.shape[0] != 1:
-            raise LinearizeError(f"Conv (node {node.name!r}): batch must be 1, got {x.shape[0]}")
+        nb = x.shape[0]
         x = self._relayout(x, _channels_last(rank), node.name)
         sp = rank - 2
         ks = list(w.shape[2:])
@@ -519,16 +531,17 @@ class _Lowering:
         Wo = (W + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
 
         def im2col(i):
-            i = i.reshape(1, cin, H, W)
+            i = i.reshape(nb, cin, H, W)
             p = np.pad(i, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
                        constant_values=FILL_ZERO)
-            oy = np.arange(Ho)[:, None, None, None, None]
-            ox = np.arange(Wo)[None, :, None, None, None]
-            c = np.arange(cin)[None, None, :, None, None]
-            ky = np.arange(kh)[None, None, None, :, None]
-            kx = np.arange(kw)[None, None, None, None, :]
-            cols = p[0, c, oy * strides[0] + ky * dil[0], ox * strides[1] + kx * dil[1]]
-            return cols.reshape(Ho * Wo, cin * kh * kw)
+            b = np.arange(nb)[:, None, None, None, None, None]
+            oy = np.arange(Ho)[None, :, None, None, None, None]
+            ox = np.arange(Wo)[None, None, :, None, None, None]
+            c = np.arange(cin)[None, None, None, :, None, None]
+            ky = np.arange(kh)[None, None, None, None, :, None]
+            kx = np.arange(kw)[None, None, None, None, None, :]
+            cols = p[b, c, oy * strides[0] + ky * dil[0], ox * strides[1] + kx * dil[1]]
+            return cols.reshape(nb * Ho * Wo, cin * kh * kw)
 
         a = self._gather(f"{node.name}.im2col", node.name, [x], im2col)
         s_bn, t_bn, out_name = self._fold_after(node.output[0], cout, 1)
@@ -544,7 +557,7 @@ class _Lowering:
         for g in range(group):
             B[g * kg:(g + 1) * kg, g * cout_g:(g + 1) * cout_g] = q[g * cout_g:(g + 1) * cout_g].T
         wt = self._const(f"{node.name}.W", B, 1.0)
-        shape = (1, cout) + ((Wo,) if sp == 1 else (Ho, Wo))
+        shape = (nb, cout) + ((Wo,) if sp == 1 else (Ho, Wo))
         self._emit_linear(node, [Term(a, wt)], x.scale * sw, bf, out_name, shape,
                           _channels_last(len(shape)))
 
@@ -557,7 +570,7 @@ class _Lowering:
         alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
         bias = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if w is None:
-            raise LinearizeError(f"Gemm (node {node.name!r}): B must be constant (use MatMul)")
+            return self._gemm_activations(node, x, alpha, beta, bias)
         w = w.astype(np.float64) * alpha
         if _attr(node, "transB", 0):
             w = w.T
@@ -567,6 +580,22 @@ class _Lowering:
         if bias is not None and bias.size not in (1, N):
             raise LinearizeError(f"Gemm (node {node.name!r}): C must broadcast along rows")
         self._linear_const(node, x, w, bf, (x.shape[0], N))
+
+    def _gemm_activations(self, node, x, alpha, beta, bias):
+        y = self._val(node.input[1], node)
+        y = self._relayout(y, (0, 1), node.name)
+        if _attr(node, "transB", 0):
+            y = self._gather(f"{node.name}.transB", node.name, [y], lambda i: i.T)
+        N = y.shape[1]
+        if bias is not None and not (bias.size in (1, N) and bias.ndim <= 2
+                                     and (bias.ndim < 2 or bias.shape[0] == 1)):
+            raise LinearizeError(f"Gemm (node {node.name!r}): C must broadcast along rows")
+        bf = None if bias is None else np.broadcast_to(bias.astype(np.float64).reshape(-1) * beta, (N,))
+        if alpha <= 0:
+            raise LinearizeError(f"Gemm (node {node.name!r}): alpha must be positive with an "
+                                 f"activation B")
+        self._emit_linear(node, [Term(x, y)], x.scale * y.scale * alpha, bf, node.output[0],
+                          (x.shape[0], N), (0, 1))
 
     def _linear_const(self, node, x, w, bf, shape):
         s, t, out_name = self._fold_after(node.output[0], w.shape[1], -1)
@@ -658,7 +687,7 @@ class _Lowering:
 
     _op_Relu = _op_LeakyRelu = _op_Elu = _op_Selu = _op_Sigmoid = _op_HardSigmoid = _unary
     _op_HardSwish = _op_Tanh = _op_Softplus = _op_Gelu = _op_Erf = _op_Exp = _unary
-    _op_Sqrt = _op_Reciprocal = _op_Clip = _op_Neg = _unary
+    _op_Sqrt = _op_Reciprocal = _op_Clip = _op_Neg = _op_Pow = _unary
 
     def _op_PRelu(self, node):
         if self._scalar(node.input[1]) is not None:
@@ -868,6 +897,9 @@ class _Lowering:
         """Shifted views of a pooling window, stacked: ``(stack, views, out_shape)``."""
         rank = len(x.shape)
         sp = rank - 2
+        if sp not in (1, 2):
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): only 1-D and 2-D pooling, "
+                                 f"input has rank {rank}")
         ks = list(_attr(node, "kernel_shape"))
         strides = list(_attr(node, "strides", [1] * sp))
         dil = list(_attr(node, "dilations", [1] * sp))
@@ -896,8 +928,10 @@ class _Lowering:
         extra_h = max(0, (Ho - 1) * strides[0] + (kh - 1) * dil[0] + 1 - (H + pads[0] + pads[2]))
         extra_w = max(0, (Wo - 1) * strides[1] + (kw - 1) * dil[1] + 1 - (W + pads[1] + pads[3]))
 
+        nb = x.shape[0]
+
         def stack(i):
-            i = i.reshape(1, C, H, W)
+            i = i.reshape(nb, C, H, W)
             p = np.pad(i, ((0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w)),
                        constant_values=fill)
             views = []
@@ -905,15 +939,16 @@ class _Lowering:
                 for kx in range(kw):
                     ys = np.arange(Ho) * strides[0] + ky * dil[0]
                     xs = np.arange(Wo) * strides[1] + kx * dil[1]
-                    v = p[0][:, ys][:, :, xs]
-                    views.append(np.transpose(v, (1, 2, 0)).reshape(Ho * Wo, C))
+                    v = p[:, :, ys][:, :, :, xs]
+                    views.append(np.transpose(v, (0, 2, 3, 1)).reshape(nb * Ho * Wo, C))
             return np.concatenate(views, axis=0)
 
         x = self._relayout(x, _channels_last(rank), node.name)
         st = self._gather(f"{node.name}.windows", node.name, [x], stack)
         n = kh * kw
-        views = [self._view(st, t * Ho * Wo, Ho * Wo) for t in range(n)]
-        out_shape = (1, C) + ((Wo,) if sp == 1 else (Ho, Wo))
+        px = nb * Ho * Wo
+        views = [self._view(st, t * px, px) for t in range(n)]
+        out_shape = (nb, C) + ((Wo,) if sp == 1 else (Ho, Wo))
         has_pad = any(pads) or extra_h or extra_w
         return views, out_shape, has_pad, n
 
@@ -1000,6 +1035,10 @@ class _Lowering:
                                  f"softmax over axis {axis} is not the last axis")
         perm = tuple(d for d in range(rank) if d != axis) + (axis,)
         x = self._relayout(x, perm, node.name)
+        x2 = Tensor(self._uniq(f"{x.name}.2d"), x.rows, x.cols, x.scale)
+        x2.base = x
+        shape_nd = tuple(x.shape)
+        x = x2
         L, M = x.cols, x.rows
         r = self._range(node.input[0])
         span = max(r.hi - r.lo, 1e-3)
@@ -1019,7 +1058,7 @@ class _Lowering:
         c2 = int(round(ls.scale / u))
         terms = [Term(x, self._diag(L, c1)), Term(m, self._ones(1, L, -c1)),
                  Term(ls, self._ones(1, L, -c2))]
-        out_shape = tuple(x.shape)
+        out_shape = shape_nd
         if log:
             out = self._new(node.output[0], out_shape, perm, self._scale(node.output[0]))
             self._kernel(node.name or node.op_type, node.name, terms, out, u, role="linearization")
@@ -1121,12 +1160,30 @@ class _Lowering:
         mode = mode.decode() if isinstance(mode, bytes) else mode
         pads = self.consts[node.input[1]].tolist() if len(node.input) > 1 else _attr(node, "pads")
         value = self._scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
-        if mode != "constant" or value:
-            raise LinearizeError(f"Pad (node {node.name!r}): only constant zero padding")
+        if mode == "constant" and value:
+            raise LinearizeError(f"Pad (node {node.name!r}): constant padding with {value} "
+                                 f"(only zero)")
+        if len(node.input) > 3 and node.input[3]:
+            raise LinearizeError(f"Pad (node {node.name!r}): the axes input is not supported")
         x = self._val(node.input[0], node)
         rank = len(x.shape)
         width = [(pads[d], pads[d + rank]) for d in range(rank)]
-        self._move(node, lambda i: np.pad(i, width, constant_values=FILL_ZERO), perm=x.perm)
+        if mode == "constant":
+            fn = lambda i: np.pad(i, width, constant_values=FILL_ZERO)  # noqa: E731
+        else:                       # reflect / edge / wrap: a gather like any other
+            fn = lambda i: np.pad(i, width, mode=mode)  # noqa: E731
+        self._move(node, fn, perm=x.perm)
+
+    def _op_BatchNormalization(self, node):
+        x = self._val(node.input[0], node)
+        gamma, beta, mean, var = (self.consts.get(i) for i in node.input[1:5])
+        if any(v is None for v in (gamma, beta, mean, var)):
+            raise LinearizeError(f"BatchNormalization (node {node.name!r}): parameters must be "
+                                 f"constant")
+        x = self._relayout(x, _channels_last(len(x.shape)), node.name)
+        s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + _attr(node, "epsilon", 1e-5))
+        t = beta - mean * s
+        self._sum(node, [(x, s)], node.output[0], x.shape, x.perm, bias=t)
 
     def _op_Gather(self, node):
         data, idx = node.input[:2]
