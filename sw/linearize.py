@@ -932,8 +932,11 @@ class _Lowering:
 
         def stack(i):
             i = i.reshape(nb, C, H, W)
-            p = np.pad(i, ((0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w)),
-                       constant_values=fill)
+            width = ((0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w))
+            if fill == "edge":
+                p = np.pad(i, width, mode="edge")
+            else:
+                p = np.pad(i, width, constant_values=fill)
             views = []
             for ky in range(kh):
                 for kx in range(kw):
@@ -956,7 +959,10 @@ class _Lowering:
         if len(node.output) > 1 and node.output[1]:
             raise LinearizeError(f"MaxPool (node {node.name!r}): the Indices output is not supported")
         x = self._val(node.input[0], node)
-        views, out_shape, _, _ = self._windows(node, x, FILL_MIN)
+        # Contiguous windows (no dilation) that touch the padding also hold the edge element,
+        # so replicating the edge is exact and keeps max(a, b) within one int8 range.
+        dilated = any(d != 1 for d in _attr(node, "dilations", [1]))
+        views, out_shape, _, _ = self._windows(node, x, FILL_MIN if dilated else "edge")
         C = x.shape[1]
         level = 0
         while len(views) > 1:

@@ -33,6 +33,17 @@ MAX_ABS_DIFF = 1e-4
 PICKS = [2, 3, 6, 7, 25, 50, 60, 64]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    # With `pytest -n 2` on two cores, OpenBLAS threads spinning against the other worker
+    # made this file 2.6x slower (35 s instead of 13 s); on an idle machine one thread is
+    # as fast. threadpoolctl comes with scikit-learn.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def model() -> onnx.ModelProto:
     return minilm.load_onnx()
@@ -206,3 +217,11 @@ def test_fixed_length_model_matches_reference(reference: np.ndarray) -> None:
         assert states.shape == (1, 32, minilm.HIDDEN_SIZE)
         np.testing.assert_allclose(minilm.embed(states, tokens["attention_mask"])[0], reference[index],
                                    atol=MAX_ABS_DIFF)
+
+
+def test_save_onnx_writes_a_self_contained_model(tmp_path) -> None:
+    path = minilm.save_onnx(tmp_path / "minilm.onnx", seq_len=8)
+    assert 85e6 < path.stat().st_size < 95e6
+    saved = onnx.load(str(path))
+    onnx.checker.check_model(saved)
+    assert [_dims(info) for info in saved.graph.input] == [[1, 8]] * 3

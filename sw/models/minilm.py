@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 __all__ = [
     "GRAPH_PATH",
@@ -119,14 +120,14 @@ def package_dir() -> Path:
     return folder
 
 
-def _weights_mapping(model) -> dict[str, dict]:
+def _weights_mapping(model: onnx.ModelProto) -> dict[str, dict]:
     for prop in model.metadata_props:
         if prop.key == WEIGHTS_METADATA_KEY:
             return json.loads(prop.value)
     raise ValueError(f"{GRAPH_PATH.name} has no {WEIGHTS_METADATA_KEY!r} metadata entry")
 
 
-def load_onnx(seq_len: int | None = None):
+def load_onnx(seq_len: int | None = None) -> onnx.ModelProto:
     """The committed graph with its weights re-attached from the package's safetensors.
 
     Parameters
@@ -150,7 +151,6 @@ def load_onnx(seq_len: int | None = None):
         If `seq_len` is out of range, or a safetensors tensor does not have the
         shape the graph recorded for it.
     """
-    import onnx
     from onnx import numpy_helper
     from safetensors import safe_open
 
@@ -180,8 +180,6 @@ def load_onnx(seq_len: int | None = None):
 
 def save_onnx(path: str | Path, seq_len: int | None = None) -> Path:
     """Write :func:`load_onnx`'s self-contained model (about 90 MB) to `path`."""
-    import onnx
-
     path = Path(path)
     onnx.save(load_onnx(seq_len), str(path))
     return path
@@ -194,15 +192,13 @@ def _check_seq_len(seq_len: int) -> None:
         )
 
 
-def _fix_shapes(model, seq_len: int) -> None:
+def _fix_shapes(model: onnx.ModelProto, seq_len: int) -> None:
     """Fix batch to 1 and the sequence to `seq_len` in every shape of `model`'s graph.
 
     The export names the dynamic axes ``batch`` and ``seq`` (no other symbolic
     dimension occurs); the sizes it left unknown (in the attention-mask
     construction) are then inferred from the fixed ones.
     """
-    import onnx
-
     sizes = {"batch": 1, "seq": seq_len}
     graph = model.graph
     for info in (*graph.input, *graph.output, *graph.value_info):
