@@ -1,6 +1,7 @@
-"""The ``neuralmatrix synth`` subcommand: FPGA resources and Fmax of a generated top.
+"""The ``neuralmatrix synth`` and ``neuralmatrix sweep`` subcommands: FPGA resources and Fmax
+of a generated top, and of every configuration of a design-space sweep.
 
-``sw/cli.py`` registers it with :func:`add_parser`.
+``sw/cli.py`` registers both with :func:`add_parser`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ from neuralmatrix.hw.params import ConfigError, HwConfig
 from .synth import (DEFAULT_DEVICE, DEFAULT_FREQ_MHZ, DEVICES, DoesNotFit, SynthError,
                     SynthResult, check_parameters, synthesize)
 
-__all__ = ["add_parser", "format_table", "format_notes"]
+__all__ = ["add_parser", "format_table", "format_notes", "format_sweep_table"]
 
 # Exit codes besides 0 and the 2 that main() returns for a bad parameter.
 EXIT_TOOL_FAILED = 1
 EXIT_DOES_NOT_FIT = 3
+EXIT_INTERRUPTED = 130
 
 
 def add_parser(subparsers) -> None:
-    """Register ``synth`` on *subparsers* (the object ``add_subparsers`` returned)."""
+    """Register ``synth`` and ``sweep`` on *subparsers* (the object ``add_subparsers``
+    returned)."""
+    _add_synth_parser(subparsers)
+    _add_sweep_parser(subparsers)
+
+
+def _add_synth_parser(subparsers) -> None:
     d = HwConfig()
     devices = "; ".join(f"{t}: {', '.join(DEVICES[t])} (default {DEFAULT_DEVICE[t]})"
                         for t in DEVICES)
@@ -128,3 +136,143 @@ def format_notes(result: SynthResult) -> list[str]:
         lines.append(f"I/O shim: {result.io_shim['inputs']} input + {result.io_shim['outputs']} "
                      f"output bits, serialised; not in the counts above, in the Fmax")
     return lines
+
+
+# --------------------------------------------------------------------------------------------
+# sweep
+
+def _add_sweep_parser(subparsers) -> None:
+    from .sweep import DEFAULT_WORKLOAD, PLOT_FORMATS
+
+    p = subparsers.add_parser(
+        "sweep", help="synthesize every array configuration of a sweep (area, Fmax, throughput)",
+        description="Run every configuration (rows x cols x dataflow) through the synth flow, "
+                    "in parallel on local processes or on a Dask cluster, and estimate each "
+                    "one's throughput on a workload at its Fmax (golden-model cycle estimate, "
+                    "no simulation). Results are appended to DIR/results.jsonl as each "
+                    "configuration finishes; running the same command again resumes (finished "
+                    "configurations are not run again). At the end DIR/results.csv, the plots "
+                    "and a table. A design that does not fit is a result; a tool failure is an "
+                    "error row and the sweep goes on. Exit status: 0 done, 1 some rows are "
+                    f"errors (or the sweep could not run), 2 bad parameter, {EXIT_INTERRUPTED} "
+                    "interrupted (rerun to resume).")
+    p.add_argument("--rows", default="2,4,8,16", metavar="LIST",
+                   help=f"array rows, comma-separated ({HwConfig.describe('rows')} each; "
+                        f"default 2,4,8,16)")
+    p.add_argument("--cols", default=None, metavar="LIST",
+                   help="array columns, comma-separated (default: the --rows list)")
+    p.add_argument("--square", action="store_true",
+                   help="only configurations with rows == cols")
+    p.add_argument("--dataflow", default="ws,os", metavar="LIST",
+                   help="dataflows, comma-separated: ws, os (default ws,os)")
+    p.add_argument("--target", default="ecp5", help="FPGA family: ecp5 or ice40 (default ecp5)")
+    p.add_argument("--device", default=None,
+                   help="device short name (ecp5: 12k, 25k, 45k, 85k; ice40: up5k, hx8k; "
+                        "default " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_DEVICE.items())
+                        + ")")
+    p.add_argument("--top", default="array",
+                   help="array = the systolic array alone; accelerator = the whole accelerator "
+                        "(default array)")
+    p.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                   help="target clock for timing-driven placement (default as for synth)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="wall-time budget of each configuration's flow (default 3600)")
+    p.add_argument("--workload", default=DEFAULT_WORKLOAD, metavar="SPEC",
+                   help=f"workload for cycles and throughput: gemm:MxKxN (default "
+                        f"{DEFAULT_WORKLOAD})")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="local worker processes (default: the number of CPUs)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on a Dask distributed cluster, e.g. tcp://host:8786 (its workers "
+                        "need neuralmatrix installed and the output directory at the same path)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default sweep-TARGET-DEVICE-TOP); reusing it resumes")
+    p.add_argument("--plots", default="png", metavar="FORMATS",
+                   help=f"plot formats, comma-separated: {', '.join(PLOT_FORMATS)}, or none "
+                        f"(default png)")
+    p.add_argument("--no-retry-errors", action="store_true",
+                   help="do not run again the configurations recorded as errors")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from rich.console import Console
+
+    from .sweep import (SweepError, check_workload, parse_int_list, parse_name_list,
+                        plan_configs, run_sweep)
+
+    rows = parse_int_list(args.rows, "rows")
+    cols = rows if args.cols is None else parse_int_list(args.cols, "cols")
+    configs = plan_configs(rows, cols, parse_name_list(args.dataflow, "dataflow"),
+                           square=args.square)
+    dev, _ = check_parameters(configs[0], args.target, args.device, args.top, args.freq,
+                              args.seed, args.timeout)
+    check_workload(args.workload)
+    plots = parse_name_list(args.plots, "plots")
+    if plots == ["none"]:
+        plots = []
+    out = Path(args.out) if args.out else Path(f"sweep-{args.target}-{dev.name}-{args.top}")
+    # Not a terminal (a log file): wide enough for the table instead of rich's 80 columns.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+    try:
+        report = run_sweep(configs, out_dir=out, target=args.target, device=args.device,
+                           top=args.top, seed=args.seed, freq_mhz=args.freq,
+                           timeout_s=args.timeout, workload=args.workload, jobs=args.jobs,
+                           scheduler=args.scheduler, retry_errors=not args.no_retry_errors,
+                           plots=plots, log=console.print)
+    except SweepError as exc:
+        print(f"neuralmatrix sweep: error: {exc}", file=sys.stderr)
+        return EXIT_TOOL_FAILED
+    if report.rows:
+        console.print(format_sweep_table(report.rows))
+    console.print(f"{report.ran} run, {report.reused} reused of {report.total}; "
+                  f"{report.errors} error(s); {report.seconds:.0f} s")
+    console.print(f"results: {report.csv} (all runs: {report.jsonl})")
+    if report.plots:
+        console.print("plots: " + ", ".join(str(p) for p in report.plots))
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_TOOL_FAILED if report.errors else 0
+
+
+def format_sweep_table(rows: list[dict]):
+    """A rich table of a sweep's CSV rows: resources (% of the device), Fmax, throughput."""
+    from rich.table import Table
+
+    first = rows[0]
+    workload = next((r["workload"] for r in rows if r.get("workload")), "")
+    table = Table(title=f"{first['top']} on {first['target']} {first['device']}"
+                        + (f", {workload}" if workload else ""))
+    table.add_column("config", no_wrap=True)
+    for name in ("LUT4", "FF", "DSP", "BRAM"):
+        table.add_column(name, justify="right")
+    table.add_column("Fmax MHz", justify="right")
+    table.add_column("cycles", justify="right")
+    table.add_column("GOPS", justify="right")
+    power = any(r.get("power_w") is not None for r in rows)
+    if power:
+        table.add_column("W", justify="right")
+        table.add_column("GOPS/W", justify="right")
+    table.add_column("time s", justify="right")
+    table.add_column("status", overflow="fold")
+
+    def cell(value, pct=None, fmt="{:,}"):
+        if value is None:
+            return ""
+        return fmt.format(value) + ("" if pct is None else f" ({pct:.0f}%)")
+
+    for r in rows:
+        status = ("error: " + r["error"] if r["fits"] == "" else
+                  "does not fit: " + r["overflow"] if r["fits"] == "no" else "ok")
+        if r["fits"] == "yes" and r["error"]:
+            status = r["error"]
+        values = [f"{r['dataflow']} {r['rows']}x{r['cols']}"]
+        values += [cell(r[c], r[f"{c}_pct"]) for c in ("luts", "ffs", "dsps", "brams")]
+        values += [cell(r["fmax_mhz"], fmt="{:.1f}"), cell(r["cycles"]),
+                   cell(r["gops"], fmt="{:.2f}")]
+        if power:
+            values += [cell(r["power_w"], fmt="{:.2f}"), cell(r["gops_per_w"], fmt="{:.2f}")]
+        values += [cell(r["synth_seconds"], fmt="{:.0f}"), status]
+        table.add_row(*values)
+    return table
