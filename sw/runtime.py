@@ -8,8 +8,8 @@ golden model (:func:`run_golden`) and the RTL (``neuralmatrix.sim``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from .codegen import Compiled, KernelCode
 from .golden import GoldenModel
 from .ir import FILL_MIN, FILL_ZERO, Kernel, Lookup, Transfer
 
-__all__ = ["StepResult", "NetworkResult", "quantize_input", "run_network", "run_golden"]
+__all__ = ["StepResult", "NetworkResult", "quantize_input", "network_steps", "run_network",
+           "run_golden"]
 
 
 @dataclass
@@ -43,11 +44,15 @@ def quantize_input(x: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, dtype=np.float64) / scale), -127, 127).astype(np.int64)
 
 
-def run_network(c: Compiled, feeds: dict[str, np.ndarray], dram: np.ndarray,
-                run_kernel: Callable[[KernelCode], dict[str, int]], *,
-                keep: bool = False) -> NetworkResult:
-    """Execute *c* with *feeds* on external memory *dram* (uint8, already holding
-    ``c.image``); *run_kernel* runs one kernel's program on it and returns its counters."""
+def network_steps(c: Compiled, feeds: dict[str, np.ndarray], dram: np.ndarray, *,
+                  keep: bool = False) -> Generator[KernelCode, dict[str, int], NetworkResult]:
+    """The host loop of :func:`run_network` as a generator, for callers that cannot call a
+    kernel synchronously (a cocotb testbench awaits the RTL).
+
+    Yields each kernel's :class:`KernelCode` when *dram* holds its inputs; the caller runs
+    the program on *dram* and ``send()``s the counters back. Returns (``StopIteration.value``)
+    the :class:`NetworkResult`.
+    """
     net = c.network
     for name, t in net.inputs.items():
         if t is None:
@@ -79,7 +84,7 @@ def run_network(c: Compiled, feeds: dict[str, np.ndarray], dram: np.ndarray,
             result.host_bytes += s.bytes
         elif isinstance(s, Kernel):
             kc = c.code[id(s)]
-            counters = run_kernel(kc)
+            counters = yield kc
             result.kernels.append(StepResult(s.name, counters, kc.est_cycles))
             if keep:
                 result.tensors[s.out.name] = c.layout(s.out).read(dram)
@@ -90,12 +95,27 @@ def run_network(c: Compiled, feeds: dict[str, np.ndarray], dram: np.ndarray,
     return result
 
 
+def run_network(c: Compiled, feeds: dict[str, np.ndarray], dram: np.ndarray,
+                run_kernel: Callable[[KernelCode], dict[str, int]], *,
+                keep: bool = False) -> NetworkResult:
+    """Execute *c* with *feeds* on external memory *dram* (uint8, already holding
+    ``c.image``); *run_kernel* runs one kernel's program on it and returns its counters."""
+    steps = network_steps(c, feeds, dram, keep=keep)
+    try:
+        kc = next(steps)
+        while True:
+            kc = steps.send(run_kernel(kc))
+    except StopIteration as stop:
+        return stop.value
+
+
 def run_golden(c: Compiled, feeds: dict[str, np.ndarray], *, keep: bool = False) -> NetworkResult:
     """Run *c* on the bit-exact golden model."""
     gm = GoldenModel(c.config, c.dram_bytes)
     gm.load_image(c.image)
 
     def run_kernel(kc: KernelCode) -> dict[str, int]:
+        gm.reset()                  # every program starts from the power-up on-chip state
         r = gm.run(kc.program, check=False)
         return r.counters()
 

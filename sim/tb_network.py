@@ -1,0 +1,133 @@
+"""cocotb testbench of :mod:`neuralmatrix.sim.network`: whole inferences from ``$NM_HARNESS_DIR``.
+
+For each inference: the host loop of the golden model
+(:func:`neuralmatrix.sw.runtime.network_steps`) on a numpy mirror of the external memory; each
+kernel it yields runs on the RTL: reset, mirror -> DRAM (back door), pulse ``start`` at the
+kernel's program address, one ``First(RisingEdge(done), Timer(budget))`` (the clock runs in
+C++), counters read, DRAM -> mirror. A kernel that times out or flags an error ends the run
+with ``failure.json`` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
+from cocotb.utils import get_sim_time
+
+from neuralmatrix.hw.counters import counter_layout, status_layout
+from neuralmatrix.sim.backdoor import Backdoor
+from neuralmatrix.sim.harness import harness_dir
+from neuralmatrix.sim.network import kernel_budget, load_compiled
+from neuralmatrix.sim.streams import unpack
+from neuralmatrix.sw.golden import GoldenModel
+from neuralmatrix.sw.runtime import network_steps
+
+RESET_CYCLES = 2
+
+
+class _Core:
+    """The simulated core and its DRAM, driven one kernel at a time."""
+
+    def __init__(self, dut, spec: dict, dram_bytes: int):
+        self.dut = dut
+        self.period = spec["clock_ns"]
+        self.mem = Backdoor(spec["memory"])
+        self.on_chip = [Backdoor(name) for name in spec.get("clear", [])]
+        self.n = dram_bytes
+
+    async def run(self, mirror: np.ndarray, addr: int, budget: int) -> dict:
+        dut = self.dut
+        dut.rst.value = 1
+        await ClockCycles(dut.clk, RESET_CYCLES)
+        for memory in self.on_chip:          # power-up state, as for every harness job
+            memory.zero()
+        self.mem.write(0, mirror[:self.n])
+        dut.rst.value = 0
+        dut.insn_addr.value = addr
+        await RisingEdge(dut.clk)
+        dut.start.value = 1
+        await RisingEdge(dut.clk)            # the edge that samples start
+        t0 = get_sim_time("ns")
+        dut.start.value = 0
+        await ReadOnly()
+        timed_out = False
+        if not int(dut.done.value):
+            timer = Timer(budget * self.period, "ns")
+            timed_out = await First(RisingEdge(dut.done), timer) is timer
+            await ReadOnly()
+        out = {
+            "counters": unpack(counter_layout(), int(dut.counters.value)),
+            "status": unpack(status_layout(), int(dut.status.value)),
+            "sim_cycles": round((get_sim_time("ns") - t0) / self.period),
+            "timed_out": timed_out, "max_cycles": budget,
+            "error": int(dut.error.value), "error_code": int(dut.error_code.value),
+            "error_pc": int(dut.error_pc.value), "fault": int(dut.fault.value),
+            "fault_addr": int(dut.fault_addr.value),
+        }
+        mirror[:self.n] = self.mem.read(0, self.n)
+        await RisingEdge(dut.clk)
+        return out
+
+
+@cocotb.test()
+async def run_network(dut):
+    tmp = harness_dir()
+    spec = json.loads((tmp / "spec.json").read_text())
+    compiled = load_compiled(tmp / "compiled.pkl")
+    only = set(spec["kernel_filter"]) if spec["kernel_filter"] is not None else None
+    Clock(dut.clk, spec["clock_ns"], unit="ns", impl="gpi").start()
+    dut.start.value = 0
+    dut.insn_addr.value = 0
+    core = _Core(dut, spec, compiled.dram_bytes)
+    golden = GoldenModel(compiled.config, 1) if only is not None else None
+    with np.load(tmp / "feeds.npz") as npz:
+        all_feeds = [{name: npz[f"{i}/{name}"] for name in names}
+                     for i, names in enumerate(spec["names"])]
+    done = 0
+    for run, feeds in enumerate(all_feeds):
+        mirror = compiled.image.copy()
+        steps = network_steps(compiled, feeds, mirror, keep=False)
+        kernels, tensors = [], {}
+        w0 = time.perf_counter()
+        index = 0
+        try:
+            kc = next(steps)
+            while True:
+                k0 = time.perf_counter()
+                if only is None or index in only:
+                    r = await core.run(mirror, kc.addr, kernel_budget(kc.est_cycles))
+                    if r["timed_out"] or r["error"] or r["fault"]:
+                        r.update(run=run, index=index, kernel=kc.kernel.name,
+                                 layer=kc.kernel.origin)
+                        (tmp / "failure.json").write_text(json.dumps(r))
+                        raise AssertionError(f"kernel {index} ({kc.kernel.name}) failed: {r}")
+                    counters = r["counters"]
+                    tensors[kc.kernel.out.name] = compiled.layout(kc.kernel.out).read(mirror)
+                else:
+                    golden.dram = mirror
+                    golden.reset()
+                    counters = golden.run(kc.program, check=False).counters()
+                    counters.setdefault("cycles", 0)
+                kernels.append({"name": kc.kernel.name, "layer": kc.kernel.origin,
+                                "counters": counters, "est_cycles": kc.est_cycles,
+                                "seconds": time.perf_counter() - k0})
+                done += 1
+                index += 1
+                (tmp / "progress").write_text(str(done))
+                kc = steps.send(counters)
+        except StopIteration as stop:
+            result = stop.value
+        arrays = {f"out/{k}": v for k, v in result.outputs.items()}
+        arrays |= {f"raw/{k}": v for k, v in result.raw.items()}
+        arrays |= {f"ten/{k}": v for k, v in tensors.items()}
+        np.savez(tmp / f"run{run}.npz", **arrays)
+        (tmp / f"run{run}.json").write_text(json.dumps(
+            {"kernels": kernels, "seconds": time.perf_counter() - w0}))
+        dut._log.info("inference %d: %d kernels, %d cycles, %.2f s", run, len(kernels),
+                      sum(k["counters"].get("cycles", 0) for k in kernels),
+                      time.perf_counter() - w0)
