@@ -312,15 +312,38 @@ class _Task:
 
 
 _BUSY = False
+_PARENT = None
 
 
 def _worker_init() -> None:
     """Local workers: Ctrl-C stops the task running (its tool is killed), an idle worker
-    ignores it (the main process shuts the pool down)."""
+    ignores it (the main process shuts the pool down). Each worker leads its own process
+    group, so the main process can stop a worker together with the tools it started."""
+    global _PARENT
+    _PARENT = os.getppid()
+    os.setpgrp()
     signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _on_sigint)
+    _interrupt_when_parent_dies()
+
+
+def _interrupt_when_parent_dies() -> None:
+    """Linux: SIGINT to this worker when the sweep's process dies (even by SIGKILL), so a
+    running tool is stopped rather than orphaned. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGINT), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _on_sigint(signum, frame):
+    if os.getppid() != _PARENT:
+        # The sweep's process is gone: end this worker and the tools of its group.
+        os.killpg(0, signal.SIGKILL)
     if _BUSY:
         raise KeyboardInterrupt
 
@@ -427,14 +450,27 @@ def _run_local(tasks: list[_Task], jobs: int) -> Iterator[tuple[_Task, dict]]:
         workers = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         if pending:
-            # Interrupted: stop the running tasks too (their tool processes are killed).
-            for proc in workers:
-                if proc.is_alive():
-                    try:
-                        os.kill(proc.pid, signal.SIGINT)
-                    except ProcessLookupError:
-                        pass
+            # Interrupted: stop the running tasks too, with the tools they started.
+            _stop_groups([p for p in workers if p.is_alive()])
         pool.shutdown(wait=True)
+
+
+def _stop_groups(procs: list, grace_s: float = 10.0) -> None:
+    """SIGINT to the process group of each worker process in *procs* (the task stops and
+    kills its tool), then SIGKILL to every group after *grace_s* or once the workers are gone
+    (for a tool that outlived or ignored it)."""
+    def signal_groups(sig):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    signal_groups(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(p.is_alive() for p in procs):
+        time.sleep(0.2)
+    signal_groups(signal.SIGKILL)
 
 
 def _probe_scheduler(address: str, timeout_s: float = 5.0) -> None:
@@ -605,9 +641,13 @@ def run_sweep(configs: Sequence[HwConfig], *, out_dir: str | Path, target: str =
         raise SweepError(f"another sweep is writing to {out}") from None
     report = SweepReport(total=len(configs), out_dir=out, jsonl=out / JSONL_NAME,
                          csv=out / CSV_NAME)
+    restore = _sigterm_as_interrupt()
     try:
-        records = _sweep(report, configs, dev.name, target, top, seed, freq, timeout_s,
-                         workload, jobs, scheduler, retry_errors, synth, tools, log)
+        try:
+            records = _sweep(report, configs, dev.name, target, top, seed, freq, timeout_s,
+                             workload, jobs, scheduler, retry_errors, synth, tools, log)
+        finally:
+            restore()
         report.rows = _csv_rows(records, power)
         write_csv(report.rows, report.csv)
         if report.rows and plots:
@@ -618,6 +658,21 @@ def run_sweep(configs: Sequence[HwConfig], *, out_dir: str | Path, target: str =
     report.errors = sum(1 for r in report.rows if r["error"])
     report.seconds = round(time.monotonic() - t_start, 1)
     return report
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM (``kill PID``) stop the sweep as Ctrl-C does, keeping what is done; returns
+    the function restoring the previous handler. Only in the main thread (else a no-op)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _nothing():

@@ -8,6 +8,10 @@ can count what ran (also across worker processes).
 
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,12 +30,20 @@ WORKLOAD = "gemm:8x8x8"
 
 
 def fake_synth(config, *, target, device, top, freq_mhz, workdir, seed, timeout_s,
-               calls=None, crash=(), max_pes=None, sleep=0.0):
+               calls=None, crash=(), max_pes=None, sleep=0.0, tool=False):
     """Stands in for synthesize(): figures that grow with the array, a DoesNotFit above
-    *max_pes* PEs, a SynthError for the tags in *crash*; one file in *calls* per call."""
-    if calls is not None:
-        (Path(calls) / f"{config.tag}-{uuid.uuid4().hex}").touch()
-    time.sleep(sleep)
+    *max_pes* PEs, a SynthError for the tags in *crash*; one file in *calls* per call (holding
+    the worker's pid). With *tool*, the *sleep* runs in a child process, as a tool would."""
+    if not tool:
+        if calls is not None:
+            (Path(calls) / f"{config.tag}-{uuid.uuid4().hex}").write_text(str(os.getpid()))
+        time.sleep(sleep)
+    else:
+        proc = subprocess.Popen(["sleep", str(sleep)])
+        if calls is not None:
+            (Path(calls) / f"{config.tag}-{uuid.uuid4().hex}").write_text(
+                f"{os.getpid()} {proc.pid}")
+        proc.wait()
     if config.tag in crash:
         raise SynthError("nextpnr-ecp5 failed (exit 1): fake crash; log: nextpnr.log")
     pes = config.rows * config.cols
@@ -270,6 +282,61 @@ def test_ctrl_c_keeps_what_is_done_and_resumes(tmp_path, calls):
     assert len(_jsonl(out)) == 1
     report, log_lines = _sweep(out, CONFIGS, synth)
     assert "resuming: 1 of 4 done" in log_lines and len(report.rows) == 4
+
+
+_KILL_SCRIPT = """
+import functools, sys
+from neuralmatrix.fpga.sweep import plan_configs, run_sweep
+from test_sweep import fake_synth
+out, calls = sys.argv[1:]
+report = run_sweep(plan_configs([1, 2], [1], ["ws"]), out_dir=out, target="ecp5", device="25k",
+                   workload="gemm:8x8x8", jobs=2, log=print,
+                   synth=functools.partial(fake_synth, calls=calls, sleep=120, tool=True))
+print("interrupted" if report.interrupted else "finished", len(report.rows))
+"""
+
+
+def _gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_kill_stops_workers_and_their_tools(tmp_path, calls):
+    """`kill PID` (SIGTERM) of a sweep run in the background: it stops as Ctrl-C does, and no
+    worker or tool process is left behind."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(out), str(calls)],
+                            cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(calls.iterdir())) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the tasks never started"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        pids = [int(p) for f in calls.iterdir() for p in f.read_text().split()]
+        assert len(pids) == 4
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            for f in calls.iterdir():                 # the workers lead their own groups
+                for pid in f.read_text().split():
+                    try:
+                        os.killpg(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError, ValueError):
+                        pass
+    assert "interrupted: 0 of 2" in stdout and "interrupted 0" in stdout
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_gone(pid) for pid in pids), pids
 
 
 def test_dask_cluster(tmp_path, calls):
