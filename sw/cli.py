@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verilog)
 
     from neuralmatrix.fpga.cli import add_parser as add_synth_parser
+    from neuralmatrix.sim import run_cmd
     from neuralmatrix.sw import compiler, pwl
 
     compiler.add_parser(sub)
+    run_cmd.add_parser(sub)
     pwl.add_parser(sub)
     add_synth_parser(sub)
     return parser

@@ -1,0 +1,478 @@
+"""``neuralmatrix run``: compile a network, run it on the golden model and on the RTL, compare.
+
+Pipeline: workload (model, calibration data, inputs) -> :func:`~neuralmatrix.sw.compiler.
+compile_model` -> :func:`~neuralmatrix.sw.runtime.run_golden` per input -> the Verilator
+model (built once per hardware configuration and cached) runs every kernel
+(:func:`~neuralmatrix.sim.network.run_network_rtl`) -> bit-exact verdict (or the first
+difference), accuracy, and the per-layer report of :mod:`neuralmatrix.sim.report`.
+
+Exit status: 0 bit-exact (or ``--golden-only``), 1 the RTL differs from the golden model,
+2 bad input or a model that cannot be compiled, 3 the simulation failed or timed out.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Workload", "add_parser", "load_workload", "read_input_file"]
+
+EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_SIM_FAILED = 1, 2, 3
+BUILTIN = ("digits", "minilm")
+
+
+class RunError(ValueError):
+    """Bad input for ``neuralmatrix run`` (names the file or option and the problem)."""
+
+
+@dataclass
+class Workload:
+    """What to compile and run.
+
+    Attributes
+    ----------
+    name : str
+    model : str or onnx.ModelProto
+    calib : list of dict
+        Calibration feeds.
+    input_shapes : dict
+        Static shapes the model is compiled for.
+    feeds : list of dict
+        One entry per inference.
+    labels : np.ndarray or None
+        Digits: the true class of every sample, in feed order (``batch`` per feed).
+    expected : list of list of np.ndarray or None
+        ONNX test data sets: the expected outputs per feed.
+    count : int
+        Real samples (the last digits batch may be padded).
+    note : str
+        Where the inputs came from.
+    """
+
+    name: str
+    model: object
+    calib: list
+    input_shapes: dict
+    feeds: list
+    labels: np.ndarray | None = None
+    expected: list | None = None
+    count: int = 0
+    note: str = ""
+    sentences: list = field(default_factory=list)
+    seq_len: int = 0
+
+
+def read_input_file(path: Path) -> np.ndarray:
+    """An input tensor from ``.npy`` or an ONNX ``TensorProto`` ``.pb`` file."""
+    if not path.exists():
+        raise RunError(f"--input {path}: no such file")
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".pb":
+        import onnx
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(onnx.load_tensor(str(path)))
+    raise RunError(f"--input {path}: expected .npy or .pb (or an image for digits, a .txt for "
+                   f"minilm, a test_data_set_* folder for an ONNX model)")
+
+
+def _digits_image(path: Path) -> np.ndarray:
+    """A picture of a digit as the CNN's 8x8 input: grey, ink bright, block-averaged, 0..1."""
+    import matplotlib.image as mpimg
+
+    img = np.asarray(mpimg.imread(str(path)), dtype=np.float64)
+    if img.dtype.kind in "ui" or img.max() > 1.0:
+        img = img / 255.0
+    if img.ndim == 3:
+        img = img[..., :3].mean(axis=2)
+    if img.mean() > 0.5:              # dark ink on a light background
+        img = 1.0 - img
+    h, w = img.shape
+    if h < 8 or w < 8:
+        raise RunError(f"--input {path}: image is {w}x{h}, at least 8x8 needed")
+    img = img[: h - h % 8, : w - w % 8]
+    small = img.reshape(8, img.shape[0] // 8, 8, img.shape[1] // 8).mean(axis=(1, 3))
+    small = small / max(small.max(), 1e-9)
+    return small.astype(np.float32)[None, None]
+
+
+def _digits(inputs: list[str], batch: int) -> Workload:
+    from neuralmatrix.sw.models.digits import MODEL_PATH, load_split
+
+    train, _ = load_split("train")
+    calib = [{"input": train[i:i + batch]} for i in range(0, 256, batch)]
+    calib = [c for c in calib if len(c["input"]) == batch] or [{"input": np.resize(train, (batch, 1, 8, 8))}]
+    labels = None
+    if inputs:
+        xs = []
+        for name in inputs:
+            p = Path(name)
+            if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"):
+                if not p.exists():
+                    raise RunError(f"--input {p}: no such file")
+                xs.append(_digits_image(p))
+            else:
+                x = np.asarray(read_input_file(p), dtype=np.float32)
+                x = x.reshape(-1, 1, 8, 8) if x.size % 64 == 0 else None
+                if x is None:
+                    raise RunError(f"--input {p}: digits inputs are 8x8 images, (N, 1, 8, 8) or "
+                                   f"(N, 8, 8); this array does not reshape to that")
+                xs.append(x)
+        x = np.concatenate(xs)
+        note = f"{len(x)} input(s) from {', '.join(inputs)}"
+    else:
+        x, labels = load_split("test")
+        note = f"the {len(x)} test digits of scikit-learn's load_digits (held-out split)"
+    n = len(x)
+    pad = (-n) % batch
+    xp = np.concatenate([x, np.zeros((pad, 1, 8, 8), np.float32)]) if pad else x
+    feeds = [{"input": xp[i:i + batch]} for i in range(0, len(xp), batch)]
+    return Workload("digits", str(MODEL_PATH), calib, {"input": (batch, 1, 8, 8)}, feeds,
+                    labels=labels, count=n, note=note)
+
+
+def _minilm(inputs: list[str], seq_len: int, samples: int) -> Workload:
+    from neuralmatrix.sw.models import minilm
+
+    if inputs:
+        sentences = []
+        for name in inputs:
+            p = Path(name)
+            if not p.exists():
+                raise RunError(f"--input {p}: no such file")
+            sentences += [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        if not sentences:
+            raise RunError(f"--input {', '.join(inputs)}: no sentences (one per line)")
+        note = f"{len(sentences)} sentence(s) from {', '.join(inputs)}"
+    else:
+        sentences = list(minilm.SENTENCES[:samples])
+        note = f"the first {len(sentences)} built-in test sentences"
+    model = minilm.load_onnx(seq_len)
+    calib_s = list(minilm.SENTENCES[:16])
+    toks = minilm.tokenize(calib_s, seq_len)
+    calib = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(calib_s))]
+    toks = minilm.tokenize(sentences, seq_len)
+    feeds = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(sentences))]
+    return Workload("minilm", model, calib, {k: (1, seq_len) for k in toks}, feeds,
+                    count=len(sentences), note=note, sentences=sentences, seq_len=seq_len)
+
+
+def _onnx(path: str, inputs: list[str], shapes: dict, samples: int) -> Workload:
+    import onnx
+
+    from neuralmatrix.sw.frontend import FrontendError, load_model
+
+    p = Path(path)
+    if not p.exists():
+        raise RunError(f"{path}: no such file")
+    try:
+        model = load_model(str(p), input_shapes=shapes)
+    except FrontendError:
+        raise
+    init = {i.name for i in model.graph.initializer}
+    names = [vi.name for vi in model.graph.input if vi.name not in init]
+    dims = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+            for vi in model.graph.input}
+    feeds, expected = [], None
+    if inputs:
+        folders = [Path(i) for i in inputs if Path(i).is_dir()]
+        if folders:
+            expected = []
+            for d in folders:
+                ins = sorted(d.glob("input_*.pb"), key=lambda q: int(q.stem.split("_")[1]))
+                outs = sorted(d.glob("output_*.pb"), key=lambda q: int(q.stem.split("_")[1]))
+                if len(ins) != len(names):
+                    raise RunError(f"--input {d}: {len(ins)} input_*.pb file(s), the model has "
+                                   f"{len(names)} input(s) ({', '.join(names)})")
+                feeds.append({n: read_input_file(q) for n, q in zip(names, ins)})
+                expected.append([read_input_file(q) for q in outs])
+            note = f"{len(feeds)} ONNX test data set(s)"
+        else:
+            arrays = [read_input_file(Path(i)) for i in inputs]
+            if len(arrays) != len(names):
+                raise RunError(f"{len(arrays)} --input file(s) for {len(names)} model input(s) "
+                               f"({', '.join(names)}): give one per input, in order")
+            feeds.append(dict(zip(names, arrays)))
+            note = f"inputs from {', '.join(inputs)}"
+        for f in feeds:
+            for n, x in f.items():
+                if tuple(x.shape) != dims[n]:
+                    raise RunError(f"input {n!r}: the model is compiled for shape {dims[n]}, the "
+                                   f"file holds {tuple(x.shape)} (set --input-shape)")
+    else:
+        rng = np.random.default_rng(0)
+        feeds = [{n: rng.standard_normal(dims[n]).astype(np.float32) for n in names}
+                 for _ in range(samples)]
+        note = f"{samples} random standard-normal input(s) (no --input given)"
+    del onnx
+    return Workload(p.stem, model, feeds[:4] if inputs else feeds, {}, feeds, expected=expected,
+                    count=len(feeds), note=note)
+
+
+def load_workload(args) -> Workload:
+    from neuralmatrix.sw.compiler import _parse_shapes
+
+    inputs = args.input or []
+    if args.model == "digits":
+        if not 1 <= args.batch <= 450:
+            raise RunError(f"--batch must be 1..450, got {args.batch}")
+        return _digits(inputs, args.batch)
+    if args.model == "minilm":
+        return _minilm(inputs, args.seq_len, args.samples)
+    return _onnx(args.model, inputs, _parse_shapes(args.input_shape), args.samples)
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def add_parser(sub) -> None:
+    from neuralmatrix.sw.cli import _add_hw_options
+
+    p = sub.add_parser(
+        "run", help="run a network on the RTL and the golden model: bit-exact check, accuracy, "
+                    "per-layer report",
+        description="Compile a network, run it on the bit-exact golden model and on the "
+                    "generated RTL (Verilator through cocotb; the model is built once per "
+                    "hardware configuration and reused), and print whether the RTL is "
+                    "bit-exact with the golden model (or where it first differs), the accuracy "
+                    "and a per-layer table from the RTL performance counters. With no "
+                    "arguments: the built-in digits CNN on an 8x8 array, all 450 test digits.")
+    p.add_argument("model", nargs="?", default="digits",
+                   help="MODEL.onnx, or a built-in network: digits (default), minilm")
+    _add_hw_options(p)
+    p.add_argument("--input", action="append", metavar="FILE",
+                   help="input data (repeatable). digits: .npy (N,1,8,8) or images; minilm: "
+                        ".txt, one sentence per line; ONNX: .npy/.pb per model input in order, "
+                        "or test_data_set_* folders (outputs compared too). Default: the "
+                        "digits test split, the built-in sentences, or random inputs")
+    p.add_argument("--golden-only", action="store_true",
+                   help="skip the RTL: golden model only (report from its cycle estimates)")
+    p.add_argument("--waves", metavar="FILE.fst",
+                   help="also write an FST trace of the kernels that overlap --from-cycle.."
+                        "--to-cycle of the first inference (the other kernels run unrecorded)")
+    p.add_argument("--from-cycle", type=int, default=0, metavar="A",
+                   help="first cycle of the trace window, counted over the first inference's "
+                        "kernels back to back (default 0)")
+    p.add_argument("--to-cycle", type=int, default=None, metavar="B",
+                   help="last cycle of the trace window (default: A + 10,000)")
+    p.add_argument("--report", metavar="FILE",
+                   help="write the per-layer report as CSV and JSON (FILE.csv / FILE.json)")
+    p.add_argument("--batch", type=int, default=50,
+                   help="digits: images per inference (the batch the CNN is compiled for; "
+                        "default 50)")
+    p.add_argument("--seq-len", type=int, default=16, help="minilm: tokens per sentence (default 16)")
+    p.add_argument("--samples", type=int, default=4,
+                   help="minilm: built-in sentences to run; ONNX models without --input: random "
+                        "inputs (default 4)")
+    p.add_argument("--segments", type=int, default=16,
+                   help="PWL segments per nonlinear function (default 16)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
+                   help="static shape of an ONNX input with dynamic dimensions, e.g. "
+                        "input=1x3x224x224")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from rich.console import Console
+
+    from neuralmatrix.sw.cli import _config
+    from neuralmatrix.sw.compiler import CompileError
+    from neuralmatrix.sw.frontend import FrontendError
+    from neuralmatrix.sw.linearize import LinearizeError
+
+    config = _config(args)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True, highlight=False)
+    if args.waves and not str(args.waves).endswith(".fst"):
+        err.print(f"neuralmatrix run: error: --waves must name an .fst file, got {args.waves}")
+        return EXIT_BAD_INPUT
+    to_cycle = args.to_cycle if args.to_cycle is not None else args.from_cycle + 10_000
+    if args.from_cycle < 0 or to_cycle < args.from_cycle:
+        err.print(f"neuralmatrix run: error: the trace window must have 0 <= --from-cycle <= "
+                  f"--to-cycle, got {args.from_cycle}..{to_cycle}")
+        return EXIT_BAD_INPUT
+    try:
+        return _run(args, config, console, to_cycle)
+    except (RunError, FrontendError, LinearizeError, CompileError) as exc:
+        err.print(f"neuralmatrix run: error: {exc}")
+        return EXIT_BAD_INPUT
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, \
+        TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+
+
+def _run(args, config, console, to_cycle: int) -> int:
+    from neuralmatrix.sw.compiler import compile_model
+    from neuralmatrix.sw.ir import Kernel
+    from neuralmatrix.sw.runtime import run_golden
+
+    from .harness import simulation_build
+    from .network import KernelRun, dram_size_for, first_difference, run_network_rtl
+    from .report import layer_rows, rich_table, write_report
+    from .runner import SimulationFailed
+
+    t_all = time.perf_counter()
+    work = load_workload(args)
+    console.print(f"[bold]{work.name}[/] on a {config.rows}x{config.cols} {config.dataflow} "
+                  f"array; inputs: {work.note}")
+    with _progress(console) as prog:
+        task = prog.add_task("compiling", total=None)
+        comp = compile_model(work.model, config, calib_feeds=work.calib,
+                             input_shapes=work.input_shapes, segments=args.segments)
+        prog.update(task, total=1, completed=1)
+    c = comp.compiled
+    tot = comp.report["totals"]
+    console.print(f"compiled in {comp.seconds:.1f} s: {tot['kernels']} kernels, "
+                  f"{tot['macs_linear']:,} MACs + {tot['macs_linearization']:,} for "
+                  f"linearization ({tot['extra_macs_pct']}% extra), {c.dram_bytes:,} bytes of "
+                  f"external memory")
+    golden = []
+    with _progress(console) as prog:
+        task = prog.add_task("golden model", total=len(work.feeds))
+        t0 = time.perf_counter()
+        for f in work.feeds:
+            golden.append(run_golden(c, f, keep=not args.golden_only))
+            prog.advance(task)
+        golden_s = time.perf_counter() - t0
+    console.print(f"golden model: {len(work.feeds)} inference(s) in {golden_s:.1f} s")
+
+    rtl = None
+    verdict = 0
+    if not args.golden_only:
+        with _progress(console) as prog:
+            task = prog.add_task("Verilator model", total=None)
+            built, _ = simulation_build(config, dram_bytes=dram_size_for(c))
+            prog.update(task, total=1, completed=1)
+        if built.reused:
+            console.print(f"reusing the Verilator model for {config.tag} ({built.directory})")
+        else:
+            console.print(f"built the Verilator model for {config.tag} in {built.seconds:.0f} s "
+                          f"(cached in {built.directory})")
+        n_k = sum(1 for _ in c.code)
+        with _progress(console) as prog:
+            task = prog.add_task("RTL simulation (kernels)", total=n_k * len(work.feeds))
+            t0 = time.perf_counter()
+            try:
+                rtl = run_network_rtl(c, work.feeds,
+                                      progress=lambda d, t: prog.update(task, completed=d))
+            except SimulationFailed as exc:
+                console.print(f"[red]simulation failed[/]: {exc}")
+                return EXIT_SIM_FAILED
+            rtl_s = time.perf_counter() - t0
+        cycles = sum(r.cycles for r in rtl)
+        console.print(f"RTL: {len(rtl)} inference(s), {cycles:,} cycles in {rtl_s:.1f} s "
+                      f"({cycles / max(rtl_s, 1e-9):,.0f} simulated cycles/s, start-up included)")
+        diffs = [(i, first_difference(c, g, r)) for i, (g, r) in enumerate(zip(golden, rtl))]
+        diffs = [(i, d) for i, d in diffs if d is not None]
+        if diffs:
+            i, d = diffs[0]
+            console.print(f"[bold red]NOT bit-exact[/]: {len(diffs)} of {len(rtl)} inference(s) "
+                          f"differ; first in inference {i}: {d}")
+            verdict = EXIT_MISMATCH
+        else:
+            console.print(f"[bold green]bit-exact[/]: every kernel output of all {len(rtl)} "
+                          f"inference(s) is identical on the RTL and the golden model")
+    _accuracy(work, golden, rtl, console)
+
+    if rtl is not None:
+        rows = layer_rows([r.kernels for r in rtl], config)
+        source = "RTL counters"
+    else:
+        order = [s for s in c.steps if isinstance(s, Kernel)]
+        runs = [[KernelRun(k.name, s.origin, k.counters, k.est_cycles, 0.0)
+                 for k, s in zip(g.kernels, order)] for g in golden]
+        rows = layer_rows(runs, config, measured=False)
+        source = "golden model (utilization from its cycle estimate)"
+    console.print(rich_table(rows, f"per layer, {len(work.feeds)} inference(s), from the {source}"))
+    if args.report:
+        meta = {"model": work.name, "config": config.tag, "inferences": len(work.feeds),
+                "source": source, "bit_exact": None if rtl is None else verdict == 0}
+        paths = write_report(rows, args.report, meta)
+        console.print("report: " + ", ".join(str(p) for p in paths))
+    if args.waves and rtl is not None:
+        _waves(args, c, rtl[0], work.feeds[0], to_cycle, console)
+    console.print(f"total {time.perf_counter() - t_all:.1f} s")
+    return verdict
+
+
+def _accuracy(work: Workload, golden, rtl, console) -> None:
+    if work.name == "digits":
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        ev = ReferenceEvaluator(onnx.load(work.model))
+        x = np.concatenate([f["input"] for f in work.feeds])[:work.count]
+        fl = ev.run(None, {"input": x})[0].argmax(1)
+        gp = np.concatenate([g.outputs["logits"] for g in golden])[:work.count].argmax(1)
+        rp = None if rtl is None else \
+            np.concatenate([r.outputs["logits"] for r in rtl])[:work.count].argmax(1)
+        if work.labels is not None:
+            y = work.labels
+            line = (f"top-1 on {work.count} test digits: float {100 * np.mean(fl == y):.2f}%, "
+                    f"int8 golden {100 * np.mean(gp == y):.2f}%")
+            if rp is not None:
+                line += f", RTL {100 * np.mean(rp == y):.2f}%"
+            console.print(line)
+        else:
+            console.print("predictions (float / golden" + (" / RTL" if rp is not None else "")
+                          + "): " + ", ".join(
+                              f"{a}/{b}" + (f"/{rp[i]}" if rp is not None else "")
+                              for i, (a, b) in enumerate(zip(fl, gp))))
+    elif work.name == "minilm":
+        from neuralmatrix.sw.models import minilm
+
+        ref = minilm.float_embeddings(work.sentences, work.seq_len)
+        for label, res in (("golden", golden), ("RTL", rtl)):
+            if res is None:
+                continue
+            emb = np.concatenate([minilm.embed(r.outputs[minilm.OUTPUT_NAME],
+                                               f["attention_mask"]) for r, f in zip(res, work.feeds)])
+            cos = np.sum(emb * ref, axis=1)
+            console.print(f"sentence-embedding cosine vs float, {label}: mean {cos.mean():.4f}, "
+                          f"min {cos.min():.4f} over {len(cos)} sentence(s)")
+    elif work.expected is not None:
+        for label, res in (("golden", golden), ("RTL", rtl)):
+            if res is None:
+                continue
+            errs = []
+            for r, exp in zip(res, work.expected):
+                for got, want in zip(r.outputs.values(), exp):
+                    errs.append(float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-9)))
+            console.print(f"{label} vs the expected outputs: max |error| / max |expected| = "
+                          f"{max(errs):.4f}")
+
+
+def _waves(args, c, first, feeds, to_cycle: int, console) -> None:
+    from .network import run_network_rtl
+
+    start, chosen, spans = 0, [], []
+    for i, k in enumerate(first.kernels):
+        end = start + k.counters["cycles"]
+        if start <= to_cycle and end >= args.from_cycle:
+            chosen.append(i)
+            spans.append((i, k.name, start, end))
+        start = end
+    if not chosen:
+        console.print(f"[yellow]no kernel overlaps cycles {args.from_cycle}..{to_cycle} (the "
+                      f"first inference has {start:,} cycles); no trace written[/]")
+        return
+    from .harness import simulation_build
+    from .network import dram_size_for
+
+    with _progress(console) as prog:
+        task = prog.add_task("tracing", total=None)
+        simulation_build(c.config, dram_bytes=dram_size_for(c), waves=True)
+        run_network_rtl(c, [feeds], waves_file=Path(args.waves), kernel_filter=chosen)
+        prog.update(task, total=1, completed=1)
+    console.print(f"waves: {args.waves}: kernels " + ", ".join(
+        f"{i} {n} (cycles {a:,}..{b:,})" for i, n, a, b in spans)
+        + "; in the trace they run back to back, each after a 2-cycle reset")
