@@ -203,7 +203,9 @@ def _manifest(c: Compiled) -> tuple[dict, dict, dict]:
                             "scale": t.scale, "const": t.const, "shape": list(t.shape),
                             "perm": list(t.perm), "addr": lay.addr, "pitch": lay.pitch,
                             "panel": lay.panel, "panel_stride": lay.panel_stride,
-                            "view_of": t.base.name if t.base is not None else None})
+                            "view_of": t.base.name if t.base is not None else None,
+                            "colscale": None if t.colscale is None else
+                            [int(v) for v in t.colscale]})
         return names[id(t)]
 
     steps, index, quant = [], {}, {"tensors": {}, "kernels": {}}

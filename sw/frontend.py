@@ -72,6 +72,8 @@ SUPPORTED_OPS: frozenset[str] = frozenset({
     "Unsqueeze", "Expand", "Pad",
     # pass-through, shape arithmetic and masks
     "Identity", "Dropout", "Cast", "Shape", "Constant", "ConstantOfShape", "Equal", "Where",
+    # attention-mask arithmetic (lowered only as a key-padding mask of a softmax)
+    "And", "Or", "Not", "GatherND", "IsNaN",
 })
 
 #: Oldest and newest default-domain opset read as is.

@@ -29,7 +29,8 @@ FILL_ZERO, FILL_MIN = -1, -2
 
 @dataclass(eq=False)
 class Tensor:
-    """An int8 (``elem=1``) or int32 (``elem=4``) matrix; ``real = value * scale``.
+    """An int8 (``elem=1``) or int32 (``elem=4``) matrix; ``real = value * scale`` (times
+    ``colscale[j]`` in column ``j`` when the tensor has per-column scales).
 
     Attributes
     ----------
@@ -53,6 +54,15 @@ class Tensor:
     perm: tuple[int, ...] = ()
     base: Tensor | None = None
     row0: int = 0
+    colscale: np.ndarray | None = None
+
+    @property
+    def colw(self) -> np.ndarray:
+        """Integer multiplier of ``scale`` per storage column (all ones for a per-tensor
+        scale): ``real[:, j] = value[:, j] * scale * colw[j]``."""
+        if self.colscale is None:
+            return np.ones(self.cols)
+        return np.asarray(self.colscale, dtype=np.float64)
 
     def __post_init__(self):
         if not self.shape:

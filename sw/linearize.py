@@ -91,6 +91,25 @@ def _channels_last(rank: int) -> tuple[int, ...]:
     return tuple(range(rank))
 
 
+def _double_ops() -> list:
+    """Reference-evaluator kernels that keep double precision (the stock Erf rounds to
+    float32, whose steps look like kinks to the PWL fit)."""
+    from onnx.reference.op_run import OpRun
+
+    try:
+        from scipy.special import erf
+    except ImportError:                                      # pragma: no cover
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+
+    class Erf(OpRun):
+        op_domain = ""
+
+        def _run(self, x):
+            return (np.asarray(erf(np.asarray(x, dtype=np.float64))).astype(x.dtype),)
+
+    return [Erf]
+
+
 def linearize(model: onnx.ModelProto, config: HwConfig, ranges: dict[str, Range], *,
               segments: int = 16, calibration: str = "max", pwl_method: str = "curvature",
               func_segments: dict[str, int] | None = None) -> Network:
@@ -153,6 +172,9 @@ class _Lowering:
         self.notes: list[str] = []
         self._cache: dict = {}
         self._names: dict[str, int] = defaultdict(int)
+        self.masks: dict[str, tuple[str, int]] = {}      # mask tensor -> (ids input, length)
+        self.masked: dict[str, tuple[str, str]] = {}     # scores + mask -> (scores, mask)
+        self._mm: dict[str, tuple] = {}                  # activation MatMul -> (acc, terms)
 
     # -- driver -----------------------------------------------------------------------------
 
@@ -173,6 +195,8 @@ class _Lowering:
             t = self._new(vi.name, shape, perm, self._scale(vi.name))
             self.vals[vi.name] = t
             inputs[vi.name] = t
+        self._find_masks()
+        self._find_percol()
         for node in g.node:
             if id(node) in self.done:
                 continue
@@ -195,10 +219,53 @@ class _Lowering:
         self._names[name] += 1
         return name if self._names[name] == 1 else f"{name}#{self._names[name]}"
 
-    def _new(self, name, shape, perm, scale, elem=1) -> Tensor:
+    def _new(self, name, shape, perm, scale, elem=1, percol=False) -> Tensor:
+        """A new activation; with *percol*, per-column scales when every consumer of the
+        ONNX tensor *name* absorbs them (see :meth:`_find_percol`)."""
         rows, cols = _storage(shape, perm)
-        return Tensor(self._uniq(name), rows, cols, float(scale), elem, None, tuple(shape),
-                      tuple(perm))
+        t = Tensor(self._uniq(name), rows, cols, float(scale), elem, None, tuple(shape),
+                   tuple(perm))
+        if percol and name in self.percol and tuple(perm) == tuple(range(len(shape))):
+            cm = self.ranges[name].colmax
+            if cm is not None and cm.size == cols:
+                s = np.maximum(cm, 1e-8 * max(float(cm.max()), 1e-30)) / INT8_MAX
+                u = float(s.max()) / INT8_MAX
+                t.scale = u
+                t.colscale = np.clip(np.ceil(s / u - 1e-9), 1, INT8_MAX).astype(np.int64)
+        return t
+
+    def _find_percol(self):
+        """ONNX tensors that may have per-column scales: every consumer folds a scale per
+        input column exactly (constant-weight MatMul/Gemm into the weight rows, sums and PWL
+        inputs into per-column coefficients and requantization, LayerNormalization into its
+        mean and centering weights). The scales are whole multiples ``colscale[j]`` (1..127)
+        of one unit, so integer coefficients stay exact. Outlier channels (transformer
+        residual streams) then no longer cost the other channels their resolution."""
+        self.percol: set[str] = set()
+        for name, r in self.ranges.items():
+            if r.colmax is None or name in self.graph_outputs or name in self.masks:
+                continue
+            users = self.consumers.get(name, [])
+            if users and all(self._absorbs(u, name) for u in users):
+                self.percol.add(name)
+
+    def _absorbs(self, node, name) -> bool:
+        op, ins = node.op_type, list(node.input)
+        if op == "MatMul":
+            return ins[0] == name and ins[1] in self.consts and self.consts[ins[1]].ndim == 2
+        if op == "Gemm":
+            return ins[0] == name and ins[1] in self.consts and not _attr(node, "transA", 0)
+        if op == "LayerNormalization":
+            return ins[0] == name and _attr(node, "axis", -1) in (-1, len(self._shape(name)) - 1)
+        if op in ("Add", "Sub"):
+            other = ins[1] if ins[0] == name else ins[0]
+            if other in self.masks or ins[0] == ins[1]:
+                return False
+            out = tuple(self._shape(node.output[0]))
+            if tuple(self._shape(name)) != out:
+                return False
+            return other in self.consts or tuple(self._shape(other)) == out
+        return False
 
     def _range(self, name) -> Range:
         if name not in self.ranges:
@@ -241,16 +308,34 @@ class _Lowering:
             return cs[0]
         return None
 
-    def _val(self, name, node) -> Tensor:
+    def _val(self, name, node, percol=False) -> Tensor:
+        """The activation *name*; with per-tensor scale unless the caller absorbs per-column
+        scales (*percol*)."""
         if name not in self.vals:
             raise LinearizeError(f"{node.op_type} (node {node.name!r}): input {name!r} is not "
                                  f"an activation")
-        return self.vals[name]
+        t = self.vals[name]
+        return t if percol else self._plain(t)
+
+    def _plain(self, t: Tensor) -> Tensor:
+        """*t* with one scale (a diagonal GEMM when it has per-column scales)."""
+        if t.colscale is None:
+            return t
+        key = ("plain", id(t))
+        if key not in self._cache:
+            w = t.colw
+            out = Tensor(self._uniq(f"{t.name}.plain"), t.rows, t.cols, t.scale * float(w.max()),
+                         1, None, t.shape, t.perm)
+            self._kernel(f"{t.name}.plain", t.name, [Term(t, self._diag(t.cols, 1))], out,
+                         t.scale * w, role="linearization")
+            self._cache[key] = out
+        return self._cache[key]
 
     # -- helpers: steps -----------------------------------------------------------------------
 
     def _gather(self, name, origin, srcs, fn, perm=None, scale=None) -> Tensor:
         """A host Transfer: *fn* maps the sources' logical index arrays to the output's."""
+        srcs = [self._plain(s) for s in srcs]
         idx, off = [], 0
         for s in srcs:
             flat = np.arange(s.rows * s.cols, dtype=np.int64).reshape(s.rows, s.cols) + off
@@ -304,8 +389,10 @@ class _Lowering:
         acc_scale = np.broadcast_to(np.asarray(acc_scale, dtype=np.float64), (N,)).copy()
         table = None
         if func is None:
-            mult, shift = requant_params(acc_scale / out.scale)
+            mult, shift = requant_params(acc_scale / (out.scale * out.colw))
         else:
+            if out.colscale is not None:
+                raise AssertionError(f"{name}: a PWL output has one scale")
             lo, hi = pre
             in_scale = max(abs(lo), abs(hi), 1e-6) / _IN16
             in_scale = max(in_scale, float(acc_scale.max()) / 60000.0)
@@ -385,7 +472,7 @@ class _Lowering:
             [helper.make_tensor_value_info(out, onnx.TensorProto.DOUBLE, [None])],
             list(inits.values()))
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        sess = ReferenceEvaluator(m)
+        sess = ReferenceEvaluator(m, new_ops=_double_ops())
 
         def f(v):
             v = np.asarray(v, dtype=np.float64)
@@ -420,7 +507,7 @@ class _Lowering:
         """A kernel for a linear node, with the element-wise chain after it fused."""
         func, pre, final, kind = self._tail(out_name)
         out = self._new(final, self._shape(final) if final != out_name else shape, perm,
-                        self._scale(final))
+                        self._scale(final), percol=func is None)
         if _prod(out.shape) != _prod(shape):
             raise LinearizeError(f"{node.op_type} (node {node.name!r}): fused chain changes the shape")
         out.shape = tuple(shape)
@@ -562,7 +649,8 @@ class _Lowering:
                           _channels_last(len(shape)))
 
     def _op_Gemm(self, node):
-        x = self._val(node.input[0], node)
+        x = self._val(node.input[0], node,
+                      percol=node.input[1] in self.consts and not _attr(node, "transA", 0))
         if _attr(node, "transA", 0):
             x = self._gather(f"{node.name}.transA", node.name, [x], lambda i: i.T)
         x = self._relayout(x, (0, 1), node.name)
@@ -602,6 +690,7 @@ class _Lowering:
         if s is not None:
             w = w * s[None, :]
             bf = bf * s + t
+        w = w * x.colw[:, None]                     # per-column input scales: weight rows
         q, sw = quantize_weights(w, axis=1)
         wt = self._const(f"{node.name}.W", q, 1.0)
         self._emit_linear(node, [Term(x, wt)], x.scale * sw, bf, out_name, shape,
@@ -612,7 +701,7 @@ class _Lowering:
         if a_name in self.consts and b_name not in self.consts:
             raise LinearizeError(f"MatMul (node {node.name!r}): constant A with activation B "
                                  f"is not supported")
-        x = self._val(a_name, node)
+        x = self._val(a_name, node, percol=b_name in self.consts)
         x = self._relayout(x, tuple(range(len(x.shape))), node.name)
         if b_name in self.consts:
             w = self.consts[b_name].astype(np.float64)
@@ -639,13 +728,26 @@ class _Lowering:
         shape = tuple(batch) + (M, N)
         func, pre, final, kind = self._tail(node.output[0])
         out = self._new(final, shape, tuple(range(len(shape))), self._scale(final))
+        acc = x.scale * y.scale
+        users = self.consumers[final]
+        to_softmax = func is None and final not in self.graph_outputs and users and all(
+            u.op_type in ("Softmax", "LogSoftmax") or
+            (u.op_type == "Add" and any(i in self.masks for i in u.input)) for u in users)
+        if to_softmax:
+            # Scores: an int8 scale that is a whole number of accumulator units, so the
+            # softmax kernels can subtract the int8 row maximum from the int32 product exactly.
+            out.scale = max(1, round(out.scale / acc)) * acc
         nb = _prod(batch)
+        parts = []
         for b in range(nb):
             xa = self._view(x, b * M, M)
             yb = self._view(y, b * K, K)
             ob = self._view(out, b * M, M)
             self._kernel(f"{node.name or 'MatMul'}[{b}]", node.name, [Term(xa, yb)], ob,
-                         x.scale * y.scale, func=func, pre=pre, kind=kind)
+                         acc, func=func, pre=pre, kind=kind)
+            parts.append((b * M, M, Term(xa, yb)))
+        if to_softmax:
+            self._mm[final] = (acc, parts)
         self.vals[final] = out
 
     def _view(self, t: Tensor, row0: int, rows: int) -> Tensor:
@@ -653,7 +755,7 @@ class _Lowering:
         if row0 == 0 and rows == t.rows:
             return t
         v = Tensor(f"{t.name}[{row0}:{row0 + rows}]", rows, t.cols, t.scale, t.elem)
-        v.base, v.row0 = t, row0
+        v.base, v.row0, v.colscale = t, row0, t.colscale
         return v
 
     # -- element-wise ---------------------------------------------------------------------
@@ -674,7 +776,7 @@ class _Lowering:
         kind = self._chain_kind(nodes)
         o = self._new(out, t.shape, t.perm, self._scale(out))
         self._kernel(f"{nodes[0].name or nodes[0].op_type}.pwl", ",".join(n.name for n in nodes),
-                     [Term(t, self._diag(t.cols, 1))], o, t.scale, func=f, pre=(r.lo, r.hi),
+                     [Term(t, self._diag(t.cols, 1))], o, t.scale * t.colw, func=f, pre=(r.lo, r.hi),
                      role="linearization", kind=kind)
         self.notes.append(f"{', '.join(n.name or n.op_type for n in nodes)}: one PWL ({kind})")
         self.vals[out] = o
@@ -712,7 +814,7 @@ class _Lowering:
         """``out = sum_i c_i * x_i`` (per-column real coefficients ``c_i``), accumulated in
         int32 with diagonal int8 weights; the element-wise chain after it is fused."""
         n = parts[0][0].cols
-        w = np.stack([np.asarray(c, dtype=np.float64) * t.scale for t, c in parts])  # P x n
+        w = np.stack([np.asarray(c, dtype=np.float64) * t.scale * t.colw for t, c in parts])  # P x n
         top = np.max(np.abs(w), axis=0)
         top = np.where(top > 0, top, 1.0)
         q = np.round(w / top * INT8_MAX).astype(np.int64)
@@ -721,7 +823,7 @@ class _Lowering:
         if fuse:
             return self._emit_linear(node, terms, acc, bias, out_name, shape, perm,
                                      role="linearization")
-        out = self._new(out_name, shape, perm, self._scale(out_name))
+        out = self._new(out_name, shape, perm, self._scale(out_name), percol=True)
         self._kernel(node.name or node.op_type, node.name, terms, out, acc, bias=bias,
                      role="linearization")
         self.vals[out_name] = out
@@ -740,11 +842,24 @@ class _Lowering:
                                                       shape), perm)
 
     def _op_Add(self, node, sign=1.0):
+        if sign > 0 and (node.input[0] in self.masks or node.input[1] in self.masks):
+            mask, scores = node.input[:2] if node.input[0] in self.masks else node.input[1::-1]
+            users = self.consumers[node.output[0]]
+            if node.output[0] in self.graph_outputs or not users or \
+                    any(u.op_type not in ("Softmax", "LogSoftmax") for u in users):
+                raise LinearizeError(f"Add (node {node.name!r}): an attention mask must feed "
+                                     f"a Softmax only")
+            if tuple(self._shape(node.output[0])) != tuple(self._shape(scores)):
+                raise LinearizeError(f"Add (node {node.name!r}): the mask must broadcast to "
+                                     f"the scores")
+            self._val(scores, node)
+            self.masked[node.output[0]] = (scores, mask)
+            return
         if self._elementwise_chain(node):
             return
         a, b, shape = self._binary_operands(node)
         if a in self.vals and b in self.vals:
-            ta, tb = self.vals[a], self.vals[b]
+            ta, tb = self._val(a, node, percol=True), self._val(b, node, percol=True)
             lead = ta if tuple(ta.shape) == tuple(shape) else tb
             perm = lead.perm
             ta = self._broadcast_to(ta, shape, perm, node.name)
@@ -753,7 +868,7 @@ class _Lowering:
             self._sum(node, [(ta, np.ones(n)), (tb, sign * np.ones(n))], node.output[0], shape, perm)
             return
         x_name, c_name = (a, b) if a in self.vals else (b, a)
-        x = self.vals[x_name]
+        x = self._val(x_name, node, percol=True)
         c = self.consts[c_name].astype(np.float64)
         coef = 1.0 if (x_name == a or sign > 0) else -1.0
         csign = sign if x_name == a else 1.0
@@ -783,19 +898,19 @@ class _Lowering:
             return
         a, b, shape = self._binary_operands(node)
         if a in self.vals and b in self.vals and not div:
-            return self._product(node, self.vals[a], self.vals[b], shape)
+            return self._product(node, self._val(a, node), self._val(b, node), shape)
         if div and b in self.vals:
             raise LinearizeError(f"Div (node {node.name!r}): division by a tensor is lowered "
                                  f"only inside LayerNorm/softmax patterns")
         x_name, c_name = (a, b) if a in self.vals else (b, a)
-        x = self.vals[x_name]
+        x = self._val(x_name, node, percol=True)
         c = self.consts[c_name].astype(np.float64)
         if div:
             c = 1.0 / c
         if c.size == 1 and float(c.reshape(())) > 0 and tuple(x.shape) == tuple(shape):
             # A positive scalar only changes the scale: no step.
             out = self._new(node.output[0], x.shape, x.perm, x.scale * float(c.reshape(())))
-            out.base = x
+            out.base, out.colscale = x, x.colscale
             self.vals[node.output[0]] = out
             self.notes.append(f"{node.name or node.op_type}: scalar folded into the scale")
             return
@@ -1032,46 +1147,89 @@ class _Lowering:
             level += 1
         return cur
 
+    def _split_terms(self, t: Tensor, coef: int, L: int) -> list[Term]:
+        """``t @ (coef * ones(1, L))`` for an integer *coef* of any size, as rank-1 terms of
+        int8 coefficients."""
+        terms, left = [], int(coef)
+        while left:
+            c = max(-INT8_MAX, min(INT8_MAX, left))
+            terms.append(Term(t, self._ones(1, L, c)))
+            left -= c
+        return terms
+
     def _softmax(self, node, log: bool):
-        x = self._val(node.input[0], node)
+        """Softmax / LogSoftmax over one axis: ``exp(x - m - log(sum exp(x - m)))`` with ``m``
+        a row maximum (of the int8 scores; softmax does not depend on the shift, so an
+        approximate maximum used consistently is exact). When the scores are a MatMul of two
+        activations used only here, the exp kernels take that product again as their GEMM
+        term, so the exponent has the int32 accumulator's precision instead of int8's."""
+        src, mask = node.input[0], None
+        if src in self.masked:
+            src, mask = self.masked[src]
+        x = self._val(src, node)
         rank = len(x.shape)
         axis = _attr(node, "axis", -1 if self.opset >= 13 else 1) % rank
         if self.opset < 13 and axis != rank - 1:
             raise LinearizeError(f"{node.op_type} (node {node.name!r}): opset {self.opset} "
                                  f"softmax over axis {axis} is not the last axis")
+        if mask is not None and axis != rank - 1:
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): a masked softmax must "
+                                 f"be over the last axis")
         perm = tuple(d for d in range(rank) if d != axis) + (axis,)
+        fused = self._mm.get(src) if x.perm == perm else None
         x = self._relayout(x, perm, node.name)
         x2 = Tensor(self._uniq(f"{x.name}.2d"), x.rows, x.cols, x.scale)
         x2.base = x
         shape_nd = tuple(x.shape)
         x = x2
         L, M = x.cols, x.rows
-        r = self._range(node.input[0])
+        r = self._range(src)
         span = max(r.hi - r.lo, 1e-3)
         zlo = -min(span, 24.0)
-        m = self._rowmax(node, x)
-        neg_ones = self._ones(1, L, -1)
-        e = Tensor(self._uniq(f"{node.name}.exp"), M, L, 1.0 / INT8_MAX)
-        self._kernel(f"{node.name}.exp", node.name,
-                     [Term(x, self._diag(L, 1)), Term(m, neg_ones)], e, x.scale,
-                     func=pwl_lib.exp, pre=(zlo, 0.0), role="linearization", kind="exp")
-        ln_l = math.log(L)
-        ls = Tensor(self._uniq(f"{node.name}.logsum"), M, 1, max(ln_l, 1e-3) / INT8_MAX)
-        self._kernel(f"{node.name}.logsum", node.name, [Term(e, self._ones(L, 1))], ls, e.scale,
-                     func=np.log, pre=(1.0, float(L)), role="linearization", kind="log")
-        u = max(x.scale, ls.scale) / INT8_MAX
-        c1 = int(round(x.scale / u))
-        c2 = int(round(ls.scale / u))
-        terms = [Term(x, self._diag(L, c1)), Term(m, self._ones(1, L, -c1)),
-                 Term(ls, self._ones(1, L, -c2))]
-        out_shape = shape_nd
-        if log:
-            out = self._new(node.output[0], out_shape, perm, self._scale(node.output[0]))
-            self._kernel(node.name or node.op_type, node.name, terms, out, u, role="linearization")
+        if mask is not None:
+            # Masked keys saturate the PWL input at its bottom: exp must be ~0 there.
+            zlo = min(zlo, -12.0)
+        if fused is not None:
+            acc, parts = fused
+            hi = x.scale                  # the int8 maximum is within half a step of the true one
+            scores = [(r0, n, [t]) for r0, n, t in parts]
         else:
-            out = self._new(node.output[0], out_shape, perm, 1.0 / INT8_MAX)
-            self._kernel(node.name or node.op_type, node.name, terms, out, u, func=pwl_lib.exp,
-                         pre=(zlo - ln_l, 0.0), role="linearization", kind="exp")
+            acc, hi = x.scale / INT8_MAX, 0.0
+            scores = [(0, M, [Term(x, self._diag(L, INT8_MAX))])]
+        c_m = int(round(x.scale / acc))
+        m = self._rowmax(node, x)
+        # A masked key gets at least 2 * span + 30 below the row maximum: exp gives 0.
+        need = 2 * span + 30.0
+        e = Tensor(self._uniq(f"{node.name}.exp"), M, L, math.exp(hi) / INT8_MAX)
+        for r0, n, terms in scores:
+            extra = [] if mask is None else [self._mask_term(mask, n, acc, need)]
+            self._kernel(f"{node.name}.exp", node.name,
+                         terms + self._split_terms(self._view(m, r0, n), -c_m, L) + extra,
+                         self._view(e, r0, n), acc, func=pwl_lib.exp, pre=(zlo, hi),
+                         role="linearization", kind="exp")
+        ln_l = math.log(L)
+        wanted = max(ln_l + hi, hi, 1e-3) / INT8_MAX
+        c_ls = max(1, math.ceil(wanted / acc))
+        ls = Tensor(self._uniq(f"{node.name}.logsum"), M, 1, c_ls * acc)
+        self._kernel(f"{node.name}.logsum", node.name, [Term(e, self._ones(L, 1))], ls, e.scale,
+                     func=np.log, pre=(math.exp(-hi), L * math.exp(hi)), role="linearization",
+                     kind="log")
+        if log:
+            out = self._new(node.output[0], shape_nd, perm, self._scale(node.output[0]))
+        else:
+            out = self._new(node.output[0], shape_nd, perm, 1.0 / INT8_MAX)
+        for r0, n, terms in scores:
+            terms = terms + self._split_terms(self._view(m, r0, n), -c_m, L) + \
+                self._split_terms(self._view(ls, r0, n), -c_ls, L)
+            if mask is not None:
+                terms.append(self._mask_term(mask, n, acc, need))
+            if log:
+                self._kernel(node.name or node.op_type, node.name, terms, self._view(out, r0, n),
+                             acc, role="linearization")
+            else:
+                self._kernel(node.name or node.op_type, node.name, terms, self._view(out, r0, n),
+                             acc, func=pwl_lib.exp, pre=(zlo - ln_l - hi, hi),
+                             role="linearization", kind="exp")
         self.vals[node.output[0]] = out
 
     def _op_Softmax(self, node):
@@ -1079,6 +1237,213 @@ class _Lowering:
 
     def _op_LogSoftmax(self, node):
         self._softmax(node, log=True)
+
+
+    # -- attention masks ----------------------------------------------------------------------
+
+    def _find_masks(self):
+        """Find the float tensors computed from integer inputs alone (the attention-mask
+        arithmetic of a BERT export: Cast, GatherND, And, Where, ...), check that each is a
+        key-padding mask (0 where the index input is non-zero, a large negative value where it
+        is zero, along the last axis) and mark its nodes done. Softmax lowers the mask as one
+        rank-``n`` GEMM term (:meth:`_mask_term`)."""
+        g = self.model.graph
+        int_inputs = {vi.name for vi in g.input if vi.name not in self.consts and
+                      vi.type.tensor_type.elem_type in (onnx.TensorProto.INT64,
+                                                        onnx.TensorProto.INT32)}
+        derived, nodes = set(int_inputs), []
+        for n in g.node:
+            ins = [i for i in n.input if i]
+            if not any(i in derived for i in ins):
+                continue
+            if n.op_type == "Gather" and n.input[0] in self.consts and n.input[1] in int_inputs:
+                continue                                     # embedding lookup
+            if all(i in derived or i in self.consts for i in ins):
+                nodes.append(n)
+                derived.update(n.output)
+        if not nodes:
+            return
+        produced = {o for n in nodes for o in n.output}
+        inner = {id(n) for n in nodes}
+        outs = [o for o in produced if o in self.graph_outputs or
+                any(id(c) not in inner for c in self.consumers[o])]
+        for o in outs:
+            self.masks[o] = self._check_mask(o, nodes, int_inputs)
+        for n in nodes:
+            self.done.add(id(n))
+
+    def _check_mask(self, name, nodes, int_inputs) -> tuple[str, int]:
+        from onnx.reference import ReferenceEvaluator
+
+        needed, body = {name}, []
+        for n in reversed(nodes):
+            if any(o in needed for o in n.output):
+                body.append(n)
+                needed.update(i for i in n.input if i)
+        body.reverse()
+        ids = sorted(needed & int_inputs)
+        where = f"attention mask {name!r} (nodes {', '.join(n.name for n in body)})"
+        if len(ids) != 1:
+            raise LinearizeError(f"{where}: computed from {len(ids)} integer inputs, expected one")
+        ids = ids[0]
+        shape = self.shapes[ids]
+        if len(shape) != 2 or shape[0] != 1:
+            raise LinearizeError(f"{where}: index input {ids!r} must be [1, L], is {list(shape)}")
+        L = shape[1]
+        elem = next(vi.type.tensor_type.elem_type for vi in self.model.graph.input if vi.name == ids)
+        inits = [numpy_helper.from_array(np.asarray(self.consts[i]), i)
+                 for i in sorted({i for n in body for i in n.input if i in self.consts})]
+        graph = helper.make_graph(body, "mask", [helper.make_tensor_value_info(ids, elem, shape)],
+                                  [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)],
+                                  inits)
+        sess = ReferenceEvaluator(helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", self.opset)]))
+        rng = np.random.default_rng(0)
+        probes = [np.ones(L, dtype=np.int64)] + [rng.integers(0, 2, L) for _ in range(4)]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        for p in probes:
+            p[0] = 1
+            bias = np.asarray(sess.run(None, {ids: p.reshape(1, L).astype(dtype)})[0])
+            if bias.ndim < 1 or bias.shape[-1] != L:
+                raise LinearizeError(f"{where}: last axis is {bias.shape}, expected {L} keys")
+            keep = np.broadcast_to(p != 0, bias.shape)
+            if not (np.all(bias[keep] == 0) and np.all(bias[~keep] <= -1e4)):
+                raise LinearizeError(f"{where}: not a key-padding mask (0 for kept keys, a "
+                                     f"large negative value for masked keys)")
+        self.notes.append(f"{where}: key-padding mask from {ids!r}, one GEMM term in softmax")
+        return ids, L
+
+    def _mask_term(self, mask: str, rows: int, acc_unit: float, need: float) -> Term:
+        """``ones(rows, n) @ mask_rows(n, L)``: adds at most ``-need`` (real, in units of
+        *acc_unit*) to every masked key of every row, nothing to the others. The mask row
+        (``-127`` masked, ``0`` kept) is an embedding lookup of the index input."""
+        ids, L = self.masks[mask]
+        key = ("maskrow", mask)
+        if key not in self._cache:
+            table = self._const(f"{mask}.table", np.array([[-INT8_MAX], [0]]), 1.0)
+            col = self._new(f"{mask}.col", (L, 1), (0, 1), 1.0)
+            self.steps.append(Lookup(col.name, mask, table, ids, col))
+            self._cache[key] = col
+        col = self._cache[key]
+        n = max(1, math.ceil(need / (INT8_MAX * INT8_MAX * acc_unit)))
+        key = ("maskrows", mask, n)
+        if key not in self._cache:
+            self._cache[key] = self._gather(f"{mask}.rows{n}", mask, [col],
+                                            lambda i: np.broadcast_to(i.reshape(1, L), (n, L)))
+        return Term(self._ones(rows, n, INT8_MAX), self._cache[key])
+
+    def _op_IsNaN(self, node):
+        """``Where(IsNaN(p), c, p)`` after a softmax (exports guard fully masked rows): the
+        lowered softmax never gives NaN, so the pair is the identity."""
+        x = node.input[0]
+        users = self.consumers[node.output[0]]
+        if node.output[0] in self.graph_outputs or not users or not all(
+                u.op_type == "Where" and u.input[0] == node.output[0] and u.input[2] == x
+                and u.input[1] in self.consts for u in users):
+            raise LinearizeError(f"IsNaN (node {node.name!r}): only Where(IsNaN(x), c, x) is "
+                                 f"supported")
+        for u in users:
+            self.done.add(id(u))
+            self.vals[u.output[0]] = self._val(x, node)
+        self.notes.append(f"{node.name}: Where(IsNaN(x), c, x) is x (no NaN on the accelerator)")
+
+    # -- layer normalization -------------------------------------------------------------------
+
+    def _op_LayerNormalization(self, node):
+        """LayerNorm over the axes from ``axis`` on, as the module doc describes: mean by GEMM
+        with a ones vector, centering by a rank-1 term (the sign of gamma folded in), per-row
+        sums of squares by GEMM of row blocks with their transposes, a PWL rsqrt on the
+        output path, and the per-row scaling as a GEMM with a diagonal block; |gamma| goes
+        into the per-column requantization and beta into the bias."""
+        x = self._val(node.input[0], node, percol=True)
+        if len(node.output) > 1 and any(node.output[1:]):
+            raise LinearizeError(f"LayerNormalization (node {node.name!r}): only the Y output "
+                                 f"is supported")
+        rank = len(x.shape)
+        axis = _attr(node, "axis", -1) % rank
+        eps = float(_attr(node, "epsilon", 1e-5))
+        axes = list(range(axis, rank))
+        D = _prod([x.shape[a] for a in axes])
+        gamma = self.consts.get(node.input[1])
+        beta = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if gamma is None or (len(node.input) > 2 and node.input[2] and beta is None):
+            raise LinearizeError(f"LayerNormalization (node {node.name!r}): scale and bias "
+                                 f"must be constant")
+        gamma = np.broadcast_to(gamma.astype(np.float64).reshape(-1), (D,))
+        beta = np.zeros(D) if beta is None else np.broadcast_to(beta.astype(np.float64).reshape(-1), (D,))
+        out_name = node.output[0]
+        xr = self._rows_by(x, axes, node.name) if len(axes) > 1 or x.perm[-1] != rank - 1 \
+            else self._relayout(x, tuple(range(rank)), node.name)
+        M = xr.rows
+        sgn = np.where(gamma < 0, -1, 1)
+        # Input columns have scales xr.scale * w[j] (w = 1 for a per-tensor scale; then 127
+        # is used so the mean keeps 7 more bits). mean: x @ w / D, stored at a scale that is
+        # a whole multiple of the unit u, so that the centering coefficients are exact.
+        w = xr.colscale.astype(np.int64) if xr.colscale is not None else \
+            np.full(D, INT8_MAX, dtype=np.int64)
+        u = xr.scale * (1.0 if xr.colscale is not None else 1.0 / INT8_MAX)
+        r_mean = self._range(f"{out_name}#mean")
+        qm = int(min(INT8_MAX, max(1, math.ceil(max(r_mean.absmax, 1e-12) / INT8_MAX / u))))
+        mean = Tensor(self._uniq(f"{out_name}.mean"), M, 1, qm * u)
+        self._kernel(f"{node.name}.mean", node.name,
+                     [Term(xr, self._const(f"{out_name}.w", w[:, None], 1.0))], mean,
+                     u / D, role="linearization")
+        # centered (times sign(gamma)): x * w - mean * qm, in units of u; once per tensor
+        # (for the variance) and once per column (for the output).
+        terms = [Term(xr, self._diag(D, w * sgn)),
+                 Term(mean, self._const(f"{out_name}.negsign", (-qm * sgn)[None, :], 1.0))]
+        cname = f"{out_name}#centered"
+        c = Tensor(self._uniq(f"{out_name}.centered"), M, D, self._scale(cname))
+        self._kernel(f"{node.name}.center", node.name, terms, c, u, role="linearization")
+        cp = c
+        cm = self._range(cname).colmax
+        if cm is not None and cm.size == D and float(cm.max()) > 4 * float(np.median(cm)):
+            sc = np.maximum(cm, 1e-8 * float(cm.max())) / INT8_MAX
+            uc = float(sc.max()) / INT8_MAX
+            cp = Tensor(self._uniq(f"{out_name}.centered_pc"), M, D, uc)
+            cp.colscale = np.clip(np.ceil(sc / uc - 1e-9), 1, INT8_MAX).astype(np.int64)
+            self._kernel(f"{node.name}.center_pc", node.name, terms, cp, u, role="linearization")
+        # per row block: sum of squares -> rsqrt (PWL) -> diagonal block -> scaled rows
+        rss = self._range(f"{out_name}#sumsq")
+        r_inv = self._range(f"{out_name}#inv")
+        inv_scale = max(r_inv.hi, 1e-12) / INT8_MAX
+        if tuple(x.shape) == (M, D) or (len(axes) == 1 and x.perm == tuple(range(rank))):
+            out = self._new(out_name, tuple(x.shape), tuple(range(rank)), self._scale(out_name),
+                            percol=True)
+        else:
+            out = self._new(out_name, (M, D), (0, 1), self._scale(out_name))
+        R = self.cfg.cols
+        mag = np.maximum(np.abs(gamma), 1e-8)
+        lo_ss = max(rss.lo, 0.0)
+        hi_ss = max(rss.hi, lo_ss * 1.01, 1e-6)
+        # Fit only where calibration saw data (with a margin), and never at 0 sums.
+        lo_ss = max(lo_ss * 0.8, (hi_ss * 1e-4))
+
+        def rsqrt(v, D=D, eps=eps):
+            v = np.asarray(v, dtype=np.float64)
+            return 1.0 / np.sqrt(np.maximum(v, 0.0) / D + eps)
+
+        for r0 in range(0, M, R):
+            n = min(R, M - r0)
+            cb = self._view(c, r0, n)
+            ct = self._gather(f"{out_name}.cT{r0}", node.name, [cb], lambda i: i.T)
+            inv = Tensor(self._uniq(f"{out_name}.inv{r0}"), n, n, inv_scale)
+            self._kernel(f"{node.name}.rsqrt{r0}", node.name, [Term(cb, ct)], inv,
+                         c.scale * c.scale, func=rsqrt, pre=(lo_ss, hi_ss),
+                         role="linearization", kind="rsqrt")
+            dg = self._gather(f"{out_name}.diag{r0}", node.name, [inv],
+                              lambda i: np.where(np.eye(n, dtype=bool), i, FILL_ZERO))
+            self._kernel(f"{node.name}.scale{r0}", node.name, [Term(dg, self._view(cp, r0, n))],
+                         self._view(out, r0, n), inv_scale * cp.scale * cp.colw * mag,
+                         bias=beta, role="linearization")
+        if out.rows * out.cols != M * D or out.cols != D:
+            raise AssertionError(f"{node.name}: LayerNorm output storage {out.rows}x{out.cols}")
+        if tuple(out.shape) != tuple(x.shape):
+            shape = tuple(x.shape)
+            res = self._gather(out_name, node.name, [out], lambda i: i.reshape(shape))
+        else:
+            res = out
+        self.vals[out_name] = res
 
     # -- data movement ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import onnx
 
 from neuralmatrix.hw.arith import INT8_MAX, MAX_SHIFT, MULT_BITS
 
-__all__ = ["METHODS", "Range", "calibrate", "threshold", "quantize_weights", "requant_params",
+__all__ = ["METHODS", "Range", "calibrate", "layer_norm_parts", "threshold", "quantize_weights", "requant_params",
            "bias_int32"]
 
 METHODS = ("max", "percentile", "mse")
@@ -31,6 +31,7 @@ class Range:
     lo: float
     hi: float
     sample: np.ndarray
+    colmax: np.ndarray | None = None     # largest magnitude per index of the last axis
 
     @property
     def absmax(self) -> float:
@@ -65,21 +66,47 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     sess = ReferenceEvaluator(probe)
     outs = [o.name for o in probe.graph.output]
     seen: dict[str, list[np.ndarray]] = {}
+    cols: dict[str, np.ndarray] = {}
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
     for feed in feeds:
         values = dict(feed)
         values.update(zip(outs, sess.run(None, feed)))
+        for n in norms:
+            values.update(layer_norm_parts(n, values[n.input[0]]))
         for k, v in values.items():
             v = np.asarray(v)
             if v.dtype.kind == "f":
                 seen.setdefault(k, []).append(v.ravel())
+                if v.ndim >= 1 and v.size:
+                    cm = np.abs(v.astype(np.float64)).reshape(-1, v.shape[-1]).max(axis=0)
+                    cols[k] = cm if k not in cols or cols[k].shape != cm.shape else \
+                        np.maximum(cols[k], cm)
     rng = np.random.default_rng(0)
     ranges = {}
     for k, vs in seen.items():
         v = np.concatenate(vs).astype(np.float64)
         sample = v if v.size <= max_sample else rng.choice(v, max_sample, replace=False)
         ranges[k] = Range(float(v.min()) if v.size else 0.0, float(v.max()) if v.size else 0.0,
-                          sample)
+                          sample, cols.get(k))
     return ranges
+
+
+def layer_norm_parts(node: onnx.NodeProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The intermediate values of a LayerNormalization *node* on input *x*, named
+    ``OUT#mean``, ``OUT#centered``, ``OUT#sumsq`` (sum of squares of the centered rows) and
+    ``OUT#inv`` (``1 / sqrt(variance + epsilon)``): the tensors its lowering creates."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    x = np.asarray(x, dtype=np.float64)
+    axis = attrs.get("axis", -1) % x.ndim
+    eps = attrs.get("epsilon", 1e-5)
+    axes = tuple(range(axis, x.ndim))
+    count = int(np.prod([x.shape[a] for a in axes]))
+    mean = x.mean(axis=axes, keepdims=True)
+    c = x - mean
+    ss = np.sum(c * c, axis=axes, keepdims=True)
+    out = node.output[0]
+    return {f"{out}#mean": mean, f"{out}#centered": c, f"{out}#sumsq": ss,
+            f"{out}#inv": 1.0 / np.sqrt(ss / count + eps)}
 
 
 def threshold(r: Range, method: str = "max") -> float:

@@ -91,7 +91,7 @@ def network_steps(c: Compiled, feeds: dict[str, np.ndarray], dram: np.ndarray, *
     for name, t in net.outputs.items():
         m = c.layout(t).read(dram).astype(np.int64)
         result.raw[name] = m
-        result.outputs[name] = t.from_matrix(m * t.scale).astype(np.float32)
+        result.outputs[name] = t.from_matrix(m * (t.scale * t.colw)).astype(np.float32)
     return result
 
 
