@@ -148,7 +148,8 @@ def load_compiled(path: Path) -> Compiled:
 
 def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=None,
                     progress: Callable[[int, int], None] | None = None,
-                    kernel_filter: Sequence[int] | None = None) -> list[NetworkRun]:
+                    kernel_filter: Sequence[int] | None = None,
+                    max_cycles: int | None = None) -> list[NetworkRun]:
     """Run *compiled* on the RTL once per entry of *feeds* (ONNX input name -> array).
 
     Parameters
@@ -160,6 +161,8 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
     kernel_filter : sequence of int, optional
         Only with *waves_file*: the kernels (indices in program order) run on the RTL; the
         others run on the golden model, so a trace covers just those kernels.
+    max_cycles : int, optional
+        Cycle budget of every kernel (default :func:`kernel_budget` of its estimate).
 
     Raises
     ------
@@ -183,7 +186,8 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
                                       for i, f in enumerate(feeds) for k, v in f.items()})
         spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS,
                 "runs": len(feeds), "names": [list(f) for f in feeds],
-                "kernel_filter": None if kernel_filter is None else [int(i) for i in kernel_filter]}
+                "kernel_filter": None if kernel_filter is None else [int(i) for i in kernel_filter],
+                "max_cycles": max_cycles}
         (tmp / "spec.json").write_text(json.dumps(spec))
         log = tmp / "sim.log"
         stop = threading.Event()

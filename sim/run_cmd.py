@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["Workload", "add_parser", "load_workload", "read_input_file"]
 
 EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_SIM_FAILED = 1, 2, 3
-BUILTIN = ("digits", "minilm")
+BUILTIN = ("digits", "minilm", "resnet50")
 
 
 class RunError(ValueError):
@@ -162,6 +162,20 @@ def _minilm(inputs: list[str], seq_len: int, samples: int) -> Workload:
                     count=len(sentences), note=note, sentences=sentences, seq_len=seq_len)
 
 
+def _resnet50(inputs: list[str], samples: int) -> Workload:
+    from neuralmatrix.sw.models import resnet50
+
+    if inputs:
+        x = np.concatenate([read_input_file(Path(i)).reshape(-1, 3, 224, 224) for i in inputs])
+        note = f"{len(x)} image(s) from {', '.join(inputs)}"
+    else:
+        x = resnet50.sample_images(samples)
+        note = f"{samples} 224x224 crop(s) of scikit-learn's sample photographs"
+    calib = [{resnet50.INPUT_NAME: c[None]} for c in resnet50.sample_images(2)]
+    feeds = [{resnet50.INPUT_NAME: x[i:i + 1].astype(np.float32)} for i in range(len(x))]
+    return Workload("resnet50", resnet50.load_onnx(), calib, {}, feeds, count=len(x), note=note)
+
+
 def _onnx(path: str, inputs: list[str], shapes: dict, samples: int) -> Workload:
     import onnx
 
@@ -224,6 +238,8 @@ def load_workload(args) -> Workload:
         return _digits(inputs, args.batch)
     if args.model == "minilm":
         return _minilm(inputs, args.seq_len, args.samples)
+    if args.model == "resnet50":
+        return _resnet50(inputs, args.samples)
     return _onnx(args.model, inputs, _parse_shapes(args.input_shape), args.samples)
 
 
@@ -242,7 +258,8 @@ def add_parser(sub) -> None:
                     "and a per-layer table from the RTL performance counters. With no "
                     "arguments: the built-in digits CNN on an 8x8 array, all 450 test digits.")
     p.add_argument("model", nargs="?", default="digits",
-                   help="MODEL.onnx, or a built-in network: digits (default), minilm")
+                   help="MODEL.onnx, or a built-in network: digits (default), minilm, resnet50 "
+                        "(the ResNet-50 graph at 224x224 with seeded synthetic weights)")
     _add_hw_options(p)
     p.add_argument("--input", action="append", metavar="FILE",
                    help="input data (repeatable). digits: .npy (N,1,8,8) or images; minilm: "
@@ -439,6 +456,22 @@ def _accuracy(work: Workload, golden, rtl, console) -> None:
             cos = np.sum(emb * ref, axis=1)
             console.print(f"sentence-embedding cosine vs float, {label}: mean {cos.mean():.4f}, "
                           f"min {cos.min():.4f} over {len(cos)} sentence(s)")
+    elif work.name == "resnet50":
+        from onnx.reference import ReferenceEvaluator
+
+        from neuralmatrix.sw.models import resnet50
+
+        ev = ReferenceEvaluator(work.model)
+        ref = [ev.run(None, f)[0].ravel() for f in work.feeds]
+        for label, res in (("golden", golden), ("RTL", rtl)):
+            if res is None:
+                continue
+            got = [r.outputs[resnet50.OUTPUT_NAME].ravel() for r in res]
+            agree = np.mean([a.argmax() == b.argmax() for a, b in zip(ref, got)])
+            cos = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(ref, got)]
+            console.print(f"class probabilities vs float, {label}: top-1 agreement "
+                          f"{100 * agree:.0f}%, mean cosine {np.mean(cos):.4f} over {len(got)} "
+                          f"image(s)")
     elif work.expected is not None:
         for label, res in (("golden", golden), ("RTL", rtl)):
             if res is None:

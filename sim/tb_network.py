@@ -100,7 +100,8 @@ async def run_network(dut):
             while True:
                 k0 = time.perf_counter()
                 if only is None or index in only:
-                    r = await core.run(mirror, kc.addr, kernel_budget(kc.est_cycles))
+                    r = await core.run(mirror, kc.addr,
+                                       spec["max_cycles"] or kernel_budget(kc.est_cycles))
                     if r["timed_out"] or r["error"] or r["fault"]:
                         r.update(run=run, index=index, kernel=kc.kernel.name,
                                  layer=kc.kernel.origin)
