@@ -28,6 +28,7 @@ def add_parser(subparsers) -> None:
     returned)."""
     _add_synth_parser(subparsers)
     _add_sweep_parser(subparsers)
+    _add_power_parser(subparsers)
 
 
 def _add_synth_parser(subparsers) -> None:
@@ -193,6 +194,11 @@ def _add_sweep_parser(subparsers) -> None:
                         f"(default png)")
     p.add_argument("--no-retry-errors", action="store_true",
                    help="do not run again the configurations recorded as errors")
+    p.add_argument("--power", default=None, metavar="WORKLOAD",
+                   help="fill power_w and gops_per_w with the activity-based power model "
+                        "(ECP5), the switching activity of each configuration measured on the "
+                        "RTL running WORKLOAD: digits (a Verilator build per configuration, "
+                        "cached); see neuralmatrix power --help")
     p.set_defaults(func=_cmd_sweep)
 
 
@@ -213,6 +219,14 @@ def _cmd_sweep(args) -> int:
     if plots == ["none"]:
         plots = []
     out = Path(args.out) if args.out else Path(f"sweep-{args.target}-{dev.name}-{args.top}")
+    power = None
+    if args.power is not None:
+        from .power import activity_power_model
+
+        if args.target != "ecp5":
+            raise ConfigError(f"power: the power model covers ECP5 only, got target "
+                              f"{args.target!r}")
+        power = activity_power_model(args.power)
     # Not a terminal (a log file): wide enough for the table instead of rich's 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     try:
@@ -220,7 +234,7 @@ def _cmd_sweep(args) -> int:
                            top=args.top, seed=args.seed, freq_mhz=args.freq,
                            timeout_s=args.timeout, workload=args.workload, jobs=args.jobs,
                            scheduler=args.scheduler, retry_errors=not args.no_retry_errors,
-                           plots=plots, log=console.print)
+                           plots=plots, power=power, log=console.print)
     except SweepError as exc:
         print(f"neuralmatrix sweep: error: {exc}", file=sys.stderr)
         return EXIT_TOOL_FAILED
@@ -275,4 +289,85 @@ def format_sweep_table(rows: list[dict]):
             values += [cell(r["power_w"], fmt="{:.2f}"), cell(r["gops_per_w"], fmt="{:.2f}")]
         values += [cell(r["synth_seconds"], fmt="{:.0f}"), status]
         table.add_row(*values)
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# power
+
+def _add_power_parser(subparsers) -> None:
+    from .power import WORKLOADS
+
+    p = subparsers.add_parser(
+        "power", help="activity-based power estimate of a synthesized configuration (ECP5)",
+        description="Estimate the power of a design from its resources and Fmax (the JSON of "
+                    "neuralmatrix synth --json) and the switching activity of its "
+                    "configuration measured on the RTL: the compiled digits CNN runs on the "
+                    "accelerator under Verilator, which writes a SAIF file of toggle counts "
+                    "(cached per configuration). Per-resource energy figures and static power "
+                    "are assumed values of the order of Lattice's ECP5 Power Calculator "
+                    "(method: Lattice TN1266), uncertain by a factor of two; the low and high "
+                    "bounds are printed. See fpga/power.py.")
+    p.add_argument("synth_json", metavar="SYNTH_JSON",
+                   help="the output of neuralmatrix synth --json (resources, Fmax, device, "
+                        "configuration)")
+    p.add_argument("--workload", default="digits",
+                   help=f"activity workload: {', '.join(WORKLOADS)} (default digits)")
+    p.add_argument("--images", type=int, default=2,
+                   help="test images of the workload run on the RTL (default 2)")
+    p.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                   help="clock for the estimate (default: the achieved Fmax)")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="also write the estimate as JSON to FILE")
+    p.set_defaults(func=_cmd_power)
+
+
+def _cmd_power(args) -> int:
+    from rich.console import Console
+
+    from .power import estimate_power, measure_activity
+
+    path = Path(args.synth_json)
+    try:
+        synth = json.loads(path.read_text())
+        config = HwConfig(**synth["config"])
+        resources, device, top = synth["resources"], synth["device"], synth["top"]
+        target, fmax = synth["target"], synth.get("fmax_mhz")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"synth_json: cannot read a neuralmatrix synth --json result from "
+                          f"{path}: {exc}") from None
+    if target != "ecp5":
+        raise ConfigError(f"synth_json: the power model covers ECP5 only, got target {target!r}")
+    freq = args.freq if args.freq is not None else fmax
+    if freq is None:
+        raise ConfigError("freq: the synth result has no Fmax (no place and route); give --freq")
+    activity = measure_activity(config, args.workload, images=args.images)
+    est = estimate_power(resources, freq, activity, device=device, top=top)
+    console = Console(highlight=False)
+    console.print(format_power_table(est, f"{top} {config.tag} on ECP5 {device}"))
+    a = activity
+    console.print(f"activity ({a.workload}, {a.cycles:,} cycles on the RTL): logic {a.logic:.4f}, "
+                  f"array {a.array:.4f}, PE/DSP {a.dsp:.4f} toggles/bit/cycle; memory port "
+                  f"duty {a.bram:.3f}")
+    if args.json:
+        out = Path(args.json)
+        out.write_text(json.dumps({"synth": str(path), **est.as_dict()}, indent=2) + "\n")
+        console.print(f"wrote {out}")
+    return 0
+
+
+def format_power_table(est, title: str):
+    """A rich table of a :class:`~neuralmatrix.fpga.power.PowerEstimate`."""
+    from rich.table import Table
+
+    table = Table(title=f"{title} at {est.freq_mhz:.1f} MHz")
+    table.add_column("part")
+    table.add_column("count", justify="right")
+    table.add_column("W", justify="right")
+    table.add_row("static", "", f"{est.static_w:.3f}")
+    for name, watts in est.parts_w.items():
+        table.add_row(name, f"{est.counts.get(name, 0):,}", f"{watts:.4f}")
+    table.add_row("total", "", f"{est.total_w:.3f}")
+    table.add_row("bounds (coefficients /2..x2, static -/+50%)", "",
+                  f"{est.low_w:.3f}..{est.high_w:.3f}")
     return table
