@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
     _add_synth_parser(subparsers)
     _add_sweep_parser(subparsers)
     _add_power_parser(subparsers)
+    _add_cpu_parser(subparsers)
 
 
 def _add_synth_parser(subparsers) -> None:
@@ -370,4 +371,109 @@ def format_power_table(est, title: str):
     table.add_row("total", "", f"{est.total_w:.3f}")
     table.add_row("bounds (coefficients /2..x2, static -/+50%)", "",
                   f"{est.low_w:.3f}..{est.high_w:.3f}")
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# cpu-compare
+
+def _add_cpu_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "cpu-compare", help="inferences/s and inferences/s/W: the accelerator vs this CPU",
+        description="Measure this machine's CPU with onnxruntime on the built-in networks "
+                    "(fp32, int8 dynamic and static quantization; batch 1 and 32, the best "
+                    "counted) and compare with the accelerator: the golden model's cycle "
+                    "estimate of the compiled network at the Fmax of SYNTH_JSON (neuralmatrix "
+                    "synth --top accelerator --json) and the activity-based power model. CPU "
+                    "watts: RAPL if readable, else the stated TDP of the CPU (from "
+                    "/proc/cpuinfo) shared over the cores used, or --cpu-watts. See "
+                    "fpga/cpu.py.")
+    p.add_argument("synth_json", metavar="SYNTH_JSON",
+                   help="neuralmatrix synth --top accelerator --json result (ECP5)")
+    p.add_argument("--models", default="digits,minilm", metavar="LIST",
+                   help="networks, comma-separated: digits, minilm (default both)")
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="timed CPU run per model, precision and batch size (default 3)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime intra-op threads (default: every core usable here)")
+    p.add_argument("--cpu-watts", type=float, default=None, metavar="W",
+                   help="CPU power to charge instead of RAPL or the TDP assumption")
+    p.add_argument("--seq-len", type=int, default=16, help="MiniLM sequence length (default 16)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
+    p.set_defaults(func=_cmd_cpu)
+
+
+def _cmd_cpu(args) -> int:
+    from rich.console import Console
+
+    from .cpu import MODELS, accelerator_result, benchmark_cpu, compare
+    from .power import estimate_power, measure_activity
+    from .sweep import parse_name_list
+
+    models = parse_name_list(args.models, "models")
+    for m in models:
+        if m not in MODELS:
+            raise ConfigError(f"models must be among {', '.join(MODELS)}, got {m!r}")
+    if not args.seconds > 0:
+        raise ConfigError(f"seconds must be positive, got {args.seconds}")
+    if args.cpu_watts is not None and not args.cpu_watts > 0:
+        raise ConfigError(f"cpu-watts must be positive, got {args.cpu_watts}")
+    path = Path(args.synth_json)
+    try:
+        synth = json.loads(path.read_text())
+        config = HwConfig(**synth["config"])
+        resources, device, fmax = synth["resources"], synth["device"], synth["fmax_mhz"]
+        target, top = synth["target"], synth["top"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"synth_json: cannot read a neuralmatrix synth --json result from "
+                          f"{path}: {exc}") from None
+    if target != "ecp5" or top != "accelerator" or not fmax:
+        raise ConfigError(f"synth_json: needs an ECP5 accelerator result with an Fmax, got "
+                          f"target {target!r}, top {top!r}, Fmax {fmax!r}")
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    log = lambda line: console.print(line, soft_wrap=True)        # noqa: E731
+    activity = measure_activity(config, "digits")
+    est = estimate_power(resources, fmax, activity, device=device, top="accelerator")
+    log(f"accelerator {config.tag} on ECP5 {device} at {fmax:.1f} MHz: {est.total_w:.3f} W "
+        f"(bounds {est.low_w:.3f}..{est.high_w:.3f}; static {est.static_w:.3f})")
+    rows = []
+    for m in models:
+        acc = accelerator_result(m, config, fmax, est, seq_len=args.seq_len)
+        log(f"accelerator {m}: {acc.cycles:,} cycles per inference (golden estimate), "
+            f"{acc.inferences_per_s:,.1f} inferences/s")
+        cpu = benchmark_cpu(m, seconds=args.seconds, threads=args.threads,
+                            seq_len=args.seq_len, cpu_watts=args.cpu_watts, log=log)
+        rows += compare(acc, cpu)
+    console.print(format_cpu_table(rows))
+    sources = sorted({r["cpu_w_source"] for r in rows if r["cpu_w_source"]})
+    for src in sources:
+        log(f"CPU watts: {src}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+def format_cpu_table(rows: list[dict]):
+    """A rich table of :func:`neuralmatrix.fpga.cpu.compare` rows."""
+    from rich.table import Table
+
+    table = Table(title="Throughput per watt: accelerator (ECP5) vs this CPU (onnxruntime)")
+    for name in ("model", "CPU", "CPU inf/s", "CPU W", "CPU inf/s/W", "accel", "accel inf/s",
+                 "accel W", "accel inf/s/W", "ratio (bounds)"):
+        table.add_column(name, justify="left" if name in ("model", "CPU", "accel") else "right")
+
+    def num(v, fmt="{:,.1f}"):
+        return "" if v is None else fmt.format(v)
+
+    for r in rows:
+        if r["error"]:
+            cpu = [f"{r['cpu_precision']}: {r['error'][:60]}", "", "", ""]
+        else:
+            cpu = [r["cpu_precision"], f"{num(r['cpu_inf_s'])} (b{r['cpu_batch']})",
+                   num(r["cpu_w"], "{:.2f}"), num(r["cpu_inf_s_w"])]
+        ratio = "" if r["ratio"] is None else \
+            f"{r['ratio']:.2f}x ({r['ratio_low']:.2f}..{r['ratio_high']:.2f})"
+        table.add_row(r["model"], *cpu, r["acc_config"], num(r["acc_inf_s"]),
+                      num(r["acc_w"], "{:.3f}"), num(r["acc_inf_s_w"]), ratio)
     return table
