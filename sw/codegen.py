@@ -205,9 +205,16 @@ def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
                 nz[np.unique(cols // cfg.cols)] = True
                 active[j] = nz
         parts = [Operand(layouts[id(t.a)], layouts[id(t.b)]) for t in s.terms]
-        program, plan = matmul_program(cfg, parts, layouts[id(s.out)], mult=s.mult, shift=s.shift,
-                                       bias=biases.get(id(s)), pwl=s.pwl, active=active,
-                                       check=check)
+        try:
+            program, plan = matmul_program(cfg, parts, layouts[id(s.out)], mult=s.mult,
+                                           shift=s.shift, bias=biases.get(id(s)), pwl=s.pwl,
+                                           active=active, check=check)
+        except ValueError as exc:
+            K = sum(t.b.rows for t in s.terms)
+            raise ValueError(f"layer {s.origin or s.name!r} (kernel {s.name!r}, GEMM "
+                             f"{s.out.rows}x{K}x{s.out.cols}) does not fit the hardware "
+                             f"(sp_depth {cfg.sp_depth}, acc_depth {cfg.acc_depth}, "
+                             f"{cfg.rows}x{cfg.cols} {cfg.dataflow.value}): {exc}") from exc
         macs = sum(i.m * i.k * i.n for i in program if i.op.name == "COMPUTE")
         est = estimate_cycles(program, cfg).total
         blob = assemble_binary(program)

@@ -800,8 +800,15 @@ class _Lowering:
         if a is None:
             raise LinearizeError(f"PRelu (node {node.name!r}): slope must be constant")
         r = self._range(node.input[0])
+        rank = len(x.shape)
+        if rank >= 3:                                # per-channel slope: channels last
+            x = self._relayout(x, _channels_last(rank), node.name)
         n = x.cols
-        a = np.broadcast_to(a.astype(np.float64).reshape(-1), (n,))
+        v = self._per_channel(a, rank, n, 1 if rank >= 3 else -1)
+        if v is None:
+            raise LinearizeError(f"PRelu (node {node.name!r}): slope must be a scalar or one "
+                                 f"value per channel")
+        a = v
         pos = self._new(node.output[0] + ".pos", x.shape, x.perm, max(r.hi, 1e-6) / INT8_MAX)
         neg = self._new(node.output[0] + ".neg", x.shape, x.perm, max(-r.lo, 1e-6) / INT8_MAX)
         self._kernel(f"{node.name}.pos", node.name, [Term(x, self._diag(n, 1))], pos, x.scale,

@@ -1,0 +1,296 @@
+"""Accuracy of compiled networks on the golden model, against the float models.
+
+``python -m neuralmatrix.sw.accuracy digits|minilm|onnx-cases|pwl|all [--json FILE]`` prints
+one table per benchmark (rich) and optionally writes every figure as JSON:
+
+* ``digits``: the digits CNN (:mod:`neuralmatrix.sw.models.digits`), float top-1 (ONNX reference
+  evaluator) against the compiled int8 + PWL network on the golden model, on the 450 test
+  images; calibration on 256 training images.
+* ``minilm``: all-MiniLM-L6-v2 compiled whole (fixed sequence length), sentence embeddings
+  (mean pooling over the attention mask, L2 norm) of the golden model against the float graph,
+  cosine per sentence; extra MACs and compile time from the compile report. Calibration on
+  the first 16 sentences.
+* ``onnx-cases``: every ``pytorch-converted`` / ``pytorch-operator`` case of the onnx wheel
+  the compiler supports: compiled (calibrated on random inputs with the shape and standard
+  deviation of the case's input, not on the input itself) and run on the golden model; a
+  case passes when every output is within :data:`TOL_LSB` int8 steps of its range
+  (``TOL_LSB * max|expected| / 127``) of the expected output.
+* ``pwl``: :func:`neuralmatrix.sw.pwl.error_table` for 8/16/32 segments, uniform against
+  curvature-placed breakpoints.
+
+The golden model's integer arithmetic does not depend on the array size (int32 sums are
+exact, requantization and PWL tables are per column and per kernel), so ``--rows/--cols``
+only change the speed of compiling and running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neuralmatrix.hw.params import HwConfig
+
+__all__ = ["TOL_LSB", "digits", "minilm", "onnx_cases", "pwl_table", "main"]
+
+#: onnx-cases tolerance, in int8 steps of the output's range (see the module doc and README).
+TOL_LSB = 4.0
+
+
+def _limit_threads():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                                      # pragma: no cover
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def digits(config: HwConfig | None = None, limit: int | None = None) -> dict:
+    """Float vs golden top-1 of the digits CNN on the test split (first *limit* images)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from .compiler import builtin, compile_model
+    from .models.digits import MODEL_PATH, load_split
+    from .runtime import run_golden
+
+    config = config or HwConfig()
+    src, feeds, shapes = builtin("digits")
+    comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes)
+    x, y = load_split("test")
+    if limit:
+        x, y = x[:limit], y[:limit]
+    sess = ReferenceEvaluator(str(MODEL_PATH))
+    fl = np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    t0 = time.perf_counter()
+    q = np.concatenate([run_golden(comp.compiled, {"input": x[i:i + 1]}).outputs["logits"]
+                        for i in range(len(x))])
+    run_s = time.perf_counter() - t0
+    f_top1 = float(np.mean(fl.argmax(1) == y))
+    q_top1 = float(np.mean(q.argmax(1) == y))
+    tot = comp.report["totals"]
+    return {"images": int(len(x)), "float_top1": f_top1, "int8_top1": q_top1,
+            "drop_points": round(100 * (f_top1 - q_top1), 3),
+            "agreement": float(np.mean(fl.argmax(1) == q.argmax(1))),
+            "extra_macs_pct": tot["extra_macs_pct"], "compile_seconds": round(comp.seconds, 2),
+            "golden_seconds": round(run_s, 2),
+            "config": f"{config.rows}x{config.cols} {config.dataflow.value}"}
+
+
+def minilm(config: HwConfig | None = None, sentences: int = 66, seq_len: int = 48,
+           calibration: str = "max") -> dict:
+    """Golden vs float sentence embeddings of all-MiniLM-L6-v2 over *sentences* sentences."""
+    from .compiler import builtin, compile_model
+    from .models import minilm as mm
+    from .runtime import run_golden
+
+    config = config or HwConfig()
+    src, feeds, shapes = builtin("minilm", seq_len=seq_len)
+    comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes,
+                         calibration=calibration)
+    sents = list(mm.SENTENCES[:sentences])
+    toks = mm.tokenize(sents, seq_len)
+    ref = mm.float_embeddings(sents, seq_len=seq_len)
+    t0 = time.perf_counter()
+    got = []
+    for i in range(len(sents)):
+        f = {k: v[i:i + 1] for k, v in toks.items()}
+        r = run_golden(comp.compiled, f)
+        got.append(mm.embed(r.outputs[mm.OUTPUT_NAME], f["attention_mask"]))
+    run_s = time.perf_counter() - t0
+    cos = np.sum(np.concatenate(got) * ref, axis=1)
+    tot = comp.report["totals"]
+    truncated = int(np.sum(toks["attention_mask"][:, -1] == 1))
+    return {"sentences": len(sents), "seq_len": seq_len, "truncated_sentences": truncated,
+            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "cosine_median": float(np.median(cos)),
+            "extra_macs_pct": tot["extra_macs_pct"], "macs_linear": tot["macs_linear"],
+            "macs_linearization": tot["macs_linearization"], "kernels": tot["kernels"],
+            "compile_seconds": round(comp.seconds, 2), "golden_seconds": round(run_s, 1),
+            "calibration": calibration,
+            "config": f"{config.rows}x{config.cols} {config.dataflow.value}",
+            "cosines": [round(float(c), 5) for c in cos]}
+
+
+def _case_feeds(case, inputs, n: int = 8, seed: int = 0) -> list[dict]:
+    import onnx
+
+    model = onnx.load(case.model_path, load_external_data=False)
+    init = {t.name for t in model.graph.initializer}
+    names = [vi.name for vi in model.graph.input if vi.name not in init]
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        feeds.append({name: (rng.standard_normal(x.shape) * max(float(np.std(x)), 1e-3)
+                             + float(np.mean(x))).astype(x.dtype)
+                      for name, x in zip(names, inputs)})
+    return feeds, names
+
+
+def onnx_cases(config: HwConfig | None = None) -> dict:
+    """Compile and run every supported onnx-wheel case; pass/fail per case."""
+    from .compiler import compile_model
+    from .frontend import FrontendError
+    from .linearize import LinearizeError
+    from .models.onnx_cases import load_case, onnx_cases as all_cases
+    from .runtime import run_golden
+
+    config = config or HwConfig()
+    rows = []
+    for case in all_cases():
+        try:
+            model = load_case(case)
+        except FrontendError as exc:
+            rows.append({"suite": case.suite, "case": case.name, "status": "unsupported",
+                         "detail": str(exc).splitlines()[0][:120]})
+            continue
+        inputs, outputs = case.datasets[0]
+        feeds, names = _case_feeds(case, inputs)
+        row = {"suite": case.suite, "case": case.name,
+               "ops": sorted({n.op_type for n in model.graph.node})}
+        try:
+            comp = compile_model(model, config, calib_feeds=feeds)
+            res = run_golden(comp.compiled, dict(zip(names, inputs)))
+        except (LinearizeError, ValueError) as exc:
+            row.update(status="compile error", detail=str(exc).splitlines()[0][:160])
+            rows.append(row)
+            continue
+        worst, ok = 0.0, True
+        for o, exp in zip(model.graph.output, outputs):
+            got = res.outputs[o.name].reshape(exp.shape)
+            top = float(np.max(np.abs(exp))) if exp.size else 0.0
+            lsb = max(top, 1e-12) / 127
+            err = float(np.max(np.abs(got - exp))) if exp.size else 0.0
+            worst = max(worst, err / lsb)
+            ok &= err <= TOL_LSB * lsb
+        row.update(status="pass" if ok else "fail", err_lsb=round(worst, 2),
+                   extra_macs_pct=comp.report["totals"]["extra_macs_pct"])
+        rows.append(row)
+    count = {s: sum(r["status"] == s for r in rows)
+             for s in ("pass", "fail", "compile error", "unsupported")}
+    return {"tolerance_lsb": TOL_LSB, "counts": count, "cases": rows}
+
+
+def pwl_table() -> dict:
+    from . import pwl
+
+    return {"rows": pwl.error_table(segment_counts=(8, 16, 32), methods=("uniform", "curvature"))}
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+def _print_digits(r, console):
+    from rich.table import Table
+
+    t = Table(title=f"digits CNN, {r['images']} test images ({r['config']})")
+    for c in ("float top-1", "int8+PWL top-1 (golden)", "drop (points)", "argmax agreement",
+              "extra MACs", "compile"):
+        t.add_column(c, justify="right")
+    t.add_row(f"{100 * r['float_top1']:.2f}%", f"{100 * r['int8_top1']:.2f}%",
+              f"{r['drop_points']:.2f}", f"{100 * r['agreement']:.2f}%",
+              f"{r['extra_macs_pct']:.1f}%", f"{r['compile_seconds']:.1f} s")
+    console.print(t)
+
+
+def _print_minilm(r, console):
+    from rich.table import Table
+
+    t = Table(title=f"all-MiniLM-L6-v2, {r['sentences']} sentences, seq {r['seq_len']} "
+                    f"({r['config']}, calibration {r['calibration']})")
+    for c in ("mean cosine", "median", "min cosine", "extra MACs", "kernels", "compile",
+              "golden run"):
+        t.add_column(c, justify="right")
+    t.add_row(f"{r['cosine_mean']:.4f}", f"{r['cosine_median']:.4f}", f"{r['cosine_min']:.4f}",
+              f"{r['extra_macs_pct']:.2f}%", str(r["kernels"]), f"{r['compile_seconds']:.1f} s",
+              f"{r['golden_seconds']:.0f} s")
+    console.print(t)
+
+
+def _print_cases(r, console):
+    from rich.table import Table
+
+    t = Table(title=f"onnx wheel cases (tolerance {r['tolerance_lsb']:g} int8 steps of the "
+                    f"output range)")
+    for c in ("suite", "case", "status", "max error (steps)", "ops / detail"):
+        t.add_column(c)
+    for row in r["cases"]:
+        if row["status"] == "unsupported":
+            continue
+        t.add_row(row["suite"], row["case"], row["status"],
+                  f"{row['err_lsb']:.2f}" if "err_lsb" in row else "",
+                  ", ".join(row.get("ops", [])) if "detail" not in row else row["detail"])
+    console.print(t)
+    c = r["counts"]
+    console.print(f"pass {c['pass']}, fail {c['fail']}, compile error {c['compile error']}, "
+                  f"unsupported by the frontend {c['unsupported']}")
+
+
+def _print_pwl(r, console):
+    from rich.table import Table
+
+    rows = r["rows"]
+    t = Table(title="PWL int8 tables: max error in output LSB (rms)")
+    t.add_column("function")
+    keys = [(s, m) for s in (8, 16, 32) for m in ("uniform", "curvature")]
+    for s, m in keys:
+        t.add_column(f"{s} {m}", justify="right")
+    for f in dict.fromkeys(row["function"] for row in rows):
+        cells = []
+        for s, m in keys:
+            row = next(x for x in rows if x["function"] == f and x["segments"] == s
+                       and x["method"] == m)
+            cells.append(f"{row['int8_max_lsb']:.2f} ({row['int8_rms_lsb']:.2f})")
+        t.add_row(f, *cells)
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    p = argparse.ArgumentParser(prog="python -m neuralmatrix.sw.accuracy",
+                                description="Accuracy of compiled networks on the golden model.")
+    p.add_argument("what", choices=("digits", "minilm", "onnx-cases", "pwl", "all"))
+    p.add_argument("--rows", type=int, default=None, help="array rows (default: per benchmark)")
+    p.add_argument("--cols", type=int, default=None)
+    p.add_argument("--sentences", type=int, default=66, help="minilm: sentences (default 66)")
+    p.add_argument("--seq-len", type=int, default=48, help="minilm: tokens (default 48)")
+    p.add_argument("--calibration", default="max", help="minilm: calibration method")
+    p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    args = p.parse_args(argv)
+    console = Console()
+    limits = _limit_threads()
+    out = {}
+    what = ("digits", "minilm", "onnx-cases", "pwl") if args.what == "all" else (args.what,)
+
+    def cfg(default):
+        r = args.rows or default
+        return HwConfig(rows=r, cols=args.cols or r)
+
+    try:
+        if "digits" in what:
+            out["digits"] = digits(cfg(8))
+            _print_digits(out["digits"], console)
+        if "minilm" in what:
+            # 32x32 by default: the same integers as 8x8, 16x fewer instructions to run.
+            out["minilm"] = minilm(cfg(32), args.sentences, args.seq_len, args.calibration)
+            _print_minilm(out["minilm"], console)
+        if "onnx-cases" in what:
+            out["onnx_cases"] = onnx_cases(cfg(8))
+            _print_cases(out["onnx_cases"], console)
+        if "pwl" in what:
+            out["pwl"] = pwl_table()
+            _print_pwl(out["pwl"], console)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
