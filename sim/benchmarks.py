@@ -4,6 +4,8 @@ Usage::
 
     python -m neuralmatrix.sim.benchmarks array [--sizes 4x4,8x8,16x16] [--cycles N]
     python -m neuralmatrix.sim.benchmarks accelerator [--sizes 8x8,16x16] [--gemm 256,256,256]
+    python -m neuralmatrix.sim.benchmarks network [--nets digits,minilm16,minilm128,resnet50]
+                                                  [--sizes 8x8,16x16] [--json FILE]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from neuralmatrix.hw.generate import generate_verilog, top_module_name
 from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sim.runner import build, run
 
-__all__ = ["bench_array", "bench_gemm", "main"]
+__all__ = ["bench_array", "bench_gemm", "bench_network", "NETWORKS", "main"]
 
 
 def bench_array(sizes, dataflows=("ws", "os"), cycles: int = 200_000, root: Path | None = None):
@@ -88,6 +90,59 @@ def bench_gemm(config: HwConfig, M: int, K: int, N: int, seed: int = 0, repeats:
     }
 
 
+#: Benchmark networks: name -> (``neuralmatrix run`` model, options).
+NETWORKS = {
+    "digits": ("digits", {"batch": 50}),             # all 450 test digits, 9 inferences
+    "minilm16": ("minilm", {"seq_len": 16, "samples": 1}),
+    "minilm128": ("minilm", {"seq_len": 128, "samples": 1}),
+    "resnet50": ("resnet50", {"samples": 1}),
+}
+
+
+def bench_network(name: str, config: HwConfig) -> dict:
+    """Compile a benchmark network, run it on the golden model and on the RTL; wall times
+    (the Verilator build apart), RTL cycles, utilization and the golden estimate's error."""
+    import time
+    from argparse import Namespace
+
+    from neuralmatrix.sim.harness import simulation_build
+    from neuralmatrix.sim.network import dram_size_for, first_difference, run_network_rtl
+    from neuralmatrix.sim.report import layer_rows
+    from neuralmatrix.sim.run_cmd import load_workload
+    from neuralmatrix.sw.compiler import compile_model
+    from neuralmatrix.sw.runtime import run_golden
+
+    model, opts = NETWORKS[name]
+    args = Namespace(model=model, input=None, input_shape=None, batch=50, seq_len=16, samples=1)
+    for k, v in opts.items():
+        setattr(args, k, v)
+    work = load_workload(args)
+    t0 = time.perf_counter()
+    comp = compile_model(work.model, config, calib_feeds=work.calib, input_shapes=work.input_shapes)
+    compile_s = time.perf_counter() - t0
+    c = comp.compiled
+    t0 = time.perf_counter()
+    golden = [run_golden(c, f, keep=True) for f in work.feeds]
+    golden_s = time.perf_counter() - t0
+    built, _ = simulation_build(config, dram_bytes=dram_size_for(c))
+    t0 = time.perf_counter()
+    runs = run_network_rtl(c, work.feeds)
+    rtl_s = time.perf_counter() - t0
+    exact = all(first_difference(c, g, r) is None for g, r in zip(golden, runs))
+    rows = layer_rows([r.kernels for r in runs], config)
+    layers, total = rows[:-1], rows[-1]
+    big = [r for r in layers if r["cycles"] >= 0.01 * total["cycles"]]
+    return {
+        "network": name, "config": config.tag, "inferences": len(work.feeds),
+        "bit_exact": exact, "compile_s": compile_s, "golden_s": golden_s,
+        "build_s": 0.0 if built.reused else built.seconds, "rtl_s": rtl_s,
+        "cycles": total["cycles"], "macs": total["macs"],
+        "utilization_pct": total["utilization_pct"], "est_error_pct": total["est_error_pct"],
+        "max_layer_est_error_pct": max(abs(r["est_error_pct"]) for r in big),
+        "layers": len(layers), "sim_cycles_per_s": total["cycles"] / rtl_s,
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neuralmatrix.sim.benchmarks")
     sub = parser.add_subparsers(dest="which", required=True)
@@ -99,8 +154,16 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="8x8,16x16")
     p.add_argument("--dataflows", default="ws,os")
     p.add_argument("--gemm", default="256,256,256", help="M,K,N (default 256,256,256)")
+    p = sub.add_parser("network", help="whole networks on the RTL: wall time, cycles, utilization")
+    p.add_argument("--nets", default=",".join(NETWORKS),
+                   help=f"comma-separated, of {', '.join(NETWORKS)} (default all)")
+    p.add_argument("--sizes", default="8x8,16x16")
+    p.add_argument("--dataflows", default="ws")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")]
+    if args.which == "network":
+        return _main_network(args, sizes)
     if args.which == "accelerator":
         M, K, N = map(int, args.gemm.split(","))
         table = Table(title=f"int8 GEMM {M}x{K}x{N} on the accelerator RTL (Verilator)")
@@ -125,6 +188,36 @@ def main(argv=None) -> int:
         table.add_row(r["config"], f"{r['build_s']:.1f}", f"{r['free_running']:,.0f}",
                       f"{r['python_driven']:,.0f}")
     Console().print(table)
+    return 0
+
+
+def _main_network(args, sizes) -> int:
+    nets = args.nets.split(",")
+    unknown = [n for n in nets if n not in NETWORKS]
+    if unknown:
+        raise SystemExit(f"unknown network(s) {', '.join(unknown)}; known: {', '.join(NETWORKS)}")
+    console = Console()
+    table = Table(title="Whole networks on the accelerator RTL (Verilator; wall times without "
+                        "the one-time build)")
+    for col in ("network", "config", "inf.", "bit-exact", "compile s", "golden s", "RTL s",
+                "RTL cycles", "sim cycles/s", "utilization", "est. error", "max layer err"):
+        table.add_column(col, justify="right")
+    results = []
+    for net in nets:
+        for r, c in sizes:
+            for df in args.dataflows.split(","):
+                res = bench_network(net, HwConfig(r, c, df))
+                results.append(res)
+                console.print(res)
+                table.add_row(res["network"], res["config"], str(res["inferences"]),
+                              "yes" if res["bit_exact"] else "NO", f"{res['compile_s']:.1f}",
+                              f"{res['golden_s']:.1f}", f"{res['rtl_s']:.1f}",
+                              f"{res['cycles']:,}", f"{res['sim_cycles_per_s']:,.0f}",
+                              f"{res['utilization_pct']:.1f}%", f"{res['est_error_pct']:+.1f}%",
+                              f"{res['max_layer_est_error_pct']:.1f}%")
+                if args.json:
+                    Path(args.json).write_text(json.dumps(results, indent=1))
+    console.print(table)
     return 0
 
 

@@ -136,7 +136,7 @@ def _digits(inputs: list[str], batch: int) -> Workload:
                     labels=labels, count=n, note=note)
 
 
-def _minilm(inputs: list[str], seq_len: int, samples: int) -> Workload:
+def _minilm(inputs: list[str], seq_len: int, samples: int, layers: int | None) -> Workload:
     from neuralmatrix.sw.models import minilm
 
     if inputs:
@@ -152,13 +152,17 @@ def _minilm(inputs: list[str], seq_len: int, samples: int) -> Workload:
     else:
         sentences = list(minilm.SENTENCES[:samples])
         note = f"the first {len(sentences)} built-in test sentences"
-    model = minilm.load_onnx(seq_len)
+    if layers is not None and not 1 <= layers <= 6:
+        raise RunError(f"--layers must be 1..6, got {layers}")
+    model = minilm.load_onnx(seq_len) if layers in (None, 6) else \
+        minilm.load_encoder_layers(layers, seq_len)
     calib_s = list(minilm.SENTENCES[:16])
     toks = minilm.tokenize(calib_s, seq_len)
     calib = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(calib_s))]
     toks = minilm.tokenize(sentences, seq_len)
     feeds = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(sentences))]
-    return Workload("minilm", model, calib, {k: (1, seq_len) for k in toks}, feeds,
+    name = "minilm" if layers in (None, 6) else f"minilm ({layers} encoder layer(s))"
+    return Workload(name, model, calib, {k: (1, seq_len) for k in toks}, feeds,
                     count=len(sentences), note=note, sentences=sentences, seq_len=seq_len)
 
 
@@ -237,7 +241,7 @@ def load_workload(args) -> Workload:
             raise RunError(f"--batch must be 1..450, got {args.batch}")
         return _digits(inputs, args.batch)
     if args.model == "minilm":
-        return _minilm(inputs, args.seq_len, args.samples)
+        return _minilm(inputs, args.seq_len, args.samples, getattr(args, "layers", None))
     if args.model == "resnet50":
         return _resnet50(inputs, args.samples)
     return _onnx(args.model, inputs, _parse_shapes(args.input_shape), args.samples)
@@ -282,6 +286,9 @@ def add_parser(sub) -> None:
                    help="digits: images per inference (the batch the CNN is compiled for; "
                         "default 50)")
     p.add_argument("--seq-len", type=int, default=16, help="minilm: tokens per sentence (default 16)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="minilm: run only the embeddings and the first N encoder layers (1..6; "
+                        "accuracy then compares the hidden states token by token)")
     p.add_argument("--samples", type=int, default=4,
                    help="minilm: built-in sentences to run; ONNX models without --input: random "
                         "inputs (default 4)")
@@ -303,19 +310,19 @@ def _cmd_run(args) -> int:
 
     config = _config(args)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-    err = Console(stderr=True, highlight=False)
     if args.waves and not str(args.waves).endswith(".fst"):
-        err.print(f"neuralmatrix run: error: --waves must name an .fst file, got {args.waves}")
+        print(f"neuralmatrix run: error: --waves must name an .fst file, got {args.waves}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     to_cycle = args.to_cycle if args.to_cycle is not None else args.from_cycle + 10_000
     if args.from_cycle < 0 or to_cycle < args.from_cycle:
-        err.print(f"neuralmatrix run: error: the trace window must have 0 <= --from-cycle <= "
-                  f"--to-cycle, got {args.from_cycle}..{to_cycle}")
+        print(f"neuralmatrix run: error: the trace window must have 0 <= --from-cycle <= "
+              f"--to-cycle, got {args.from_cycle}..{to_cycle}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return _run(args, config, console, to_cycle)
     except (RunError, FrontendError, LinearizeError, CompileError) as exc:
-        err.print(f"neuralmatrix run: error: {exc}")
+        print(f"neuralmatrix run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -416,15 +423,16 @@ def _run(args, config, console, to_cycle: int) -> int:
         paths = write_report(rows, args.report, meta)
         console.print("report: " + ", ".join(str(p) for p in paths))
     if args.waves and rtl is not None:
-        _waves(args, c, rtl[0], work.feeds[0], to_cycle, console)
+        verdict = _waves(args, c, rtl[0], work.feeds[0], to_cycle, console) or verdict
     console.print(f"total {time.perf_counter() - t_all:.1f} s")
     return verdict
 
 
 def _accuracy(work: Workload, golden, rtl, console) -> None:
+    from onnx.reference import ReferenceEvaluator
+
     if work.name == "digits":
         import onnx
-        from onnx.reference import ReferenceEvaluator
 
         ev = ReferenceEvaluator(onnx.load(work.model))
         x = np.concatenate([f["input"] for f in work.feeds])[:work.count]
@@ -456,9 +464,21 @@ def _accuracy(work: Workload, golden, rtl, console) -> None:
             cos = np.sum(emb * ref, axis=1)
             console.print(f"sentence-embedding cosine vs float, {label}: mean {cos.mean():.4f}, "
                           f"min {cos.min():.4f} over {len(cos)} sentence(s)")
+    elif work.name.startswith("minilm ("):
+        ev = ReferenceEvaluator(work.model)
+        for label, res in (("golden", golden), ("RTL", rtl)):
+            if res is None:
+                continue
+            cos = []
+            for r, f in zip(res, work.feeds):
+                want = ev.run(None, f)[0][0]
+                got = next(iter(r.outputs.values()))[0]
+                valid = f["attention_mask"][0].astype(bool)
+                w, g = want[valid], got[valid]
+                cos += list(np.sum(w * g, 1) / (np.linalg.norm(w, axis=1) * np.linalg.norm(g, axis=1)))
+            console.print(f"hidden-state cosine vs float (per token), {label}: mean "
+                          f"{np.mean(cos):.4f}, min {np.min(cos):.4f} over {len(cos)} token(s)")
     elif work.name == "resnet50":
-        from onnx.reference import ReferenceEvaluator
-
         from neuralmatrix.sw.models import resnet50
 
         ev = ReferenceEvaluator(work.model)
@@ -484,7 +504,7 @@ def _accuracy(work: Workload, golden, rtl, console) -> None:
                           f"{max(errs):.4f}")
 
 
-def _waves(args, c, first, feeds, to_cycle: int, console) -> None:
+def _waves(args, c, first, feeds, to_cycle: int, console) -> int:
     from .network import run_network_rtl
 
     start, chosen, spans = 0, [], []
@@ -497,15 +517,20 @@ def _waves(args, c, first, feeds, to_cycle: int, console) -> None:
     if not chosen:
         console.print(f"[yellow]no kernel overlaps cycles {args.from_cycle}..{to_cycle} (the "
                       f"first inference has {start:,} cycles); no trace written[/]")
-        return
+        return 0
     from .harness import simulation_build
     from .network import dram_size_for
 
     with _progress(console) as prog:
         task = prog.add_task("tracing", total=None)
-        simulation_build(c.config, dram_bytes=dram_size_for(c), waves=True)
+        try:
+            simulation_build(c.config, dram_bytes=dram_size_for(c), waves=True)
+        except RuntimeError as exc:
+            console.print(f"[red]waves: {exc}[/]")
+            return EXIT_SIM_FAILED
         run_network_rtl(c, [feeds], waves_file=Path(args.waves), kernel_filter=chosen)
         prog.update(task, total=1, completed=1)
     console.print(f"waves: {args.waves}: kernels " + ", ".join(
         f"{i} {n} (cycles {a:,}..{b:,})" for i, n, a, b in spans)
         + "; in the trace they run back to back, each after a 2-cycle reset")
+    return 0

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -189,6 +190,7 @@ def build(verilog: str, toplevel: str, *, simulator: str = "verilator", extra_so
     if simulator == "verilator":
         args = _VERILATOR_ARGS + args + [str(Path(s).resolve()) for s in extra_sources]
         if waves:
+            _check_fst_headers()
             args += ["--trace-fst", "--trace-structs"]
     key = hashlib.sha256()
     for part in (verilog, simulator, toplevel, json.dumps(args), json.dumps(list(public)), str(waves),
@@ -231,6 +233,21 @@ def build(verilog: str, toplevel: str, *, simulator: str = "verilator", extra_so
                 raise RuntimeError(f"{simulator} build of {toplevel} failed ({exc!r}):\n{tail}") from None
         stamp.write_text(json.dumps({"seconds": time.perf_counter() - start}))
         return Build(simulator, toplevel, directory, False, time.perf_counter() - start)
+
+
+def fst_supported() -> bool:
+    """Whether FST waves can be built: Verilator's FST writer compiles against lz4 (``lz4.h``),
+    which no pip package provides."""
+    probe = subprocess.run(["g++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n",
+                           capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+def _check_fst_headers() -> None:
+    if not fst_supported():
+        raise RuntimeError("FST waves need the lz4 headers for Verilator's FST writer (lz4.h not "
+                           "found by g++): install them, e.g. `apt-get install liblz4-dev` on "
+                           "Debian/Ubuntu")
 
 
 def _get_runner(simulator: str):

@@ -58,6 +58,7 @@ __all__ = [
     "tokenize",
     "embed",
     "float_embeddings",
+    "load_encoder_layers",
 ]
 
 _HERE = Path(__file__).parent
@@ -358,3 +359,27 @@ def float_embeddings(
         (states,) = evaluator.run([OUTPUT_NAME], feeds)
         rows.append(embed(states, feeds["attention_mask"]))
     return np.concatenate(rows)
+
+
+def load_encoder_layers(layers: int, seq_len: int) -> onnx.ModelProto:
+    """The first `layers` encoder layers of :func:`load_onnx` (embeddings included), for
+    tests and benchmarks smaller than the whole network.
+
+    The output is the hidden state after layer `layers` (``(1, seq_len, 384)``), named
+    ``hidden_<layers>``; the inputs are those of the whole model.
+    """
+    if not isinstance(layers, int) or not 1 <= layers <= 6:
+        raise ValueError(f"layers must be 1..6, not {layers!r}")
+    from onnx.utils import Extractor
+
+    model = load_onnx(seq_len)
+    # LayerNormalization k = 0 is the embeddings', then two per layer: layer i ends at 2 * i.
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    end = norms[2 * layers].output[0]
+    sub = Extractor(model).extract_model(list(INPUT_NAMES), [end])
+    sub.graph.output[0].name = f"hidden_{layers}"
+    for node in sub.graph.node:
+        node.output[:] = [f"hidden_{layers}" if o == end else o for o in node.output]
+        node.input[:] = [f"hidden_{layers}" if i == end else i for i in node.input]
+    return sub
+
