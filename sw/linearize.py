@@ -64,6 +64,8 @@ ELEMENTWISE = frozenset({
     "Mul", "Div", "Identity", "Dropout", "Cast",
 })
 _ACTIVATIONS = ELEMENTWISE - {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Cast", "Neg"}
+#: Most column groups a layer's PWL output is split into (:meth:`_Lowering._emit_grouped`).
+PWL_GROUPS = 4
 _IN16 = 32000.0          # int16 codes used for a PWL input range (headroom below 32767)
 
 
@@ -175,6 +177,8 @@ class _Lowering:
         self.masks: dict[str, tuple[str, int]] = {}      # mask tensor -> (ids input, length)
         self.masked: dict[str, tuple[str, str]] = {}     # scores + mask -> (scores, mask)
         self._mm: dict[str, tuple] = {}                  # activation MatMul -> (acc, terms)
+        self.grouped: dict[str, tuple] = {}              # column groups (see _emit_grouped)
+        self._chain_input: dict[str, str] = {}           # fused chain output -> its input
 
     # -- driver -----------------------------------------------------------------------------
 
@@ -499,6 +503,7 @@ class _Lowering:
             self.done.add(id(n))
         r = self._range(x)
         kind = self._chain_kind(nodes)
+        self._chain_input[out] = x
         self.notes.append(f"{', '.join(n.name or n.op_type for n in nodes)}: one PWL "
                           f"({kind}) on the output of {x}")
         return self._chain_function(x, nodes, out), (r.lo, r.hi), out, kind
@@ -506,6 +511,9 @@ class _Lowering:
     def _emit_linear(self, node, terms, acc_scale, bias, out_name, shape, perm, *, role="linear"):
         """A kernel for a linear node, with the element-wise chain after it fused."""
         func, pre, final, kind = self._tail(out_name)
+        if func is not None and self._groupable(final, terms, perm):
+            return self._emit_grouped(node, terms, acc_scale, bias, final, shape, func, pre,
+                                      kind, role)
         out = self._new(final, self._shape(final) if final != out_name else shape, perm,
                         self._scale(final), percol=func is None)
         if _prod(out.shape) != _prod(shape):
@@ -515,6 +523,57 @@ class _Lowering:
                      func=func, pre=pre, role=role, kind=kind)
         self.vals[final] = out
         return out
+
+    def _groupable(self, name, terms, perm) -> bool:
+        """A PWL output can be split by column magnitude when only constant-weight
+        MatMul/Gemm layers read it and every term's weights are constant."""
+        users = self.consumers.get(name, [])
+        r = self.ranges.get(name)
+        if name in self.graph_outputs or not users or r is None or r.colmax is None:
+            return False
+        if tuple(perm) != tuple(range(len(perm))) or not all(t.b.const for t in terms):
+            return False
+        if not all(u.op_type in ("MatMul", "Gemm") and u.input[0] == name and
+                   u.input[1] in self.consts and self.consts[u.input[1]].ndim == 2 and
+                   not _attr(u, "transA", 0) for u in users):
+            return False
+        cm = r.colmax
+        return cm.size == terms[0].b.cols and float(cm.max()) > 4 * float(np.median(cm))
+
+    def _emit_grouped(self, node, terms, acc_scale, bias, final, shape, func, pre, kind, role):
+        """The layer as up to :data:`PWL_GROUPS` kernels over column groups of similar
+        magnitude (by calibration), each with its own PWL table and output scale: the
+        element-wise function of a layer whose channels span decades (a transformer's GELU)
+        keeps the resolution of its small channels. The consumers take one GEMM term per
+        group (:meth:`_linear_const`)."""
+        cm = self.ranges[final].colmax
+        N = cm.size
+        top = float(cm.max())
+        level = np.clip(np.floor(np.log2(top / np.maximum(cm, top * 1e-6))), 0, PWL_GROUPS - 1)
+        acc_scale = np.broadcast_to(np.asarray(acc_scale, dtype=np.float64), (N,))
+        bias = None if bias is None else np.broadcast_to(np.asarray(bias, dtype=np.float64), (N,))
+        r_in = self._range(self._chain_input.get(final, final))
+        groups = []
+        for g in range(PWL_GROUPS):
+            idx = np.nonzero(level == g)[0]
+            if idx.size == 0:
+                continue
+            out = Tensor(self._uniq(f"{final}.g{g}"), _prod(shape[:-1]), idx.size,
+                         max(float(cm[idx].max()), 1e-8) / INT8_MAX)
+            gterms = [Term(t.a, self._const(f"{t.b.name}.g{g}", np.asarray(t.b.data)[:, idx], 1.0))
+                      for t in terms]
+            cin = r_in.colmax[idx].max() if r_in.colmax is not None and \
+                r_in.colmax.size == N else max(abs(pre[0]), abs(pre[1]))
+            gpre = (max(pre[0], -float(cin)), min(pre[1], float(cin)))
+            if not gpre[1] > gpre[0]:
+                gpre = pre
+            self._kernel(f"{node.name or node.op_type}.g{g}", node.name, gterms, out,
+                         acc_scale[idx], bias=None if bias is None else bias[idx], func=func,
+                         pre=gpre, role=role, kind=kind)
+            groups.append((idx, out))
+        self.grouped[final] = (tuple(shape), groups)
+        self.notes.append(f"{final}: {len(groups)} column groups, one PWL ({kind}) table each")
+        return groups[0][1]
 
     # -- linear layers ------------------------------------------------------------------------
 
@@ -649,6 +708,15 @@ class _Lowering:
                           _channels_last(len(shape)))
 
     def _op_Gemm(self, node):
+        if node.input[0] in self.grouped:
+            w = self.consts[node.input[1]].astype(np.float64) * _attr(node, "alpha", 1.0)
+            if _attr(node, "transB", 0):
+                w = w.T
+            N = w.shape[1]
+            bias = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            bf = np.zeros(N) if bias is None else np.broadcast_to(
+                bias.astype(np.float64).reshape(-1) * _attr(node, "beta", 1.0), (N,)).copy()
+            return self._linear_grouped(node, node.input[0], w, bf)
         x = self._val(node.input[0], node,
                       percol=node.input[1] in self.consts and not _attr(node, "transA", 0))
         if _attr(node, "transA", 0):
@@ -696,8 +764,28 @@ class _Lowering:
         self._emit_linear(node, [Term(x, wt)], x.scale * sw, bf, out_name, shape,
                           tuple(range(len(shape))))
 
+    def _linear_grouped(self, node, name, w, bf):
+        """``x @ w`` for a column-grouped *x*: one term per group, the group scales folded
+        into the weight rows."""
+        shape, groups = self.grouped[name]
+        s_row = np.zeros(w.shape[0])
+        for idx, t in groups:
+            s_row[idx] = t.scale
+        s, t_, out_name = self._fold_after(node.output[0], w.shape[1], -1)
+        if s is not None:
+            w = w * s[None, :]
+            bf = bf * s + t_
+        q, sw = quantize_weights(w * s_row[:, None], axis=1)
+        terms = [Term(t, self._const(f"{node.name}.W.{i}", q[idx], 1.0))
+                 for i, (idx, t) in enumerate(groups)]
+        out_shape = tuple(shape[:-1]) + (w.shape[1],)
+        self._emit_linear(node, terms, sw, bf, out_name, out_shape, tuple(range(len(out_shape))))
+
     def _op_MatMul(self, node):
         a_name, b_name = node.input[:2]
+        if a_name in self.grouped:
+            w = self.consts[b_name].astype(np.float64)
+            return self._linear_grouped(node, a_name, w, np.zeros(w.shape[1]))
         if a_name in self.consts and b_name not in self.consts:
             raise LinearizeError(f"MatMul (node {node.name!r}): constant A with activation B "
                                  f"is not supported")
@@ -1572,10 +1660,16 @@ class _Lowering:
             if table.ndim != 2 or axis != 0:
                 raise LinearizeError(f"Gather (node {node.name!r}): only row lookups in a 2-D table")
             s = self._scale(node.output[0])
-            q = np.clip(np.round(table / s), -INT8_MAX, INT8_MAX).astype(np.int64)
-            tt = self._const(f"{node.name}.table", q, s)
             shape = self._shape(node.output[0])
             out = self._new(node.output[0], shape, tuple(range(len(shape))), s)
+            if node.output[0] in self.percol:
+                # Per-column scales from the table itself (whole multiples of one unit).
+                cm = np.maximum(np.abs(table).max(axis=0), 1e-12) / INT8_MAX
+                out.scale = float(cm.max()) / INT8_MAX
+                out.colscale = np.clip(np.ceil(cm / out.scale - 1e-9), 1, INT8_MAX).astype(np.int64)
+            q = np.clip(np.round(table / (out.scale * out.colw)), -INT8_MAX,
+                        INT8_MAX).astype(np.int64)
+            tt = self._const(f"{node.name}.table", q, out.scale)
             if idx not in [i.name for i in self.model.graph.input]:
                 raise LinearizeError(f"Gather (node {node.name!r}): indices must be a graph input")
             self.steps.append(Lookup(out.name, node.name, tt, idx, out))
