@@ -51,16 +51,19 @@ def cache_root() -> Path:
 
 def cached_generation(name: str, key_parts: Sequence[str], produce):
     """Text made by ``produce()``, cached on disk under *name* and a hash of *key_parts*, the
-    Amaranth version and the source of every ``neuralmatrix.hw`` and ``neuralmatrix.sim``
-    module (any generator change regenerates)."""
+    Amaranth version and the source of every module that generates hardware: all of
+    ``neuralmatrix.hw`` and the simulation top (``neuralmatrix.sim.dram_model``). Any change
+    to them regenerates; testbench and tool changes do not."""
     from importlib.metadata import version
 
-    from neuralmatrix import hw, sim
+    from neuralmatrix import hw
+
+    from . import dram_model
 
     key = hashlib.sha256("\0".join([*key_parts, version("amaranth")]).encode())
-    for package in (hw, sim):
-        for source in sorted(Path(package.__file__).parent.glob("*.py")):
-            key.update(source.name.encode() + b"\0" + source.read_bytes())
+    sources = [*sorted(Path(hw.__file__).parent.glob("*.py")), Path(dram_model.__file__)]
+    for source in sources:
+        key.update(source.name.encode() + b"\0" + source.read_bytes())
     path = cache_root() / "verilog" / f"{name}-{key.hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
