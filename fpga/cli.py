@@ -30,6 +30,7 @@ def add_parser(subparsers) -> None:
     _add_sweep_parser(subparsers)
     _add_power_parser(subparsers)
     _add_cpu_parser(subparsers)
+    _add_bitstream_parser(subparsers)
 
 
 def _add_synth_parser(subparsers) -> None:
@@ -477,3 +478,50 @@ def format_cpu_table(rows: list[dict]):
         table.add_row(r["model"], *cpu, r["acc_config"], num(r["acc_inf_s"]),
                       num(r["acc_w"], "{:.3f}"), num(r["acc_inf_s_w"]), ratio)
     return table
+
+
+# --------------------------------------------------------------------------------------------
+# bitstream
+
+def _add_bitstream_parser(subparsers) -> None:
+    d = HwConfig()
+    p = subparsers.add_parser(
+        "bitstream", help="build the board bitstream: accelerator + UART host link (ULX3S)",
+        description="Build the bitstream of the accelerator with on-chip memory and the UART "
+                    "host link (fpga/board.py; protocol and host script: fpga/host.py) for a "
+                    "board, with amaranth-boards' platform and the yowasp Yosys, nextpnr-ecp5 "
+                    "and ecppack. Prints the .bit path.")
+    p.add_argument("--board", default="ulx3s", help="board: ulx3s (default)")
+    p.add_argument("--device", default="85F", help="ULX3S variant: 12F, 25F, 45F, 85F "
+                                                   "(default 85F)")
+    p.add_argument("--rows", type=int, default=d.rows,
+                   help=f"array rows ({HwConfig.describe('rows')}; default {d.rows})")
+    p.add_argument("--cols", type=int, default=d.cols,
+                   help=f"array columns ({HwConfig.describe('cols')}; default {d.cols})")
+    p.add_argument("--dataflow", default=d.dataflow, help="ws or os (default ws)")
+    p.add_argument("--mem-kib", type=int, default=64,
+                   help="on-chip memory for program and data, KiB, a power of two (default 64)")
+    p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    p.add_argument("--out", default="build-ulx3s", metavar="DIR",
+                   help="build directory (default build-ulx3s)")
+    p.set_defaults(func=_cmd_bitstream)
+
+
+def _cmd_bitstream(args) -> int:
+    from .board import build_bitstream
+    from .synth import ToolMissing
+
+    config = HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
+    try:
+        bit = build_bitstream(config, args.out, board=args.board, device=args.device,
+                              mem_bytes=args.mem_kib * 1024, baud=args.baud, seed=args.seed)
+    except ToolMissing as exc:
+        print(f"neuralmatrix bitstream: error: {exc}", file=sys.stderr)
+        return EXIT_TOOL_FAILED
+    except Exception as exc:          # the build script failed; its log is in the directory
+        print(f"neuralmatrix bitstream: error: {type(exc).__name__}: {exc} (logs in "
+              f"{args.out})", file=sys.stderr)
+        return EXIT_TOOL_FAILED
+    print(f"bitstream: {bit}")
+    return 0
