@@ -39,7 +39,7 @@ from .params import Dataflow, HwConfig
 __all__ = [
     "INSN_BITS", "INSN_BYTES", "HEADER_BITS", "Opcode", "Unit", "UNIT_OF", "Field", "HEADER",
     "FIELDS", "StoreMode", "layout", "Insn", "encode", "decode", "assemble_binary",
-    "disassemble_binary",
+    "disassemble_binary", "field_matrix", "field_column",
 ]
 
 INSN_BITS = 128
@@ -164,6 +164,30 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
 for _op, _fields in FIELDS.items():
     assert HEADER_BITS + sum(f.width for f in _fields) <= INSN_BITS, _op
 
+# Lookup tables derived from HEADER and FIELDS for the hot paths (Insn construction, encoding,
+# bulk checks); they restate nothing. Columns of the field matrix (:func:`field_matrix`): the header
+# fields, then the opcode's fields in order, zero-padded to the longest opcode.
+_OPCODE_OF = {int(_op): _op for _op in Opcode}
+_NAMES = {_op: tuple(f.name for f in _fields) for _op, _fields in FIELDS.items()}
+_NAME_SET = {_op: frozenset(_names) for _op, _names in _NAMES.items()}
+_NCOLS = len(HEADER) + max(len(_fields) for _fields in FIELDS.values())
+
+
+def _column_tables():
+    """Per opcode and matrix column: bit offset, width, minimum and maximum (padding: width 0)."""
+    shape = (max(_OPCODE_OF) + 1, _NCOLS)
+    off, width = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    lo, hi = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    for op, fields_ in FIELDS.items():
+        offset = 0
+        for c, f in enumerate(HEADER + fields_):
+            off[op, c], width[op, c], lo[op, c], hi[op, c] = offset, f.width, f.min, f.max
+            offset += f.width
+    return off, width, lo, hi
+
+
+_COL_OFFSET, _COL_WIDTH, _COL_MIN, _COL_MAX = _column_tables()
+
 
 def layout(opcode: Opcode) -> data.StructLayout:
     """The 128-bit layout of *opcode*'s instructions, for viewing them in the RTL."""
@@ -190,13 +214,14 @@ class Insn:
     push_next: int = 0
 
     def __init__(self, op, /, pop_prev=0, pop_next=0, push_prev=0, push_next=0, **args):
-        self.op = Opcode(op)
-        names = {f.name for f in FIELDS[self.op]}
-        unknown = set(args) - names
-        if unknown:
+        self.op = op = op if op.__class__ is Opcode else Opcode(op)
+        names = _NAMES[op]
+        if not _NAME_SET[op].issuperset(args):
+            unknown = set(args) - _NAME_SET[op]
             raise ValueError(f"{self.op.name} has no field(s) {', '.join(sorted(unknown))}; "
                              f"fields: {', '.join(f.name for f in FIELDS[self.op]) or 'none'}")
-        self.args = {f.name: int(args.get(f.name, 0)) for f in FIELDS[self.op]}
+        get = args.get
+        self.args = {n: int(get(n, 0)) for n in names}
         self.pop_prev, self.pop_next = int(pop_prev), int(pop_next)
         self.push_prev, self.push_next = int(push_prev), int(push_next)
 
@@ -214,6 +239,48 @@ class Insn:
     def deps(self) -> dict[str, int]:
         return {"pop_prev": self.pop_prev, "pop_next": self.pop_next,
                 "push_prev": self.push_prev, "push_next": self.push_next}
+
+
+def field_matrix(program) -> np.ndarray | None:
+    """The instructions as an int64 matrix, for bulk work over whole programs.
+
+    One row per instruction: ``opcode, pop_prev, pop_next, push_prev, push_next``, then the
+    opcode's fields in :data:`FIELDS` order (:func:`field_column`), zero-padded. None when
+    some entry is not an :class:`Insn` or some value is not an integer that fits int64 (the
+    per-instruction code paths then report it).
+    """
+    pad = (0,) * _NCOLS
+    rows = []
+    append = rows.append
+    try:
+        for i in program:
+            a = i.args
+            if tuple(a) != _NAMES[i.op]:
+                return None
+            append((i.op, i.pop_prev, i.pop_next, i.push_prev, i.push_next, *a.values(),
+                    *pad[5 + len(a):]))
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if not rows:
+        return np.zeros((0, _NCOLS), np.int64)
+    try:
+        m = np.array(rows)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if m.dtype.kind != "i" or m.shape != (len(rows), _NCOLS):
+        return None
+    return m.astype(np.int64, copy=False)
+
+
+def field_column(op: Opcode, name: str) -> int:
+    """Column of *op*'s field *name* in :func:`field_matrix`."""
+    return len(HEADER) + _NAMES[op].index(name)
+
+
+def _out_of_range(m: np.ndarray) -> np.ndarray:
+    """Per row of a field matrix: some field outside its range."""
+    ops = m[:, 0]
+    return ((m < _COL_MIN[ops]) | (m > _COL_MAX[ops])).any(axis=1)
 
 
 def encode(insn: Insn) -> int:
@@ -249,7 +316,20 @@ def decode(word: int) -> Insn:
 
 def assemble_binary(program: list[Insn]) -> bytes:
     """The program as bytes, 16 per instruction, little-endian."""
-    return b"".join(encode(i).to_bytes(INSN_BYTES, "little") for i in program)
+    m = field_matrix(program)
+    if m is None or _out_of_range(m).any():
+        return b"".join(encode(i).to_bytes(INSN_BYTES, "little") for i in program)
+    # The same packing as encode, on two 64-bit halves of every instruction at once.
+    ops = m[:, 0]
+    off, width = _COL_OFFSET[ops], _COL_WIDTH[ops]
+    v = (m & ((np.int64(1) << width) - 1)).astype(np.uint64)
+    low = np.where(off < 64, v << np.minimum(off, 63).astype(np.uint64), 0)
+    high = np.where(off >= 64, v << np.maximum(off - 64, 0).astype(np.uint64),
+                    np.where(off + width > 64, v >> np.clip(64 - off, 0, 63).astype(np.uint64), 0))
+    words = np.empty((len(m), 2), dtype="<u8")
+    words[:, 0] = np.bitwise_or.reduce(low.astype(np.uint64), axis=1)
+    words[:, 1] = np.bitwise_or.reduce(high.astype(np.uint64), axis=1)
+    return words.tobytes()
 
 
 def disassemble_binary(blob: bytes) -> list[Insn]:
@@ -561,8 +641,109 @@ def _check_bounds(i: int, insn: Insn, cfg: HwConfig, dram_bytes, program_range,
                            f"({p_lo}..{p_hi - 1})")
 
 
+_COL = {op: {n: len(HEADER) + c for c, n in enumerate(names)} for op, names in _NAMES.items()}
+_FLAG_COLS = slice(1, 5)                       # pop_prev, pop_next, push_prev, push_next
+#: Token flags each opcode's unit has (pop_prev, pop_next, push_prev, push_next).
+_HAS_FLAG = np.zeros((max(_OPCODE_OF) + 1, 4), dtype=bool)
+_UNIT_CODE = np.full(max(_OPCODE_OF) + 1, -1, dtype=np.int64)     # -1: HALT (fetch)
+for _op, _unit in UNIT_OF.items():
+    if _unit is not None:
+        _HAS_FLAG[_op] = (_unit != Unit.LOAD, _unit != Unit.STORE) * 2
+        _UNIT_CODE[_op] = _unit
+
+
+def _quick_ok(program: list, config: HwConfig, dram_bytes, program_range) -> bool:
+    """True when *program* certainly has none of the problems :func:`_problems` reports.
+
+    Bulk numpy checks over the field matrix; False means "look closer" (the per-instruction
+    checks then find and word every problem). Deadlock freedom is shown by running the token
+    protocol in program order (each instruction pops tokens pushed before it and never fills
+    a token queue): that is one complete execution, and as the protocol is deterministic
+    (one producer and one consumer per queue) :func:`trace_tokens` then finishes too.
+    """
+    m = field_matrix(program)
+    n = 0 if m is None else len(m)
+    if n == 0:
+        return False
+    ops = m[:, 0]
+    if _out_of_range(m).any() or (m[:, _FLAG_COLS].astype(bool) & ~_HAS_FLAG[ops]).any():
+        return False
+    halt = ops == Opcode.HALT
+    if not halt[-1] or halt[:-1].any():
+        return False
+    cfg, B = config, config.bus_bytes
+
+    def sel(op):
+        rows = m[ops == op]
+        return rows, (lambda name: rows[:, _COL[op][name]])
+
+    bad = False
+    for op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE):
+        rows, f = sel(op)
+        if not len(rows):
+            continue
+        nrows, ncols, addr, stride = f("nrows"), f("ncols"), f("dram_addr"), f("dram_stride")
+        bad |= ((addr % B != 0) | (stride % B != 0) | ((nrows > 0) & (ncols == 0))).any()
+        if op == Opcode.LOAD_SP:
+            bad |= ((f("sp_addr") + nrows > cfg.sp_depth) | (ncols > cfg.sp_row)).any()
+            row_bytes = np.full(len(rows), B)
+        else:
+            bad |= ((f("acc_addr") + nrows > cfg.acc_depth) | (ncols > cfg.cols)).any()
+            if op == Opcode.LOAD_ACC:
+                row_bytes = -(-4 * ncols // B) * B
+            else:
+                mode = f("mode")
+                bad |= ((mode > int(StoreMode.INT32)) | (f("table") > cfg.pwl_tables - 1)).any()
+                row_bytes = ncols * np.where(mode == StoreMode.INT32, 4, 1)
+        live = (nrows > 0) & (ncols > 0)
+        lo = addr
+        hi = addr + (nrows - 1) * stride + row_bytes
+        if dram_bytes is not None:
+            bad |= (live & (hi > dram_bytes)).any()
+        if op == Opcode.STORE and program_range is not None:
+            p_lo, p_hi = program_range
+            bad |= (live & (lo < p_hi) & (hi > p_lo)).any()      # the hull: conservative
+    rows, f = sel(Opcode.COMPUTE)
+    if len(rows):
+        mm, k, nn = f("m"), f("k"), f("n")
+        ws = cfg.dataflow is Dataflow.WS
+        a_rows = mm if ws else k
+        bad |= (((k if ws else mm) > cfg.rows) | (nn > cfg.cols)
+                | (f("a_addr") + a_rows > cfg.sp_depth) | (f("b_addr") + k > cfg.sp_depth)
+                | (f("c_addr") + mm > cfg.acc_depth)).any()
+    rows, f = sel(Opcode.CFG_REQUANT)
+    if len(rows):
+        bad |= ((f("lane") + f("count") > cfg.cols) | (f("shift") > 47)).any()
+    rows, f = sel(Opcode.CFG_PWL_SEG)
+    if len(rows):
+        bad |= ((f("seg") > cfg.pwl_segments - 1) | (f("table") > cfg.pwl_tables - 1)).any()
+    rows, f = sel(Opcode.CFG_PWL_HDR)
+    if len(rows):
+        bad |= ((f("table") > cfg.pwl_tables - 1) | (f("out_shift") > 47)
+                | (f("seg_shift") > 15)).any()
+    if bad:
+        return False
+    # The token protocol in program order: per queue, tokens waiting before each instruction.
+    unit = _UNIT_CODE[ops]
+    flags = m[:, _FLAG_COLS]
+    for u, v in ((0, 1), (1, 0), (1, 2), (2, 1)):
+        push = flags[:, 3 if v > u else 2] * (unit == u)          # push_next / push_prev
+        pop = flags[:, 0 if u < v else 1] * (unit == v)           # pop_prev / pop_next
+        waiting = np.cumsum(push - pop) - (push - pop)
+        if ((pop > 0) & (waiting < 1)).any() or ((push > 0) & (waiting >= TOKEN_DEPTH)).any():
+            return False
+    return True
+
+
 def _problems(program: list, config: HwConfig, dram_bytes, program_range) -> list[str]:
     """Every problem of *program*; entries that are strings are decode errors."""
+    if _quick_ok(program, config, dram_bytes, program_range):
+        return []
+    return _all_problems(program, config, dram_bytes, program_range)
+
+
+def _all_problems(program: list, config: HwConfig, dram_bytes, program_range) -> list[str]:
+    """:func:`_problems` instruction by instruction (finds and words every problem)."""
     out: list[str] = []
     halts = []
     for i, insn in enumerate(program):

@@ -13,24 +13,61 @@ stores overlap the next tile's computes.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from neuralmatrix.hw.arith import matmul_int32, requantize, saturate
-from neuralmatrix.hw.isa import Insn, Opcode, StoreMode, Unit, assemble_binary, validate
+from neuralmatrix.hw.isa import UNIT_OF, Insn, Opcode, StoreMode, Unit, assemble_binary, validate
 from neuralmatrix.hw.params import Dataflow, HwConfig
 
-from .golden import Access, conflict, footprint
+from .golden import _SPACES, _spans
 
 __all__ = ["ProgramBuilder", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
            "chunk_depths", "gemm_program"]
 
 _NONE = (-1, -1, -1)
+_LOAD, _COMPUTE, _STORE = int(Unit.LOAD), int(Unit.COMPUTE), int(Unit.STORE)
+_UNIT = {op: None if u is None else int(u) for op, u in UNIT_OF.items()}
+_OTHERS = ((_COMPUTE, _STORE), (_LOAD, _STORE), (_LOAD, _COMPUTE))
 
 
-def _join(a, b):
-    return tuple(max(x, y) for x, y in zip(a, b))
+class _Latest:
+    """The latest instruction (unit index) that touched each address of one memory space.
+
+    A piecewise-constant map kept as sorted segment starts and their values (-1: none yet);
+    painting ``[lo, hi)`` with a newer index replaces the segments under it.
+    """
+
+    __slots__ = ("starts", "values")
+
+    def __init__(self):
+        self.starts = [-(1 << 63)]
+        self.values = [-1]
+
+    def paint(self, lo: int, hi: int, j: int) -> None:
+        if lo >= hi:
+            return
+        s, v = self.starts, self.values
+        i = bisect_right(s, lo) - 1              # the segment holding lo
+        k = bisect_right(s, hi, i) - 1           # the segment holding hi
+        left = i + 1 if s[i] < lo else i
+        if s[k] == hi:
+            s[left:k] = [lo]
+            v[left:k] = [j]
+        else:
+            after = v[k]
+            s[left:k + 1] = [lo, hi]
+            v[left:k + 1] = [j, after]
+
+    def latest(self, lo: int, hi: int) -> int:
+        """The largest index painted on any address of ``[lo, hi)`` (-1: none)."""
+        if lo >= hi:
+            return -1
+        s = self.starts
+        i = bisect_right(s, lo) - 1
+        return max(self.values[i:bisect_left(s, hi, i)])
 
 
 class ProgramBuilder:
@@ -56,47 +93,60 @@ class ProgramBuilder:
     instruction before its popper in program order and popped exactly once, so the program
     runs in program order without deadlock; LOAD and STORE, which share no token queue, are
     ordered through a COMPUTE (an existing one when it already follows X, else a zero-sized one).
+
+    The latest conflicting X is found from two maps per unit and memory space: the latest
+    instruction that accessed, and that wrote, each row or byte (a read conflicts with the
+    latest write, a write with the latest access).
     """
 
     def __init__(self, config: HwConfig | None = None):
         self.config = config
         self.program: list[Insn] = []
         self.relays = 0
-        self._members: dict[Unit, list[int]] = {u: [] for u in Unit}
-        self._fps: dict[Unit, list[list[Access]]] = {u: [] for u in Unit}
-        self._clock: dict[Unit, list[tuple]] = {u: [] for u in Unit}
-        self._last_push: dict[tuple[Unit, Unit], int] = {}
+        self._members: tuple[list[int], ...] = ([], [], [])     # program index per unit index
+        self._clock: tuple[list[tuple], ...] = ([], [], [])
+        self._last_push: dict[tuple[int, int], int] = {}
+        # Per unit and memory space: the latest access and the latest write of each address.
+        self._accessed = tuple(tuple(_Latest() for _ in _SPACES) for _ in range(3))
+        self._written = tuple(tuple(_Latest() for _ in _SPACES) for _ in range(3))
+        # Per unit: the spaces it accessed and wrote at all (other maps hold only -1).
+        self._touched = ([False] * len(_SPACES), [False] * len(_SPACES), [False] * len(_SPACES))
+        self._wrote = ([False] * len(_SPACES), [False] * len(_SPACES), [False] * len(_SPACES))
 
     def emit(self, insn: Insn) -> int:
         """Append *insn* (which must carry no token flags); returns its program index."""
-        if any(insn.deps.values()):
+        if insn.pop_prev or insn.pop_next or insn.push_prev or insn.push_next:
             raise ValueError(f"{insn.op.name}: ProgramBuilder sets the token flags itself; "
                              f"got {insn.deps}")
         if insn.op == Opcode.HALT:
             raise ValueError("use ProgramBuilder.finish() to end the program")
-        u = insn.unit
-        fp = footprint(insn, self.config)
-        prev = self._clock[u][-1] if self._clock[u] else _NONE
-        need: dict[Unit, int] = {}
+        u = _UNIT[insn.op]
+        fp = _spans(insn, self.config)
+        need: dict[int, int] = {}
         if fp:
-            for v in Unit:
-                if v == u:
-                    continue
-                fps = self._fps[v]
-                for j in range(len(fps) - 1, prev[v], -1):
-                    if fps[j] and conflict(fp, fps[j]):
-                        need[v] = j
-                        break
-        pops: dict[Unit, int] = {}
-        if u == Unit.COMPUTE:
+            clocks = self._clock[u]
+            prev = clocks[-1] if clocks else _NONE
+            for v in _OTHERS[u]:
+                touched, wrote = self._touched[v], self._wrote[v]
+                j = -1
+                for space, lo, hi, write in fp:
+                    if write:
+                        if touched[space]:
+                            j = max(j, self._accessed[v][space].latest(lo, hi))
+                    elif wrote[space]:
+                        j = max(j, self._written[v][space].latest(lo, hi))
+                if j > prev[v]:
+                    need[v] = j
+        pops: dict[int, int] = {}
+        if u == _COMPUTE:
             pops = need
         else:
-            far = Unit.STORE if u == Unit.LOAD else Unit.LOAD
-            near = need.get(Unit.COMPUTE)
+            far = _STORE if u == _LOAD else _LOAD
+            near = need.get(_COMPUTE)
             if far in need:
                 near = self._relay(far, need[far])
             if near is not None:
-                pops[Unit.COMPUTE] = near
+                pops[_COMPUTE] = near
         return self._append(insn, fp, pops)
 
     def barrier(self) -> None:
@@ -104,15 +154,15 @@ class ProgramBuilder:
         instructions (fences): a COMPUTE that waits for the last LOAD and STORE, then a LOAD
         and a STORE that wait for it."""
         pops = {}
-        clock = self._clock[Unit.COMPUTE][-1] if self._clock[Unit.COMPUTE] else _NONE
-        for v in (Unit.LOAD, Unit.STORE):
+        clock = self._clock[_COMPUTE][-1] if self._clock[_COMPUTE] else _NONE
+        for v in (_LOAD, _STORE):
             last = len(self._members[v]) - 1
             if last > clock[v]:
                 pops[v] = last
         self._append(Insn(Opcode.COMPUTE), [], pops)
-        fence = len(self._members[Unit.COMPUTE]) - 1
-        self._append(Insn(Opcode.LOAD_SP), [], {Unit.COMPUTE: fence})
-        self._append(Insn(Opcode.STORE), [], {Unit.COMPUTE: fence})
+        fence = len(self._members[_COMPUTE]) - 1
+        self._append(Insn(Opcode.LOAD_SP), [], {_COMPUTE: fence})
+        self._append(Insn(Opcode.STORE), [], {_COMPUTE: fence})
 
     def finish(self) -> list[Insn]:
         """Append HALT and return the program."""
@@ -121,18 +171,19 @@ class ProgramBuilder:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _relay(self, far: Unit, j: int) -> int:
+    def _relay(self, far: int, j: int) -> int:
         """Unit index of a COMPUTE that follows *far*'s instruction *j*, adding one if needed."""
-        clocks = self._clock[Unit.COMPUTE]
+        clocks = self._clock[_COMPUTE]
         if clocks and clocks[-1][far] >= j:
             return len(clocks) - 1
         self.relays += 1
         self._append(Insn(Opcode.COMPUTE), [], {far: j})
-        return len(self._clock[Unit.COMPUTE]) - 1
+        return len(self._clock[_COMPUTE]) - 1
 
-    def _append(self, insn: Insn, fp: list[Access], pops: dict[Unit, int]) -> int:
-        u = insn.unit
-        clock = self._clock[u][-1] if self._clock[u] else _NONE
+    def _append(self, insn: Insn, fp: list[tuple], pops: dict[int, int]) -> int:
+        u = _UNIT[insn.op]
+        clocks = self._clock[u]
+        clock = clocks[-1] if clocks else _NONE
         for v, j in pops.items():
             x = self.program[self._members[v][j]]
             push = "push_next" if u > v else "push_prev"
@@ -143,12 +194,19 @@ class ProgramBuilder:
             self._last_push[(v, u)] = j
             done = list(self._clock[v][j])
             done[v] = j
-            clock = _join(clock, done)
+            clock = (max(clock[0], done[0]), max(clock[1], done[1]), max(clock[2], done[2]))
         index = len(self.program)
         self.program.append(insn)
-        self._members[u].append(index)
-        self._fps[u].append(fp)
-        self._clock[u].append(clock)
+        members = self._members[u]
+        j = len(members)
+        members.append(index)
+        clocks.append(clock)
+        for space, lo, hi, write in fp:
+            self._accessed[u][space].paint(lo, hi, j)
+            self._touched[u][space] = True
+            if write:
+                self._written[u][space].paint(lo, hi, j)
+                self._wrote[u][space] = True
         return index
 
 
@@ -466,13 +524,16 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
     def n_of(nt):
         return min(C, N - nt * C)
 
-    def a_panels(mb):
+    def a_panels_of(mb):
         """(m0, m) of the A row groups of block mb: one (ws) or one per row panel (os)."""
         if ws:
             m0 = mb * p.mb_rows
             return [(m0, min(p.mb_rows, M - m0))]
         first = mb * p.group
         return [(q * R, min(R, M - q * R)) for q in range(first, min(first + p.group, -(-M // R)))]
+
+    panels = [a_panels_of(mb) for mb in range(p.n_blocks)]
+    a_panels = panels.__getitem__
 
     # The steps: per block, per N tile, the active chunks (at least one, so every tile is written).
     steps: list[tuple[int, int, int]] = []
@@ -506,6 +567,11 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
     for i, (mb, nt, j) in enumerate(steps):
         first_use.setdefault((mb, j), i)
         last_use[(mb, j)] = i
+    used_of: dict[int, list[int]] = {}          # per block: the chunks it uses, ascending
+    for (b_, jj) in first_use:
+        used_of.setdefault(b_, []).append(jj)
+    for used in used_of.values():
+        used.sort()
     for i, (mb, nt, j) in enumerate(steps):
         early = max(0, i - p.b_slots + 1)
         ch, blay = chunks[j], parts[chunks[j].part].b
@@ -518,7 +584,7 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
                 loads.append(_Load(early, i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
         elif first_use[(mb, j)] == i:
             tiles = a_panels(mb)
-            used = sorted({jj for (b_, jj) in first_use if b_ == mb})
+            used = used_of[mb]
             for g, (m0, m) in enumerate(tiles):
                 if mb == 0:
                     vpos = early
@@ -540,9 +606,11 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
             builder.emit(insn)
     lanes = [None] * C                   # (mult, shift) configured per lane
 
+    mult_shift = list(zip(mult_c.tolist(), shift_c.tolist()))
+
     def configure(nt):
         n0, n = nt * C, n_of(nt)
-        want = list(zip(mult_c[n0:n0 + n].tolist(), shift_c[n0:n0 + n].tolist()))
+        want = mult_shift[n0:n0 + n]
         lane = 0
         while lane < n:
             end = lane

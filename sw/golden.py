@@ -26,7 +26,8 @@ import numpy as np
 
 from neuralmatrix.hw.arith import matmul_int32, pwl_eval, requantize, saturate
 from neuralmatrix.hw.isa import (
-    INSN_BYTES, Insn, Opcode, ProgramError, StoreMode, Unit, trace_tokens, validate,
+    _UNIT_CODE, INSN_BYTES, Insn, Opcode, ProgramError, StoreMode, Unit, field_column,
+    field_matrix, trace_tokens, validate,
 )
 from neuralmatrix.hw.params import Dataflow, HwConfig
 
@@ -51,11 +52,6 @@ class Access(NamedTuple):
         return f"{'writes' if self.write else 'reads'} {self.space} {unit} {self.lo}..{self.hi - 1}"
 
 
-def _dram_span(insn: Insn, row_bytes: int) -> tuple[int, int]:
-    lo = insn.dram_addr
-    return lo, lo + (insn.nrows - 1) * insn.dram_stride + row_bytes
-
-
 def footprint(insn: Insn, config: HwConfig | None = None) -> list[Access]:
     """On-chip rows and external-memory bytes *insn* reads and writes.
 
@@ -64,35 +60,50 @@ def footprint(insn: Insn, config: HwConfig | None = None) -> list[Access]:
     *config* gives the dataflow, which decides how many scratchpad rows COMPUTE reads for A
     (``m`` in ws, ``k`` in os); without it the larger of the two is assumed.
     """
-    op = insn.op
-    if op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE):
-        if insn.nrows == 0 or insn.ncols == 0:
-            return []
-        if op == Opcode.LOAD_SP:
-            lo, hi = _dram_span(insn, insn.ncols)
-            return [Access("DRAM", lo, hi, False),
-                    Access("SP", insn.sp_addr, insn.sp_addr + insn.nrows, True)]
-        if op == Opcode.LOAD_ACC:
-            lo, hi = _dram_span(insn, 4 * insn.ncols)
-            return [Access("DRAM", lo, hi, False),
-                    Access("ACC", insn.acc_addr, insn.acc_addr + insn.nrows, True)]
-        lo, hi = _dram_span(insn, insn.ncols * (4 if insn.mode == StoreMode.INT32 else 1))
-        return [Access("ACC", insn.acc_addr, insn.acc_addr + insn.nrows, False),
-                Access("DRAM", lo, hi, True)]
+    return [Access(_SPACES[s], lo, hi, w) for s, lo, hi, w in _spans(insn, config)]
+
+
+# The memory spaces of :class:`Access`, in the order of the space indices of :func:`_spans`.
+_SPACES = ("SP", "ACC", "DRAM")
+_SP, _ACC, _DRAM = range(3)
+
+
+def _spans(insn: Insn, config: HwConfig | None) -> list[tuple[int, int, int, bool]]:
+    """:func:`footprint` as ``(space index, lo, hi, write)`` tuples."""
+    op, a = insn.op, insn.args
     if op == Opcode.COMPUTE:
-        if 0 in (insn.m, insn.k, insn.n):
+        m, k = a["m"], a["k"]
+        if m == 0 or k == 0 or a["n"] == 0:
             return []
         # A spans m rows (ws) or k rows (os); without the dataflow, take the larger (conservative).
         if config is None:
-            a_rows = max(insn.m, insn.k)
+            a_rows = max(m, k)
         else:
-            a_rows = insn.m if config.dataflow is Dataflow.WS else insn.k
-        acc = [Access("ACC", insn.c_addr, insn.c_addr + insn.m, True)]
-        if insn.accumulate:
-            acc.append(Access("ACC", insn.c_addr, insn.c_addr + insn.m, False))
-        return [Access("SP", insn.a_addr, insn.a_addr + a_rows, False),
-                Access("SP", insn.b_addr, insn.b_addr + insn.k, False)] + acc
+            a_rows = m if config.dataflow is Dataflow.WS else k
+        c = a["c_addr"]
+        if a["accumulate"]:
+            return [(_SP, a["a_addr"], a["a_addr"] + a_rows, False),
+                    (_SP, a["b_addr"], a["b_addr"] + k, False),
+                    (_ACC, c, c + m, True), (_ACC, c, c + m, False)]
+        return [(_SP, a["a_addr"], a["a_addr"] + a_rows, False),
+                (_SP, a["b_addr"], a["b_addr"] + k, False), (_ACC, c, c + m, True)]
+    if op in _TRANSFERS:
+        nrows, ncols = a["nrows"], a["ncols"]
+        if nrows == 0 or ncols == 0:
+            return []
+        lo = a["dram_addr"]
+        span = lo + (nrows - 1) * a["dram_stride"]
+        if op == Opcode.LOAD_SP:
+            return [(_DRAM, lo, span + ncols, False), (_SP, a["sp_addr"], a["sp_addr"] + nrows, True)]
+        if op == Opcode.LOAD_ACC:
+            return [(_DRAM, lo, span + 4 * ncols, False),
+                    (_ACC, a["acc_addr"], a["acc_addr"] + nrows, True)]
+        row_bytes = ncols * (4 if a["mode"] == StoreMode.INT32 else 1)
+        return [(_ACC, a["acc_addr"], a["acc_addr"] + nrows, False), (_DRAM, lo, span + row_bytes, True)]
     return []
+
+
+_TRANSFERS = frozenset((Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE))
 
 
 def conflict(a: list[Access], b: list[Access]) -> tuple[Access, Access] | None:
@@ -454,6 +465,125 @@ def estimate_cycles(program: list[Insn], config: HwConfig, *,
     entries with *costs*).
     """
     costs = {**CYCLE_COSTS, **(costs or {})}
+    fast = _estimate_in_order(program, config, costs)
+    return fast if fast is not None else _estimate_any_order(program, config, costs)
+
+
+def _costs(m: np.ndarray, config: HwConfig, costs: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_cost` of every row of a :func:`~neuralmatrix.hw.isa.field_matrix`."""
+    B = config.bus_bytes
+    ops = m[:, 0]
+    occ = np.full(len(m), costs["cfg"], dtype=np.int64)
+    lat = np.zeros(len(m), dtype=np.int64)
+    col = {(op, name): m[:, field_column(op, name)] for op in Opcode for name in _COST_FIELDS[op]}
+    for op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE):
+        nrows, ncols = col[(op, "nrows")], col[(op, "ncols")]
+        if op == Opcode.LOAD_SP:
+            t = config.dram_latency + nrows + costs["load_overhead"]
+        elif op == Opcode.LOAD_ACC:
+            t = config.dram_latency + nrows * -(-4 * ncols // B) + costs["load_overhead"]
+        else:
+            beats = np.where(col[(op, "mode")] == StoreMode.INT32, -(-4 * ncols // B), 1)
+            t = nrows * beats + costs["store_latency"]
+        sel = ops == op
+        occ[sel] = np.where(nrows == 0, costs["fence"], t)[sel]
+    sel = ops == Opcode.COMPUTE
+    mm, k, n = col[(Opcode.COMPUTE, "m")], col[(Opcode.COMPUTE, "k")], col[(Opcode.COMPUTE, "n")]
+    if config.dataflow is Dataflow.WS:
+        occupancy = np.maximum(mm, config.rows)
+    else:
+        occupancy = np.maximum(k, config.sp_row)
+    empty = (mm == 0) | (k == 0) | (n == 0)
+    occ[sel] = np.where(empty, costs["fence"], occupancy + costs["compute_overhead"])[sel]
+    lat[sel] = np.where(empty, 0, config.rows + config.cols + costs["compute_latency"])[sel]
+    return occ, lat
+
+
+_COST_FIELDS = {Opcode.LOAD_SP: ("nrows", "ncols"), Opcode.LOAD_ACC: ("nrows", "ncols"),
+                Opcode.STORE: ("nrows", "ncols", "mode"), Opcode.COMPUTE: ("m", "k", "n")}
+_COST_FIELDS.update({op: () for op in Opcode if op not in _COST_FIELDS})
+
+
+def _estimate_in_order(program: list[Insn], config: HwConfig,
+                       costs: dict[str, int]) -> CycleEstimate | None:
+    """:func:`estimate_cycles` in one pass in program order; None (use the general schedule)
+    when some instruction pops a token that only a later instruction pushes.
+
+    Every time the schedule assigns depends only on earlier instructions of the same unit,
+    earlier fetches and the pushers of the tokens taken, so computing them in program order
+    gives the same schedule whenever each pusher comes before its popper.
+    """
+    m = field_matrix(program)
+    if m is None:
+        return None
+    n = len(m)
+    ops = m[:, 0]
+    halts = np.flatnonzero(ops == Opcode.HALT)
+    stop = int(halts[0]) if len(halts) else n
+    interval = max(1, INSN_BYTES // config.bus_bytes)
+    occ, lat = _costs(m, config, costs)
+    unit = _UNIT_CODE[ops]
+    flags = m[:, 1:5]
+    # Token queue of each flag (pop_prev, pop_next, push_prev, push_next) per unit; -1: none.
+    # Queues: 0 LOAD->COMPUTE, 1 COMPUTE->LOAD, 2 COMPUTE->STORE, 3 STORE->COMPUTE.
+    queue_of = np.array([[-1, 1, -1, 0], [0, 3, 1, 2], [2, -1, 3, -1]])
+    q = np.where(flags[:stop].astype(bool), queue_of[unit[:stop]], -1).tolist()
+    occ_l, lat_l, unit_l = occ.tolist(), lat.tolist(), unit.tolist()
+    start = [-1] * n
+    end = [-1] * n
+    pushed: list[list[int]] = [[], [], [], []]
+    popped = [0, 0, 0, 0]
+    unit_starts: list[list[int]] = [[], [], []]
+    free = [0, 0, 0]
+    last_end = [0, 0, 0]
+    busy = [0, 0, 0]
+    qd, dispatch = config.queue_depth, costs["dispatch"]
+    fetch_t = config.dram_latency + costs["fetch_start"] - interval
+    for i in range(min(stop, n - 1) + 1):
+        t = fetch_t + interval
+        if i == stop:
+            fetch_t = t
+            break
+        u = unit_l[i]
+        starts = unit_starts[u]
+        k = len(starts) - qd
+        if k >= 0 and starts[k] > t:
+            t = starts[k]
+        fetch_t = t
+        t0 = max(free[u], t + dispatch)
+        pp, pn, sp, sn = q[i]
+        for qq in (pp, pn):
+            if qq >= 0:
+                if popped[qq] >= len(pushed[qq]):
+                    return None
+                t0 = max(t0, pushed[qq][popped[qq]])
+                popped[qq] += 1
+        o = occ_l[i]
+        e = t0 + o + lat_l[i]
+        if e < last_end[u]:
+            e = last_end[u]
+        start[i], end[i] = t0, e
+        last_end[u] = e
+        free[u] = t0 + o
+        busy[u] += o
+        starts.append(t0)
+        for qq in (sp, sn):
+            if qq >= 0:
+                pushed[qq].append(e)
+    computes = ops[:stop] == Opcode.COMPUTE
+    cm = m[:stop][computes]
+    macs = int((cm[:, field_column(Opcode.COMPUTE, "m")] * cm[:, field_column(Opcode.COMPUTE, "k")]
+                * cm[:, field_column(Opcode.COMPUTE, "n")]).sum())
+    start_a, end_a = np.array(start, dtype=np.int64), np.array(end, dtype=np.int64)
+    total = int(max(int(end_a.max(initial=0)), int(fetch_t))) + costs["halt"]
+    return CycleEstimate(total=total, start=start_a, end=end_a,
+                         busy={u.name: busy[u] for u in Unit}, macs=macs,
+                         peak_macs_per_cycle=config.rows * config.cols)
+
+
+def _estimate_any_order(program: list[Insn], config: HwConfig,
+                        costs: dict[str, int]) -> CycleEstimate:
+    """:func:`estimate_cycles` for any token order: event rounds until nothing can start."""
     n = len(program)
     stop = next((i for i, insn in enumerate(program) if insn.op == Opcode.HALT), n)
     interval = max(1, INSN_BYTES // config.bus_bytes)
