@@ -178,6 +178,7 @@ class _Lowering:
         self.masked: dict[str, tuple[str, str]] = {}     # scores + mask -> (scores, mask)
         self._mm: dict[str, tuple] = {}                  # activation MatMul -> (acc, terms)
         self.grouped: dict[str, tuple] = {}              # column groups (see _emit_grouped)
+        self.split: dict[str, list] = {}                 # two-digit lookups (see _op_Gather)
         self._chain_input: dict[str, str] = {}           # fused chain output -> its input
 
     # -- driver -----------------------------------------------------------------------------
@@ -570,6 +571,7 @@ class _Lowering:
             self._kernel(f"{node.name or node.op_type}.g{g}", node.name, gterms, out,
                          acc_scale[idx], bias=None if bias is None else bias[idx], func=func,
                          pre=gpre, role=role, kind=kind)
+            out.origin_cols = (final, idx)           # for debugging: which columns of final
             groups.append((idx, out))
         self.grouped[final] = (tuple(shape), groups)
         self.notes.append(f"{final}: {len(groups)} column groups, one PWL ({kind}) table each")
@@ -957,10 +959,12 @@ class _Lowering:
             ta, tb = self._val(a, node, percol=True), self._val(b, node, percol=True)
             lead = ta if tuple(ta.shape) == tuple(shape) else tb
             perm = lead.perm
-            ta = self._broadcast_to(ta, shape, perm, node.name)
-            tb = self._broadcast_to(tb, shape, perm, node.name)
-            n = ta.cols
-            self._sum(node, [(ta, np.ones(n)), (tb, sign * np.ones(n))], node.output[0], shape, perm)
+            parts = []
+            for name, t, c in ((a, ta, 1.0), (b, tb, sign)):
+                for p in self.split.get(name, [t]):
+                    p = self._broadcast_to(p, shape, perm, node.name)
+                    parts.append((p, c * np.ones(p.cols)))
+            self._sum(node, parts, node.output[0], shape, perm)
             return
         x_name, c_name = (a, b) if a in self.vals else (b, a)
         x = self._val(x_name, node, percol=True)
@@ -976,14 +980,33 @@ class _Lowering:
             bias = csign * np.broadcast_to(c.reshape(-1), (n,))
             self._sum(node, [(x, coef * np.ones(n))], node.output[0], shape, x.perm, bias=bias)
             return
-        # A constant tensor: an operand of its own in the int32 sum.
+        # A constant tensor: operands of its own in the int32 sum (two int8 digits per
+        # element, per-column scales: about 14 bits).
         full = np.broadcast_to(c.reshape(vs), shape)
-        q, s = quantize_weights(full, axis=None)
-        ct = Tensor(self._uniq(c_name), *_storage(shape, x.perm), float(s), 1, None, tuple(shape),
-                    x.perm)
-        ct.data = ct.to_matrix(q).astype(np.int64)
-        self._sum(node, [(x, coef * np.ones(n)), (ct, csign * np.ones(n))], node.output[0],
-                  shape, x.perm)
+        probe = Tensor("probe", *_storage(shape, x.perm), 1.0, 1, None, tuple(shape), x.perm)
+        parts = [(x, coef * np.ones(n))]
+        for t in self._digits(c_name, probe.to_matrix(full), tuple(shape), x.perm):
+            parts.append((t, csign * np.ones(n)))
+        self._sum(node, parts, node.output[0], shape, x.perm)
+
+    def _digits(self, name, m, shape, perm, table=False) -> list[Tensor]:
+        """A float matrix *m* as two int8 constants ``hi, lo`` with per-column scales:
+        ``m ~ hi * scale * w + lo * scale / 127 * w`` (an int32 sum of the two keeps about 14
+        bits of every column; *table* only changes the names)."""
+        m = np.asarray(m, dtype=np.float64)
+        cm = np.maximum(np.abs(m).max(axis=0), 1e-12) / INT8_MAX
+        u = float(cm.max()) / INT8_MAX
+        w = np.clip(np.ceil(cm / u - 1e-9), 1, INT8_MAX).astype(np.int64)
+        sc = u * w
+        hi = np.clip(np.round(m / sc), -INT8_MAX, INT8_MAX)
+        lo = np.clip(np.round((m - hi * sc) / (sc / INT8_MAX)), -INT8_MAX, INT8_MAX)
+        out = []
+        for tag, q, unit in (("hi", hi, u), ("lo", lo, u / INT8_MAX)):
+            t = Tensor(self._uniq(f"{name}.{tag}"), m.shape[0], m.shape[1], unit, 1,
+                       q.astype(np.int64), shape, perm)
+            t.colscale = w
+            out.append(t)
+        return out
 
     def _op_Sub(self, node):
         self._op_Add(node, sign=-1.0)
@@ -1292,7 +1315,15 @@ class _Lowering:
             acc, hi = x.scale / INT8_MAX, 0.0
             scores = [(0, M, [Term(x, self._diag(L, INT8_MAX))])]
         c_m = int(round(x.scale / acc))
-        m = self._rowmax(node, x)
+        xs = x
+        if mask is not None:
+            # The row maximum over the kept keys only: masked scores saturate to -128 first.
+            xs = Tensor(self._uniq(f"{x.name}.masked"), M, L, x.scale)
+            self._kernel(f"{node.name}.mask", node.name,
+                         [Term(x, self._diag(L, 1)),
+                          self._mask_term(mask, M, x.scale, 2 * INT8_MAX * x.scale)],
+                         xs, x.scale, role="linearization")
+        m = self._rowmax(node, xs)
         # A masked key gets at least 2 * span + 30 below the row maximum: exp gives 0.
         need = 2 * span + 30.0
         e = Tensor(self._uniq(f"{node.name}.exp"), M, L, math.exp(hi) / INT8_MAX)
@@ -1661,6 +1692,21 @@ class _Lowering:
                 raise LinearizeError(f"Gather (node {node.name!r}): only row lookups in a 2-D table")
             s = self._scale(node.output[0])
             shape = self._shape(node.output[0])
+            if idx not in [i.name for i in self.model.graph.input]:
+                raise LinearizeError(f"Gather (node {node.name!r}): indices must be a graph input")
+            users = self.consumers.get(node.output[0], [])
+            if node.output[0] in self.percol and all(u.op_type in ("Add", "Sub") for u in users):
+                # Sums read both digits of a two-digit table: about 14 bits per element.
+                parts = []
+                for tt in self._digits(f"{node.name}.table", table, tuple(table.shape), (0, 1)):
+                    o = self._new(f"{node.output[0]}.{tt.name.rsplit('.', 1)[-1]}", shape,
+                                  tuple(range(len(shape))), tt.scale)
+                    o.colscale = tt.colscale
+                    self.steps.append(Lookup(o.name, node.name, tt, idx, o))
+                    parts.append(o)
+                self.split[node.output[0]] = parts
+                self.vals[node.output[0]] = parts[0]
+                return
             out = self._new(node.output[0], shape, tuple(range(len(shape))), s)
             if node.output[0] in self.percol:
                 # Per-column scales from the table itself (whole multiples of one unit).
