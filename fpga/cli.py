@@ -228,7 +228,7 @@ def _cmd_sweep(args) -> int:
         if args.target != "ecp5":
             raise ConfigError(f"power: the power model covers ECP5 only, got target "
                               f"{args.target!r}")
-        power = activity_power_model(args.power)
+        power = activity_power_model(args.power, log=lambda line: print(line, flush=True))
     # Not a terminal (a log file): wide enough for the table instead of rich's 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     try:

@@ -369,11 +369,12 @@ def estimate_power(resources: dict, freq_mhz: float, activity: Activity, *,
         activity=activity.as_dict())
 
 
-def activity_power_model(workload: str = "digits", *, images: int = 2, measure=None):
+def activity_power_model(workload: str = "digits", *, images: int = 2, measure=None,
+                         log=None):
     """A sweep power model (:func:`neuralmatrix.fpga.sweep.register_power_model`): the
     activity of each configuration measured on *workload* (cached), at the row's Fmax.
     Rows of another target than ECP5 get None. *measure* replaces
-    :func:`measure_activity` (tests)."""
+    :func:`measure_activity` (tests); *log* receives progress lines."""
     measure = measure or measure_activity
     if workload not in WORKLOADS:
         raise ConfigError(f"power workload must be one of {', '.join(WORKLOADS)}, "
@@ -382,7 +383,13 @@ def activity_power_model(workload: str = "digits", *, images: int = 2, measure=N
     def model(config: HwConfig, row: dict):
         if row.get("target") != "ecp5" or not row.get("fmax_mhz"):
             return None
+        if log is not None:
+            log(f"power: switching activity of {config.tag} on {workload} (RTL run, cached)")
         act = measure(config, workload, images=images)
+        if log is not None:
+            log(f"power: {config.tag}: {act.cycles:,} cycles, logic {act.logic:.4f}, array "
+                f"{act.array:.4f}, PE {act.dsp:.4f} toggles/bit/cycle, memory duty "
+                f"{act.bram:.3f}")
         resources = {"LUT4": row.get("luts"), "FF": row.get("ffs"), "DSP": row.get("dsps"),
                      "BRAM": row.get("brams")}
         return estimate_power(resources, row["fmax_mhz"], act, device=row["device"],
