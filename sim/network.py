@@ -204,7 +204,7 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
         try:
             runner.run(built, TB_MODULE, env={ENV_DIR: str(tmp)}, log_file=log,
                        waves_file=waves_file, test_dir=tmp / "run")
-        except SimulationFailed as exc:
+        except (SimulationFailed, RuntimeError) as exc:
             failure = tmp / "failure.json"
             if failure.exists():
                 raise _failure(json.loads(failure.read_text())) from None

@@ -35,6 +35,9 @@ SIMULATORS = ("verilator", "icarus")
 # Verilator flags for speed: the generated Verilog is lint-noisy but correct (TOOLCHAIN.md, 3).
 _VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                    "--noassert"]
+# Part of every build key: bump it when the build recipe changes in a way the arguments do not
+# show (2: trace builds compile cocotb's main with VM_TRACE=1).
+_BUILD_RECIPE = "2"
 
 
 class SimulationFailed(AssertionError):
@@ -196,8 +199,11 @@ def build(verilog: str, toplevel: str, *, simulator: str = "verilator", extra_so
             _check_fst_headers()
             args += ["--trace-fst", "--trace-structs"]
     key = hashlib.sha256()
-    for part in (verilog, simulator, toplevel, json.dumps(args), json.dumps(list(public)), str(waves),
-                 _tool_version(simulator)):
+    parts = [verilog, simulator, toplevel, json.dumps(args), json.dumps(list(public)), str(waves),
+             _tool_version(simulator)]
+    if waves:
+        parts.append(_BUILD_RECIPE)
+    for part in parts:
         key.update(part.encode())
         key.update(b"\0")
     for src in extra_sources:
@@ -270,6 +276,10 @@ def _get_runner(simulator: str):
         def _build_command(self):
             cmds = super()._build_command()
             cmds[0] = [arg for arg in cmds[0] if arg != "--public-flat-rw"]
+            # Our own --trace-fst (cocotb's waves=True would add VCD --trace): the make step
+            # must then define VM_TRACE=1, or cocotb's main refuses --trace at run time.
+            if "--trace-fst" in cmds[0]:
+                cmds[-1] = [("VM_TRACE=1" if a.startswith("VM_TRACE=") else a) for a in cmds[-1]]
             return cmds
 
     return _Verilator()
