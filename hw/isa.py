@@ -170,6 +170,7 @@ for _op, _fields in FIELDS.items():
 _OPCODE_OF = {int(_op): _op for _op in Opcode}
 _NAMES = {_op: tuple(f.name for f in _fields) for _op, _fields in FIELDS.items()}
 _NAME_SET = {_op: frozenset(_names) for _op, _names in _NAMES.items()}
+_ZEROS = {_op: dict.fromkeys(_names, 0) for _op, _names in _NAMES.items()}
 _NCOLS = len(HEADER) + max(len(_fields) for _fields in FIELDS.values())
 
 
@@ -215,13 +216,13 @@ class Insn:
 
     def __init__(self, op, /, pop_prev=0, pop_next=0, push_prev=0, push_next=0, **args):
         self.op = op = op if op.__class__ is Opcode else Opcode(op)
-        names = _NAMES[op]
         if not _NAME_SET[op].issuperset(args):
             unknown = set(args) - _NAME_SET[op]
             raise ValueError(f"{self.op.name} has no field(s) {', '.join(sorted(unknown))}; "
                              f"fields: {', '.join(f.name for f in FIELDS[self.op]) or 'none'}")
-        get = args.get
-        self.args = {n: int(get(n, 0)) for n in names}
+        self.args = values = _ZEROS[op].copy()           # every field, in FIELDS order
+        for name, v in args.items():
+            values[name] = v if v.__class__ is int else int(v)
         self.pop_prev, self.pop_next = int(pop_prev), int(pop_next)
         self.push_prev, self.push_next = int(push_prev), int(push_next)
 
@@ -250,26 +251,26 @@ def field_matrix(program) -> np.ndarray | None:
     per-instruction code paths then report it).
     """
     pad = (0,) * _NCOLS
-    rows = []
-    append = rows.append
+    values: list = []
+    extend = values.extend
     try:
         for i in program:
             a = i.args
             if tuple(a) != _NAMES[i.op]:
                 return None
-            append((i.op, i.pop_prev, i.pop_next, i.push_prev, i.push_next, *a.values(),
+            extend((i.op, i.pop_prev, i.pop_next, i.push_prev, i.push_next, *a.values(),
                     *pad[5 + len(a):]))
     except (AttributeError, KeyError, TypeError):
         return None
-    if not rows:
+    if not values:
         return np.zeros((0, _NCOLS), np.int64)
     try:
-        m = np.array(rows)
+        m = np.array(values)
     except (ValueError, TypeError, OverflowError):
         return None
-    if m.dtype.kind != "i" or m.shape != (len(rows), _NCOLS):
+    if m.dtype.kind != "i":                 # floats, objects (huge ints), strings
         return None
-    return m.astype(np.int64, copy=False)
+    return m.astype(np.int64, copy=False).reshape(-1, _NCOLS)
 
 
 def field_column(op: Opcode, name: str) -> int:
@@ -314,9 +315,12 @@ def decode(word: int) -> Insn:
     return Insn(op, **values)
 
 
-def assemble_binary(program: list[Insn]) -> bytes:
-    """The program as bytes, 16 per instruction, little-endian."""
-    m = field_matrix(program)
+def assemble_binary(program: list[Insn], *, fields: np.ndarray | None = None) -> bytes:
+    """The program as bytes, 16 per instruction, little-endian.
+
+    *fields*: the program's :func:`field_matrix`, when the caller has it already.
+    """
+    m = field_matrix(program) if fields is None else fields
     if m is None or _out_of_range(m).any():
         return b"".join(encode(i).to_bytes(INSN_BYTES, "little") for i in program)
     # The same packing as encode, on two 64-bit halves of every instruction at once.
@@ -652,7 +656,7 @@ for _op, _unit in UNIT_OF.items():
         _UNIT_CODE[_op] = _unit
 
 
-def _quick_ok(program: list, config: HwConfig, dram_bytes, program_range) -> bool:
+def _quick_ok(program: list, config: HwConfig, dram_bytes, program_range, fields=None) -> bool:
     """True when *program* certainly has none of the problems :func:`_problems` reports.
 
     Bulk numpy checks over the field matrix; False means "look closer" (the per-instruction
@@ -661,7 +665,7 @@ def _quick_ok(program: list, config: HwConfig, dram_bytes, program_range) -> boo
     a token queue): that is one complete execution, and as the protocol is deterministic
     (one producer and one consumer per queue) :func:`trace_tokens` then finishes too.
     """
-    m = field_matrix(program)
+    m = field_matrix(program) if fields is None else fields
     n = 0 if m is None else len(m)
     if n == 0:
         return False
@@ -735,9 +739,10 @@ def _quick_ok(program: list, config: HwConfig, dram_bytes, program_range) -> boo
     return True
 
 
-def _problems(program: list, config: HwConfig, dram_bytes, program_range) -> list[str]:
+def _problems(program: list, config: HwConfig, dram_bytes, program_range,
+              fields=None) -> list[str]:
     """Every problem of *program*; entries that are strings are decode errors."""
-    if _quick_ok(program, config, dram_bytes, program_range):
+    if _quick_ok(program, config, dram_bytes, program_range, fields):
         return []
     return _all_problems(program, config, dram_bytes, program_range)
 
@@ -773,7 +778,8 @@ def _all_problems(program: list, config: HwConfig, dram_bytes, program_range) ->
 
 
 def validate(program: list[Insn], config: HwConfig, *, dram_bytes: int | None = None,
-             program_range: tuple[int, int] | None = None) -> None:
+             program_range: tuple[int, int] | None = None,
+             fields: np.ndarray | None = None) -> None:
     """Check *program* against *config*; raise one :class:`ProgramError` listing every problem.
 
     Parameters
@@ -785,13 +791,15 @@ def validate(program: list[Insn], config: HwConfig, *, dram_bytes: int | None = 
         the whole beats they read).
     program_range : (int, int), optional
         Byte range ``[start, end)`` holding the program; no ``STORE`` may write into it.
+    fields : np.ndarray, optional
+        The program's :func:`field_matrix`, when the caller has it already.
 
     Checks: field ranges; bus alignment of ``dram_addr``/``dram_stride``; scratchpad,
     accumulator and compute bounds (per dataflow); lane, segment, table and shift limits;
     token flags each unit has; exactly one ``HALT``, last; memory ranges; and that the token
     protocol does not deadlock (:func:`trace_tokens` with ``config.queue_depth``).
     """
-    problems = _problems(list(program), config, dram_bytes, program_range)
+    problems = _problems(list(program), config, dram_bytes, program_range, fields)
     if problems:
         raise ProgramError(problems)
 

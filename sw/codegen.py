@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neuralmatrix.hw.isa import Insn, assemble_binary
+from neuralmatrix.hw.isa import Insn, assemble_binary, field_matrix, validate
 from neuralmatrix.hw.params import ConfigError, Dataflow, HwConfig
 
 from .gemm_program import MatrixLayout, Operand, chunk_depths, matmul_program
@@ -208,16 +208,19 @@ def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
         try:
             program, plan = matmul_program(cfg, parts, layouts[id(s.out)], mult=s.mult,
                                            shift=s.shift, bias=biases.get(id(s)), pwl=s.pwl,
-                                           active=active, check=check)
+                                           active=active, check=False)
+            fields = field_matrix(program)          # built once for checks, estimate, binary
+            if check:
+                validate(program, cfg, fields=fields)
         except ValueError as exc:
             K = sum(t.b.rows for t in s.terms)
             raise ValueError(f"layer {s.origin or s.name!r} (kernel {s.name!r}, GEMM "
                              f"{s.out.rows}x{K}x{s.out.cols}) does not fit the hardware "
                              f"(sp_depth {cfg.sp_depth}, acc_depth {cfg.acc_depth}, "
                              f"{cfg.rows}x{cfg.cols} {cfg.dataflow.value}): {exc}") from exc
-        macs = sum(i.m * i.k * i.n for i in program if i.op.name == "COMPUTE")
-        est = estimate_cycles(program, cfg).total
-        blob = assemble_binary(program)
+        estimate = estimate_cycles(program, cfg, fields=fields)   # MACs: HALT is last
+        macs, est = estimate.macs, estimate.total
+        blob = assemble_binary(program, fields=fields)
         kc = KernelCode(s, program, pos, len(blob), plan, macs, est)
         code[id(s)] = kc
         programs.append((pos, blob))

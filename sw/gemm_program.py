@@ -13,7 +13,9 @@ stores overlap the next tile's computes.
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left, bisect_right
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +63,11 @@ class _Latest:
             s[left:k + 1] = [lo, hi]
             v[left:k + 1] = [j, after]
 
+    def copy(self) -> _Latest:
+        other = _Latest()
+        other.starts, other.values = list(self.starts), list(self.values)
+        return other
+
     def latest(self, lo: int, hi: int) -> int:
         """The largest index painted on any address of ``[lo, hi)`` (-1: none)."""
         if lo >= hi:
@@ -106,12 +113,10 @@ class ProgramBuilder:
         self._members: tuple[list[int], ...] = ([], [], [])     # program index per unit index
         self._clock: tuple[list[tuple], ...] = ([], [], [])
         self._last_push: dict[tuple[int, int], int] = {}
-        # Per unit and memory space: the latest access and the latest write of each address.
-        self._accessed = tuple(tuple(_Latest() for _ in _SPACES) for _ in range(3))
-        self._written = tuple(tuple(_Latest() for _ in _SPACES) for _ in range(3))
-        # Per unit: the spaces it accessed and wrote at all (other maps hold only -1).
-        self._touched = ([False] * len(_SPACES), [False] * len(_SPACES), [False] * len(_SPACES))
-        self._wrote = ([False] * len(_SPACES), [False] * len(_SPACES), [False] * len(_SPACES))
+        # Per unit and memory space: the latest access and the latest write of each address
+        # (None: the unit has not accessed / written that space).
+        self._accessed: tuple[list, ...] = tuple([None] * len(_SPACES) for _ in range(3))
+        self._written: tuple[list, ...] = tuple([None] * len(_SPACES) for _ in range(3))
 
     def emit(self, insn: Insn) -> int:
         """Append *insn* (which must carry no token flags); returns its program index."""
@@ -121,20 +126,21 @@ class ProgramBuilder:
         if insn.op == Opcode.HALT:
             raise ValueError("use ProgramBuilder.finish() to end the program")
         u = _UNIT[insn.op]
-        fp = _spans(insn, self.config)
+        fp = _spans(insn, self.config, merge=True)
         need: dict[int, int] = {}
         if fp:
             clocks = self._clock[u]
             prev = clocks[-1] if clocks else _NONE
             for v in _OTHERS[u]:
-                touched, wrote = self._touched[v], self._wrote[v]
+                accessed, written = self._accessed[v], self._written[v]
                 j = -1
                 for space, lo, hi, write in fp:
-                    if write:
-                        if touched[space]:
-                            j = max(j, self._accessed[v][space].latest(lo, hi))
-                    elif wrote[space]:
-                        j = max(j, self._written[v][space].latest(lo, hi))
+                    # A write conflicts with the latest access, a read with the latest write.
+                    latest = accessed[space] if write else written[space]
+                    if latest is not None:
+                        jj = latest.latest(lo, hi)
+                        if jj > j:
+                            j = jj
                 if j > prev[v]:
                     need[v] = j
         pops: dict[int, int] = {}
@@ -186,28 +192,53 @@ class ProgramBuilder:
         clock = clocks[-1] if clocks else _NONE
         for v, j in pops.items():
             x = self.program[self._members[v][j]]
-            push = "push_next" if u > v else "push_prev"
-            pop = "pop_prev" if u > v else "pop_next"
-            assert not getattr(x, push) and self._last_push.get((v, u), -1) < j, (x, insn)
-            setattr(x, push, 1)
-            setattr(insn, pop, 1)
+            if u > v:
+                assert not x.push_next and self._last_push.get((v, u), -1) < j, (x, insn)
+                x.push_next = insn.pop_prev = 1
+            else:
+                assert not x.push_prev and self._last_push.get((v, u), -1) < j, (x, insn)
+                x.push_prev = insn.pop_next = 1
             self._last_push[(v, u)] = j
             done = list(self._clock[v][j])
             done[v] = j
             clock = (max(clock[0], done[0]), max(clock[1], done[1]), max(clock[2], done[2]))
-        index = len(self.program)
-        self.program.append(insn)
+        program = self.program
+        index = len(program)
+        program.append(insn)
         members = self._members[u]
         j = len(members)
         members.append(index)
         clocks.append(clock)
-        for space, lo, hi, write in fp:
-            self._accessed[u][space].paint(lo, hi, j)
-            self._touched[u][space] = True
-            if write:
-                self._written[u][space].paint(lo, hi, j)
-                self._wrote[u][space] = True
+        if fp:
+            accessed, written = self._accessed[u], self._written[u]
+            for space, lo, hi, write in fp:
+                a, w = accessed[space], written[space]
+                if a is None:                       # first access: while a unit only writes
+                    a = accessed[space] = _Latest()     # a space, one map serves as both
+                    if write:
+                        written[space] = a
+                elif write and w is None:
+                    w = written[space] = _Latest()
+                elif not write and w is a:
+                    written[space] = a.copy()
+                a.paint(lo, hi, j)
+                if write and w is not None and w is not a:
+                    w.paint(lo, hi, j)
         return index
+
+
+@contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector while a program is built: building makes no
+    reference cycles, and full collections over a large live heap (the programs of the
+    kernels before) would cost more than the building."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # -- matrices in external memory -------------------------------------------------------------
@@ -455,42 +486,10 @@ class _Chunk:
     koff: int       # offset of this chunk within the concatenated K
 
 
-def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult=1, shift=0,
-                   out: str = "int8", bias: MatrixLayout | None = None, pwl=None,
-                   active: np.ndarray | None = None, check: bool = True) -> tuple[list[Insn], dict]:
-    """A tiled, double-buffered, token-synchronized program for
-    ``C = out(bias + sum_p A_p @ B_p)``.
-
-    Parameters
-    ----------
-    config : HwConfig
-    parts : list of Operand
-        The terms; all have the same ``M`` and ``N``; their depths ``K_p`` may differ. Their
-        K chunks are concatenated (a chunk never straddles two terms).
-    c : MatrixLayout
-        ``C`` (``M x N``), int8 (``elem=1``) or int32 (``elem=4``, ``out="int32"``).
-    mult, shift : int or array of N ints
-        Requantization per output column (ignored for ``out="int32"``).
-    out : {"int8", "int32"}
-    bias : MatrixLayout, optional
-        A ``1 x N`` int32 row (``elem=4``, panels of ``cols``) loaded into the accumulator
-        (broadcast to every row by a stride-0 ``LOAD_ACC``) before the first COMPUTE of each
-        output tile.
-    pwl : PwlTable, optional
-        ``out="int8"`` through this PWL table (STORE mode 1, table 0): ``C = pwl(requant16)``.
-    active : bool array (chunks x N tiles), optional
-        ``active[j, t]`` False skips chunk ``j`` for output tile ``t`` (its B block is zero:
-        block-diagonal and other structured weights). Chunks are ``rows`` deep (ws) or as
-        planned (os); :func:`chunk_depths` gives them.
-    check : bool
-        Validate the program.
-
-    Returns
-    -------
-    program : list of Insn
-    plan : dict
-        The tiling chosen, for reports.
-    """
+def _matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult, shift,
+                    out: str, bias: MatrixLayout | None, pwl, active: np.ndarray | None,
+                    check: bool) -> tuple[list[Insn], dict]:
+    """:func:`matmul_program` (its body)."""
     if out not in ("int8", "int32"):
         raise ValueError(f"out must be 'int8' or 'int32', got {out!r}")
     if not parts:
@@ -611,14 +610,16 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
     def configure(nt):
         n0, n = nt * C, n_of(nt)
         want = mult_shift[n0:n0 + n]
+        if lanes[:n] == want:
+            return
         lane = 0
         while lane < n:
             end = lane
             while end < n and want[end] == want[lane]:
                 end += 1
-            if any(lanes[x] != want[lane] for x in range(lane, end)):
+            if lanes[lane:end] != want[lane:end]:
                 # Widen a uniform run to every lane when all of this tile's lanes agree.
-                count = C if (lane == 0 and end == n and len(set(want)) == 1) else end - lane
+                count = C if (lane == 0 and end == n) else end - lane
                 builder.emit(Insn(Opcode.CFG_REQUANT, lane=lane, count=count,
                                   mult=want[lane][0], shift=want[lane][1]))
                 lanes[lane:lane + count] = [want[lane]] * count
@@ -662,6 +663,47 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
             "a_streamed": stream, "b_slots": p.b_slots, "acc_slots": p.acc_slots,
             "relays": builder.relays}
     return program, plan
+
+
+def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult=1, shift=0,
+                   out: str = "int8", bias: MatrixLayout | None = None, pwl=None,
+                   active: np.ndarray | None = None, check: bool = True) -> tuple[list[Insn], dict]:
+    """A tiled, double-buffered, token-synchronized program for
+    ``C = out(bias + sum_p A_p @ B_p)``.
+
+    Parameters
+    ----------
+    config : HwConfig
+    parts : list of Operand
+        The terms; all have the same ``M`` and ``N``; their depths ``K_p`` may differ. Their
+        K chunks are concatenated (a chunk never straddles two terms).
+    c : MatrixLayout
+        ``C`` (``M x N``), int8 (``elem=1``) or int32 (``elem=4``, ``out="int32"``).
+    mult, shift : int or array of N ints
+        Requantization per output column (ignored for ``out="int32"``).
+    out : {"int8", "int32"}
+    bias : MatrixLayout, optional
+        A ``1 x N`` int32 row (``elem=4``, panels of ``cols``) loaded into the accumulator
+        (broadcast to every row by a stride-0 ``LOAD_ACC``) before the first COMPUTE of each
+        output tile.
+    pwl : PwlTable, optional
+        ``out="int8"`` through this PWL table (STORE mode 1, table 0): ``C = pwl(requant16)``.
+    active : bool array (chunks x N tiles), optional
+        ``active[j, t]`` False skips chunk ``j`` for output tile ``t`` (its B block is zero:
+        block-diagonal and other structured weights). Chunks are ``rows`` deep (ws) or as
+        planned (os); :func:`chunk_depths` gives them.
+    check : bool
+        Validate the program.
+
+    Returns
+    -------
+    program : list of Insn
+    plan : dict
+        The tiling chosen, for reports.
+    """
+    with _gc_paused():
+        return _matmul_program(config, parts, c, mult=mult, shift=shift, out=out, bias=bias,
+                               pwl=pwl, active=active, check=check)
 
 
 def chunk_depths(config: HwConfig, depths: list[int]) -> list[tuple[int, int, int]]:

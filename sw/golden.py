@@ -68,8 +68,10 @@ _SPACES = ("SP", "ACC", "DRAM")
 _SP, _ACC, _DRAM = range(3)
 
 
-def _spans(insn: Insn, config: HwConfig | None) -> list[tuple[int, int, int, bool]]:
-    """:func:`footprint` as ``(space index, lo, hi, write)`` tuples."""
+def _spans(insn: Insn, config: HwConfig | None, *,
+           merge: bool = False) -> list[tuple[int, int, int, bool]]:
+    """:func:`footprint` as ``(space index, lo, hi, write)`` tuples; *merge* leaves out the
+    accumulator read of an accumulating COMPUTE (its write covers the same rows)."""
     op, a = insn.op, insn.args
     if op == Opcode.COMPUTE:
         m, k = a["m"], a["k"]
@@ -81,7 +83,7 @@ def _spans(insn: Insn, config: HwConfig | None) -> list[tuple[int, int, int, boo
         else:
             a_rows = m if config.dataflow is Dataflow.WS else k
         c = a["c_addr"]
-        if a["accumulate"]:
+        if a["accumulate"] and not merge:
             return [(_SP, a["a_addr"], a["a_addr"] + a_rows, False),
                     (_SP, a["b_addr"], a["b_addr"] + k, False),
                     (_ACC, c, c + m, True), (_ACC, c, c + m, False)]
@@ -94,12 +96,14 @@ def _spans(insn: Insn, config: HwConfig | None) -> list[tuple[int, int, int, boo
         lo = a["dram_addr"]
         span = lo + (nrows - 1) * a["dram_stride"]
         if op == Opcode.LOAD_SP:
-            return [(_DRAM, lo, span + ncols, False), (_SP, a["sp_addr"], a["sp_addr"] + nrows, True)]
+            return [(_DRAM, lo, span + ncols, False),
+                    (_SP, a["sp_addr"], a["sp_addr"] + nrows, True)]
         if op == Opcode.LOAD_ACC:
             return [(_DRAM, lo, span + 4 * ncols, False),
                     (_ACC, a["acc_addr"], a["acc_addr"] + nrows, True)]
         row_bytes = ncols * (4 if a["mode"] == StoreMode.INT32 else 1)
-        return [(_ACC, a["acc_addr"], a["acc_addr"] + nrows, False), (_DRAM, lo, span + row_bytes, True)]
+        return [(_ACC, a["acc_addr"], a["acc_addr"] + nrows, False),
+                (_DRAM, lo, span + row_bytes, True)]
     return []
 
 
@@ -454,7 +458,8 @@ def _cost(insn: Insn, config: HwConfig, costs: dict[str, int]) -> tuple[int, int
 
 
 def estimate_cycles(program: list[Insn], config: HwConfig, *,
-                    costs: dict[str, int] | None = None) -> CycleEstimate:
+                    costs: dict[str, int] | None = None,
+                    fields: np.ndarray | None = None) -> CycleEstimate:
     """Discrete-event schedule of *program* over instructions.
 
     Fetch delivers one instruction every ``max(1, 16 // bus_bytes)`` cycles after
@@ -462,10 +467,11 @@ def estimate_cycles(program: list[Insn], config: HwConfig, *,
     instructions. Each unit takes its instructions in order; one starts when the unit is
     free, it has been fetched, and the tokens it pops were pushed (a token is available when
     its pushing instruction completes). Costs come from :data:`CYCLE_COSTS` (override
-    entries with *costs*).
+    entries with *costs*). *fields*: the program's :func:`~neuralmatrix.hw.isa.field_matrix`,
+    when the caller has it already.
     """
     costs = {**CYCLE_COSTS, **(costs or {})}
-    fast = _estimate_in_order(program, config, costs)
+    fast = _estimate_in_order(program, config, costs, fields)
     return fast if fast is not None else _estimate_any_order(program, config, costs)
 
 
@@ -504,16 +510,17 @@ _COST_FIELDS = {Opcode.LOAD_SP: ("nrows", "ncols"), Opcode.LOAD_ACC: ("nrows", "
 _COST_FIELDS.update({op: () for op in Opcode if op not in _COST_FIELDS})
 
 
-def _estimate_in_order(program: list[Insn], config: HwConfig,
-                       costs: dict[str, int]) -> CycleEstimate | None:
+def _estimate_in_order(program: list[Insn], config: HwConfig, costs: dict[str, int],
+                       fields: np.ndarray | None = None) -> CycleEstimate | None:
     """:func:`estimate_cycles` in one pass in program order; None (use the general schedule)
-    when some instruction pops a token that only a later instruction pushes.
+    when some instruction pops a token that no earlier instruction pushed.
 
     Every time the schedule assigns depends only on earlier instructions of the same unit,
     earlier fetches and the pushers of the tokens taken, so computing them in program order
-    gives the same schedule whenever each pusher comes before its popper.
+    gives the same schedule whenever each pusher comes before its popper. The n-th pop of a
+    token queue takes the n-th push, so who waits for whom is known before the pass.
     """
-    m = field_matrix(program)
+    m = field_matrix(program) if fields is None else fields
     if m is None:
         return None
     n = len(m)
@@ -521,63 +528,60 @@ def _estimate_in_order(program: list[Insn], config: HwConfig,
     halts = np.flatnonzero(ops == Opcode.HALT)
     stop = int(halts[0]) if len(halts) else n
     interval = max(1, INSN_BYTES // config.bus_bytes)
-    occ, lat = _costs(m, config, costs)
-    unit = _UNIT_CODE[ops]
-    flags = m[:, 1:5]
-    # Token queue of each flag (pop_prev, pop_next, push_prev, push_next) per unit; -1: none.
-    # Queues: 0 LOAD->COMPUTE, 1 COMPUTE->LOAD, 2 COMPUTE->STORE, 3 STORE->COMPUTE.
-    queue_of = np.array([[-1, 1, -1, 0], [0, 3, 1, 2], [2, -1, 3, -1]])
-    q = np.where(flags[:stop].astype(bool), queue_of[unit[:stop]], -1).tolist()
-    occ_l, lat_l, unit_l = occ.tolist(), lat.tolist(), unit.tolist()
+    occ, lat = _costs(m[:stop], config, costs)
+    unit = _UNIT_CODE[ops[:stop]]
+    flags = m[:stop, 1:5].astype(bool)
+    # The instruction whose token each pop takes (-1: no pop), per pop flag.
+    src = np.full((stop, 2), -1, dtype=np.int64)
+    for u, v in ((0, 1), (1, 0), (1, 2), (2, 1)):        # token queue u -> v
+        pushers = np.flatnonzero(flags[:, 3 if v > u else 2] & (unit == u))
+        poppers = np.flatnonzero(flags[:, 0 if u < v else 1] & (unit == v))
+        if len(poppers) > len(pushers) or (pushers[:len(poppers)] > poppers).any():
+            return None
+        src[poppers, 0 if u < v else 1] = pushers[:len(poppers)]
+    # Fetch waits until the instruction queue_depth places earlier in the same unit started.
+    wait = np.full(stop, -1, dtype=np.int64)
+    qd = config.queue_depth
+    for u in range(3):
+        idx = np.flatnonzero(unit == u)
+        if len(idx) > qd:
+            wait[idx[qd:]] = idx[:len(idx) - qd]
     start = [-1] * n
     end = [-1] * n
-    pushed: list[list[int]] = [[], [], [], []]
-    popped = [0, 0, 0, 0]
-    unit_starts: list[list[int]] = [[], [], []]
     free = [0, 0, 0]
     last_end = [0, 0, 0]
-    busy = [0, 0, 0]
-    qd, dispatch = config.queue_depth, costs["dispatch"]
+    dispatch = costs["dispatch"]
     fetch_t = config.dram_latency + costs["fetch_start"] - interval
-    for i in range(min(stop, n - 1) + 1):
+    for i, u, w, s1, s2, o, extra in zip(range(stop), unit.tolist(), wait.tolist(),
+                                          src[:, 0].tolist(), src[:, 1].tolist(), occ.tolist(),
+                                          lat.tolist()):
         t = fetch_t + interval
-        if i == stop:
-            fetch_t = t
-            break
-        u = unit_l[i]
-        starts = unit_starts[u]
-        k = len(starts) - qd
-        if k >= 0 and starts[k] > t:
-            t = starts[k]
+        if w >= 0 and start[w] > t:
+            t = start[w]
         fetch_t = t
-        t0 = max(free[u], t + dispatch)
-        pp, pn, sp, sn = q[i]
-        for qq in (pp, pn):
-            if qq >= 0:
-                if popped[qq] >= len(pushed[qq]):
-                    return None
-                t0 = max(t0, pushed[qq][popped[qq]])
-                popped[qq] += 1
-        o = occ_l[i]
-        e = t0 + o + lat_l[i]
-        if e < last_end[u]:
+        t += dispatch
+        if free[u] > t:
+            t = free[u]
+        if s1 >= 0 and end[s1] > t:
+            t = end[s1]
+        if s2 >= 0 and end[s2] > t:
+            t = end[s2]
+        e = t + o + extra
+        if last_end[u] > e:
             e = last_end[u]
-        start[i], end[i] = t0, e
-        last_end[u] = e
-        free[u] = t0 + o
-        busy[u] += o
-        starts.append(t0)
-        for qq in (sp, sn):
-            if qq >= 0:
-                pushed[qq].append(e)
-    computes = ops[:stop] == Opcode.COMPUTE
-    cm = m[:stop][computes]
-    macs = int((cm[:, field_column(Opcode.COMPUTE, "m")] * cm[:, field_column(Opcode.COMPUTE, "k")]
-                * cm[:, field_column(Opcode.COMPUTE, "n")]).sum())
+        start[i] = t
+        end[i] = last_end[u] = e
+        free[u] = t + o
+    if stop < n:
+        fetch_t += interval                 # HALT is fetched too
+    computes = m[:stop][ops[:stop] == Opcode.COMPUTE]
+    macs = int((computes[:, field_column(Opcode.COMPUTE, "m")]
+                * computes[:, field_column(Opcode.COMPUTE, "k")]
+                * computes[:, field_column(Opcode.COMPUTE, "n")]).sum())
     start_a, end_a = np.array(start, dtype=np.int64), np.array(end, dtype=np.int64)
     total = int(max(int(end_a.max(initial=0)), int(fetch_t))) + costs["halt"]
-    return CycleEstimate(total=total, start=start_a, end=end_a,
-                         busy={u.name: busy[u] for u in Unit}, macs=macs,
+    busy = {u.name: int(occ[unit == u].sum()) for u in Unit}
+    return CycleEstimate(total=total, start=start_a, end=end_a, busy=busy, macs=macs,
                          peak_macs_per_cycle=config.rows * config.cols)
 
 
