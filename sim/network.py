@@ -221,6 +221,9 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
 
 
 def _failure(f: dict) -> SimulationFailed:
+    if f.get("stray"):
+        return SimulationFailed(f"inference {f['run']}: the RTL changed the constants or programs "
+                                f"in external memory (a store outside the activation region)")
     where = f"kernel {f['index']} ({f['kernel']}, layer {f['layer']!r}) of inference {f['run']}"
     if f["timed_out"]:
         busy = {k: v for k, v in f["counters"].items() if v}

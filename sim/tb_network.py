@@ -1,11 +1,13 @@
 """cocotb testbench of :mod:`neuralmatrix.sim.network`: whole inferences from ``$NM_HARNESS_DIR``.
 
 For each inference: the host loop of the golden model
-(:func:`neuralmatrix.sw.runtime.network_steps`) on a numpy mirror of the external memory; each
-kernel it yields runs on the RTL: reset, mirror -> DRAM (back door), pulse ``start`` at the
-kernel's program address, one ``First(RisingEdge(done), Timer(budget))`` (the clock runs in
-C++), counters read, DRAM -> mirror. A kernel that times out or flags an error ends the run
-with ``failure.json`` naming it.
+(:func:`neuralmatrix.sw.runtime.network_steps`) on a numpy mirror of the external memory. The
+whole image is loaded into the DRAM once; each kernel the loop yields then runs on the RTL:
+reset, the activation region mirror -> DRAM (back door), pulse ``start`` at the kernel's
+program address, one ``First(RisingEdge(done), Timer(budget))`` (the clock runs in C++),
+counters read, activation region DRAM -> mirror. At the end of the inference the constants and
+programs in the DRAM must still equal the image (a stray write fails the run). A kernel that
+times out or flags an error ends the run with ``failure.json`` naming it.
 """
 
 from __future__ import annotations
@@ -33,20 +35,32 @@ RESET_CYCLES = 2
 class _Core:
     """The simulated core and its DRAM, driven one kernel at a time."""
 
-    def __init__(self, dut, spec: dict, dram_bytes: int):
+    def __init__(self, dut, spec: dict, compiled):
         self.dut = dut
         self.period = spec["clock_ns"]
         self.mem = Backdoor(spec["memory"])
         self.on_chip = [Backdoor(name) for name in spec.get("clear", [])]
-        self.n = dram_bytes
+        self.n = compiled.dram_bytes
+        self.act = compiled.regions.get("activations", (0, self.n))
+
+    def load(self, mirror: np.ndarray) -> None:
+        """The whole image into the DRAM (start of an inference)."""
+        self.mem.zero()
+        self.mem.write(0, mirror[:self.n])
+
+    def unchanged_outside_activations(self, image: np.ndarray) -> bool:
+        a0, a1 = self.act
+        return bool(np.array_equal(self.mem.read(0, a0), image[:a0])
+                    and np.array_equal(self.mem.read(a1, self.n - a1), image[a1:self.n]))
 
     async def run(self, mirror: np.ndarray, addr: int, budget: int) -> dict:
         dut = self.dut
+        a0, a1 = self.act
         dut.rst.value = 1
         await ClockCycles(dut.clk, RESET_CYCLES)
         for memory in self.on_chip:          # power-up state, as for every harness job
             memory.zero()
-        self.mem.write(0, mirror[:self.n])
+        self.mem.write(a0, mirror[a0:a1])
         dut.rst.value = 0
         dut.insn_addr.value = addr
         await RisingEdge(dut.clk)
@@ -69,7 +83,7 @@ class _Core:
             "error_pc": int(dut.error_pc.value), "fault": int(dut.fault.value),
             "fault_addr": int(dut.fault_addr.value),
         }
-        mirror[:self.n] = self.mem.read(0, self.n)
+        mirror[a0:a1] = self.mem.read(a0, a1 - a0)
         await RisingEdge(dut.clk)
         return out
 
@@ -83,7 +97,7 @@ async def run_network(dut):
     Clock(dut.clk, spec["clock_ns"], unit="ns", impl="gpi").start()
     dut.start.value = 0
     dut.insn_addr.value = 0
-    core = _Core(dut, spec, compiled.dram_bytes)
+    core = _Core(dut, spec, compiled)
     golden = GoldenModel(compiled.config, 1) if only is not None else None
     with np.load(tmp / "feeds.npz") as npz:
         all_feeds = [{name: npz[f"{i}/{name}"] for name in names}
@@ -91,6 +105,7 @@ async def run_network(dut):
     done = 0
     for run, feeds in enumerate(all_feeds):
         mirror = compiled.image.copy()
+        core.load(mirror)
         steps = network_steps(compiled, feeds, mirror, keep=False)
         kernels, tensors = [], {}
         w0 = time.perf_counter()
@@ -123,6 +138,10 @@ async def run_network(dut):
                 kc = steps.send(counters)
         except StopIteration as stop:
             result = stop.value
+        if not core.unchanged_outside_activations(compiled.image):
+            (tmp / "failure.json").write_text(json.dumps({
+                "run": run, "index": index, "kernel": "(any)", "layer": "(any)", "stray": True}))
+            raise AssertionError("the RTL wrote outside the activation region")
         arrays = {f"out/{k}": v for k, v in result.outputs.items()}
         arrays |= {f"raw/{k}": v for k, v in result.raw.items()}
         arrays |= {f"ten/{k}": v for k, v in tensors.items()}
