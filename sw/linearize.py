@@ -864,6 +864,24 @@ class _Lowering:
         r = self._range(x)
         f = self._chain_function(x, nodes, out)
         kind = self._chain_kind(nodes)
+        if kind == "affine":
+            # a * x + b: a scale change (a > 0, b = 0: no step) or one GEMM with a bias.
+            b = float(f(np.zeros(1))[0])
+            a = float(f(np.ones(1))[0]) - b
+            names = ", ".join(n.name or n.op_type for n in nodes)
+            if a > 0 and b == 0:
+                o = self._new(out, t.shape, t.perm, t.scale * a)
+                o.base, o.colscale = t, t.colscale
+                self.notes.append(f"{names}: x * {a:g}, folded into the scale")
+            else:
+                o = self._new(out, t.shape, t.perm, self._scale(out), percol=True)
+                self._kernel(f"{nodes[0].name or nodes[0].op_type}.affine", names,
+                             [Term(t, self._diag(t.cols, 1 if a >= 0 else -1))], o,
+                             t.scale * t.colw * max(abs(a), 1e-30), bias=np.full(t.cols, b) if b else None,
+                             role="linearization")
+                self.notes.append(f"{names}: x * {a:g} + {b:g}, one GEMM with a bias")
+            self.vals[out] = o
+            return True
         o = self._new(out, t.shape, t.perm, self._scale(out))
         self._kernel(f"{nodes[0].name or nodes[0].op_type}.pwl", ",".join(n.name for n in nodes),
                      [Term(t, self._diag(t.cols, 1))], o, t.scale * t.colw, func=f, pre=(r.lo, r.hi),
@@ -1275,6 +1293,30 @@ class _Lowering:
             left -= c
         return terms
 
+    def _rank_term(self, cols, L: int, origin: str) -> list[Term]:
+        """``sum_i c_i * col_i @ ones(1, L)`` for columns ``col_i`` (``n x 1`` tensors) and
+        integer coefficients of any size, as ONE GEMM term: the columns (each repeated so
+        that every piece of its coefficient fits int8) gathered side by side, times a
+        constant matrix of the pieces. One K chunk instead of one per column."""
+        srcs, rows = [], []
+        for t, c in cols:
+            left = int(c)
+            while left:
+                piece = max(-INT8_MAX, min(INT8_MAX, left))
+                srcs.append(t)
+                rows.append(piece)
+                left -= piece
+        if not srcs:
+            return []
+        if len(srcs) == 1:
+            return [Term(srcs[0], self._ones(1, L, rows[0]))]
+        uniq = list(dict.fromkeys(srcs))
+        pos = [uniq.index(t) for t in srcs]
+        a = self._gather(f"{origin}.rank{len(srcs)}", origin, uniq,
+                         lambda *i: np.concatenate([i[p].reshape(-1, 1) for p in pos], axis=1))
+        b = self._const(f"rank{len(rows)}x{L}", np.repeat(np.array(rows)[:, None], L, axis=1), 1.0)
+        return [Term(a, b)]
+
     def _softmax(self, node, log: bool):
         """Softmax / LogSoftmax over one axis: ``exp(x - m - log(sum exp(x - m)))`` with ``m``
         a row maximum (of the int8 scores; softmax does not depend on the shift, so an
@@ -1330,7 +1372,8 @@ class _Lowering:
         for r0, n, terms in scores:
             extra = [] if mask is None else [self._mask_term(mask, n, acc, need)]
             self._kernel(f"{node.name}.exp", node.name,
-                         terms + self._split_terms(self._view(m, r0, n), -c_m, L) + extra,
+                         terms + self._rank_term([(self._view(m, r0, n), -c_m)], L, node.name)
+                         + extra,
                          self._view(e, r0, n), acc, func=pwl_lib.exp, pre=(zlo, hi),
                          role="linearization", kind="exp")
         ln_l = math.log(L)
@@ -1345,8 +1388,8 @@ class _Lowering:
         else:
             out = self._new(node.output[0], shape_nd, perm, 1.0 / INT8_MAX)
         for r0, n, terms in scores:
-            terms = terms + self._split_terms(self._view(m, r0, n), -c_m, L) + \
-                self._split_terms(self._view(ls, r0, n), -c_ls, L)
+            terms = terms + self._rank_term([(self._view(m, r0, n), -c_m),
+                                             (self._view(ls, r0, n), -c_ls)], L, node.name)
             if mask is not None:
                 terms.append(self._mask_term(mask, n, acc, need))
             if log:

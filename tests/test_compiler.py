@@ -167,7 +167,16 @@ def test_activation(op):
                             offset=offset)
     assert worst <= TOL
     (k,) = comp.compiled.network.kernels
-    assert k.pwl is not None and k.role == "linearization"
+    assert k.role == "linearization"
+    assert (k.pwl is None) == (op == "Neg")       # -x is a GEMM with -1 on the diagonal
+
+
+def test_scalar_multiply_folds_into_the_scale():
+    model = make_model([node("Mul", ["x", "c"], ["m"]), node("Div", ["m", "d"], ["y"])],
+                       [("x", [4, 16])], ["y"], [("c", np.float32(0.4)), ("d", np.float32(2.0))])
+    worst, comp = steps_off(model, [("x", [4, 16])])
+    assert worst <= TOL
+    assert not comp.compiled.network.kernels
 
 
 def test_gelu_chain_is_one_table():

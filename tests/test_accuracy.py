@@ -1,0 +1,66 @@
+"""Accuracy regressions: each figure README quotes, with its bound.
+
+The default suite runs the digits CNN on all 450 test images (about 20 s) and MiniLM on a
+short sequence (about 30 s); the whole MiniLM figure (66 sentences, about 7 minutes) and the
+onnx-wheel cases (about 2 minutes) run with ``--runslow``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuralmatrix.hw.params import HwConfig
+from neuralmatrix.sw import accuracy, pwl
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def test_digits_top1_drop():
+    r = accuracy.digits()
+    assert r["images"] == 450
+    assert r["float_top1"] >= 0.97
+    assert r["drop_points"] <= 0.5                 # the issue's bound (goal 0.3)
+    assert r["agreement"] >= 0.99
+
+
+def test_minilm_short_sequence():
+    """The whole encoder at 16 tokens on 4 sentences (the integers do not depend on the array
+    size, so a 32x32 array only makes it faster)."""
+    r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=4, seq_len=16)
+    assert r["cosine_mean"] >= 0.98, r["cosines"]
+    assert r["extra_macs_pct"] <= 5.0
+
+
+@pytest.mark.slow
+def test_minilm_whole():
+    r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=66, seq_len=48)
+    assert r["sentences"] == 66 and r["truncated_sentences"] == 0
+    assert r["cosine_mean"] >= 0.99                # the issue's bound (goal 0.995)
+    assert r["extra_macs_pct"] <= 5.0
+
+
+@pytest.mark.slow
+def test_onnx_cases():
+    r = accuracy.onnx_cases()
+    c = r["counts"]
+    assert c["pass"] >= 70, [x["case"] for x in r["cases"] if x["status"] == "fail"]
+    conv2d = [x for x in r["cases"] if x["case"].startswith("test_Conv2d")]
+    assert conv2d and all(x["status"] in ("pass", "fail") for x in conv2d)
+
+
+def test_pwl_error_table_non_uniform_wins():
+    rows = pwl.error_table(functions=["gelu", "sigmoid", "exp"], segment_counts=(8, 16),
+                           methods=("uniform", "curvature"))
+    by = {(r["function"], r["segments"], r["method"]): r for r in rows}
+    for f in ("gelu", "sigmoid", "exp"):
+        assert by[(f, 16, "curvature")]["int8_max_lsb"] <= by[(f, 8, "curvature")]["int8_max_lsb"]
+        assert by[(f, 16, "curvature")]["int8_max_lsb"] <= 1.5
+    assert np.mean([by[(f, 8, "curvature")]["int8_rms_lsb"] for f in ("gelu", "sigmoid", "exp")]) \
+        <= np.mean([by[(f, 8, "uniform")]["int8_rms_lsb"] for f in ("gelu", "sigmoid", "exp")])
