@@ -13,9 +13,7 @@ stores overlap the next tile's computes.
 
 from __future__ import annotations
 
-import gc
 from bisect import bisect_left, bisect_right
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +22,7 @@ from neuralmatrix.hw.arith import matmul_int32, requantize, saturate
 from neuralmatrix.hw.isa import UNIT_OF, Insn, Opcode, StoreMode, Unit, assemble_binary, validate
 from neuralmatrix.hw.params import Dataflow, HwConfig
 
-from .golden import _SPACES, _spans
+from .golden import _SPACES, _gc_paused, _spans
 
 __all__ = ["ProgramBuilder", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
            "chunk_depths", "gemm_program"]
@@ -225,20 +223,6 @@ class ProgramBuilder:
                 if write and w is not None and w is not a:
                     w.paint(lo, hi, j)
         return index
-
-
-@contextmanager
-def _gc_paused():
-    """Pause the cyclic garbage collector while a program is built: building makes no
-    reference cycles, and full collections over a large live heap (the programs of the
-    kernels before) would cost more than the building."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # -- matrices in external memory -------------------------------------------------------------

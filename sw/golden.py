@@ -19,12 +19,16 @@ State semantics (see also :mod:`neuralmatrix.hw.isa`)
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from neuralmatrix.hw.arith import matmul_int32, pwl_eval, requantize, saturate
+from neuralmatrix.hw.arith import (
+    INT16_MAX, INT16_MIN, MAX_SHIFT, MULT_BITS, matmul_int32, pwl_eval, requantize, saturate,
+)
 from neuralmatrix.hw.isa import (
     _UNIT_CODE, INSN_BYTES, Insn, Opcode, ProgramError, StoreMode, Unit, field_column,
     field_matrix, trace_tokens, validate,
@@ -35,6 +39,20 @@ __all__ = [
     "Access", "footprint", "conflict", "GoldenResult", "GoldenModel", "find_races",
     "CYCLE_COSTS", "CycleEstimate", "estimate_cycles",
 ]
+
+
+@contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector around bulk work that makes no reference cycles
+    (building or running a program): full collections walk every live object, the compiled
+    programs of a whole network included, and would cost more than the work."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # -- memory footprints ---------------------------------------------------------------------
@@ -226,18 +244,170 @@ class GoldenModel:
         estimate : bool
             Also fill ``result.estimate`` with :func:`estimate_cycles`.
         """
+        fields = field_matrix(program)
         if check:
-            validate(program, self.config, dram_bytes=self.dram.size)
+            validate(program, self.config, dram_bytes=self.dram.size, fields=fields)
         result = GoldenResult()
-        for insn in program:
-            result.insns += 1
-            result.insn_bytes_read += INSN_BYTES
-            if insn.op == Opcode.HALT:
-                break
-            self._execute(insn, result)
+        if fields is None:
+            for insn in program:
+                result.insns += 1
+                result.insn_bytes_read += INSN_BYTES
+                if insn.op == Opcode.HALT:
+                    break
+                self._execute(insn, result)
+        else:
+            with _gc_paused():
+                self._run_fields(program, fields, result)
         if estimate:
-            result.estimate = estimate_cycles(program, self.config)
+            result.estimate = estimate_cycles(program, self.config, fields=fields)
         return result
+
+    def _run_fields(self, program: list[Insn], fields: np.ndarray, result: GoldenResult) -> None:
+        """:meth:`run`'s loop on the pre-decoded fields, with LOAD, COMPUTE and STORE inline:
+        the operations of :meth:`_execute`, which takes the rest (configuration, rows or bytes
+        out of range, overlapping stored rows, negative fields).
+
+        During the loop the scratchpad is held as float64 and the accumulator as int64 (both
+        written back at the end, and around every instruction :meth:`_execute` takes).
+        COMPUTE multiplies in float64: products and sums of int8 operands over ``k < 2**16``
+        are integers below ``2**31`` in magnitude, so exact. The int64 accumulator holds the
+        int32 value modulo ``2**32``; it is wrapped (as
+        :func:`~neuralmatrix.hw.arith.matmul_int32` wraps) whenever it is read, and every
+        ``2**20`` accumulations, so every int64 and float64 sum stays exact.
+        """
+        cfg = self.config
+        dram = self.dram
+        sp_f = self.sp.astype(np.float64)
+        acc64 = self.acc.astype(np.int64)
+        size, sp_depth, sp_row, acc_depth, cols = (dram.size, cfg.sp_depth, cfg.sp_row,
+                                                   cfg.acc_depth, cfg.cols)
+        bus = cfg.bus_bytes
+        ws = cfg.dataflow is Dataflow.WS
+        mult, shift = self.mult, self.shift
+        LOAD_SP, LOAD_ACC, COMPUTE, STORE, HALT = (int(Opcode.LOAD_SP), int(Opcode.LOAD_ACC),
+                                                   int(Opcode.COMPUTE), int(Opcode.STORE),
+                                                   int(Opcode.HALT))
+        INT8, INT32 = int(StoreMode.INT8), int(StoreMode.INT32)
+        CFG_REQUANT = int(Opcode.CFG_REQUANT)
+        requant = None                  # _requant_terms of the current lane configuration
+
+        def write_back():
+            self.sp[...] = sp_f
+            self.acc[...] = acc64.astype(np.int32)          # wraps modulo 2**32
+
+        def general(i):
+            nonlocal held, requant
+            requant = None
+            write_back()
+            held = False                # if it raises, the state is what _execute left
+            self._execute(program[i], result)
+            sp_f[...] = self.sp
+            acc64[...] = self.acc
+            held = True
+
+        # Negative fields (no valid program has them) take the general path.
+        odd = ((fields[:, 5:] < 0).any(axis=1) & (fields[:, 0] <= STORE)).tolist()
+        executed = 0
+        macs = load_bytes = 0
+        unwrapped = 0                   # accumulations since acc64 was last wrapped
+        held = True                     # sp_f / acc64 hold the state
+        try:
+            for i, row in enumerate(fields.tolist()):
+                executed += 1
+                op = row[0]
+                if op == COMPUTE:
+                    a0, b0, c0, m, k, n, accumulate = row[5:12]
+                    if m == 0 or k == 0 or n == 0:
+                        continue
+                    if (a0 + (m if ws else k) > sp_depth or b0 + k > sp_depth
+                            or c0 + m > acc_depth or (k if ws else m) > sp_row or n > cols
+                            or odd[i]):
+                        general(i)
+                        continue
+                    a = sp_f[a0:a0 + m, :k] if ws else sp_f[a0:a0 + k, :m].T
+                    p = a @ sp_f[b0:b0 + k, :n]
+                    if accumulate:
+                        c = acc64[c0:c0 + m, :n]
+                        np.add(c, p, out=c, casting="unsafe")
+                        unwrapped += 1
+                        if unwrapped == 1 << 20:
+                            acc64[...] = acc64.astype(np.int32)
+                            unwrapped = 0
+                    else:
+                        acc64[c0:c0 + m, :n] = p
+                    macs += m * k * n
+                elif op == LOAD_SP:
+                    s0, nrows, ncols, addr, stride = row[5:10]
+                    if nrows == 0:
+                        continue
+                    if (s0 + nrows > sp_depth or not 0 < ncols <= sp_row
+                            or addr + (nrows - 1) * stride + ncols > size or odd[i]):
+                        general(i)
+                        continue
+                    sp_f[s0:s0 + nrows, :ncols] = np.ndarray((nrows, ncols), np.int8, dram,
+                                                             addr, (stride, 1))
+                    if ncols < sp_row:
+                        sp_f[s0:s0 + nrows, ncols:] = 0
+                    load_bytes += nrows * bus
+                elif op == STORE:
+                    a0, nrows, ncols, addr, stride, mode, table = row[5:12]
+                    row_bytes = 4 * ncols if mode == INT32 else ncols
+                    if (nrows == 0 or a0 + nrows > acc_depth or not 0 < ncols <= cols
+                            or nrows > 1 and stride < row_bytes
+                            or addr + (nrows - 1) * stride + row_bytes > size or odd[i]):
+                        general(i)
+                        continue
+                    if mode != INT32:
+                        if requant is None:
+                            requant = _requant_terms(mult, shift)
+                        if ncols > requant[0]:
+                            general(i)              # requantize raises for those lanes
+                            continue
+                    x = acc64[a0:a0 + nrows, :ncols].astype(np.int32)
+                    if mode == INT32:
+                        np.ndarray((nrows, ncols), "<i4", dram, addr, (stride, 4))[...] = x
+                    else:
+                        # requantize: sat(round_shift(acc * mult, shift)), half up
+                        x = (x * mult[:ncols] + requant[1][:ncols]) >> shift[:ncols]
+                        if mode == INT8:
+                            y = np.clip(x, -128, 127)       # sat8(sat16(.)) = sat8(.)
+                        else:
+                            x = np.clip(x, INT16_MIN, INT16_MAX)
+                            pmode, x0, seg_shift, out_shift = self.pwl_header[table].tolist()
+                            y = pwl_eval(x, pmode, self.pwl_bp[table], self.pwl_k[table],
+                                         self.pwl_b[table], x0, seg_shift, out_shift)
+                            result.pwl_evals += nrows * ncols
+                        np.ndarray((nrows, ncols), np.int8, dram, addr, (stride, 1))[...] = y
+                    result.bytes_written += nrows * row_bytes
+                elif op == HALT:
+                    break
+                elif op == LOAD_ACC:
+                    r0, nrows, ncols, addr, stride = row[5:10]
+                    if nrows == 0:
+                        continue
+                    if (r0 + nrows > acc_depth or not 0 < ncols <= cols
+                            or addr + (nrows - 1) * stride + 4 * ncols > size or odd[i]):
+                        general(i)
+                        continue
+                    acc64[r0:r0 + nrows, :ncols] = np.ndarray((nrows, ncols), "<i4", dram,
+                                                              addr, (stride, 4))
+                    if ncols < cols:
+                        acc64[r0:r0 + nrows, ncols:] = 0
+                    load_bytes += nrows * -(-4 * ncols // bus) * bus
+                elif op == CFG_REQUANT:
+                    lane, count, m_, s_ = row[5:9]
+                    mult[lane:lane + count] = m_
+                    shift[lane:lane + count] = s_
+                    requant = None
+                else:
+                    self._execute(program[i], result)        # configuration: no sp / acc
+        finally:
+            if held:
+                write_back()
+        result.insns += executed
+        result.insn_bytes_read += executed * INSN_BYTES
+        result.macs += macs
+        result.load_bytes_read += load_bytes
 
     # -- instructions ---------------------------------------------------------------------
 
@@ -331,6 +501,15 @@ class GoldenModel:
             flat_idx, flat = flat_idx[keep], flat[keep]
         self.dram[flat_idx] = flat
         result.bytes_written += data.size
+
+
+def _requant_terms(mult: np.ndarray, shift: np.ndarray) -> tuple[int, np.ndarray]:
+    """(lanes before the first one :func:`~neuralmatrix.hw.arith.requantize` rejects, the
+    rounding term ``2**(shift - 1)`` (0 for shift 0) of every lane)."""
+    bad = (mult < 0) | (mult >= 1 << MULT_BITS) | (shift < 0) | (shift > MAX_SHIFT)
+    good = int(np.argmax(bad)) if bad.any() else len(mult)
+    half = np.where(shift > 0, np.left_shift(np.int64(1), np.clip(shift - 1, 0, 62)), 0)
+    return good, half
 
 
 # -- races ---------------------------------------------------------------------------------
