@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def _main_network(args, sizes) -> int:
     unknown = [n for n in nets if n not in NETWORKS]
     if unknown:
         raise SystemExit(f"unknown network(s) {', '.join(unknown)}; known: {', '.join(NETWORKS)}")
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title="Whole networks on the accelerator RTL (Verilator; wall times without "
                         "the one-time build)")
     for col in ("network", "config", "inf.", "bit-exact", "compile s", "golden s", "RTL s",
