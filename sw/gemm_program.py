@@ -135,8 +135,10 @@ class ProgramBuilder:
                 for space, lo, hi, write in fp:
                     # A write conflicts with the latest access, a read with the latest write.
                     latest = accessed[space] if write else written[space]
-                    if latest is not None:
-                        jj = latest.latest(lo, hi)
+                    if latest is not None and lo < hi:      # _Latest.latest, inline
+                        starts = latest.starts
+                        i = bisect_right(starts, lo) - 1
+                        jj = max(latest.values[i:bisect_left(starts, hi, i)])
                         if jj > j:
                             j = jj
                 if j > prev[v]:
