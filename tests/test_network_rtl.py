@@ -170,6 +170,18 @@ def _save_digits(tmp_path, n):
     return path
 
 
+def test_minilm_one_encoder_layer_on_rtl(capsys):
+    """Embeddings + encoder layer 0 of all-MiniLM-L6-v2 (attention with its mask arithmetic,
+    softmax, LayerNorm, GELU) on the RTL, bit-exact, hidden states close to float."""
+    assert main(["run", "minilm", "--layers", "1", "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bit-exact: every kernel output of all 1 inference(s)" in out
+    line = next(ln for ln in out.splitlines()
+                if ln.startswith("hidden-state cosine vs float (per token), RTL"))
+    assert float(line.split("mean ")[1].split(",")[0]) >= 0.99
+    assert float(line.split("min ")[1].split(" ")[0]) >= 0.98
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rows", [8, 16])
 def test_minilm_whole_on_rtl(rows, capsys):
