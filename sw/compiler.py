@@ -67,6 +67,10 @@ def _random_feeds(model, n: int = 4, seed: int = 0) -> list[dict]:
     return feeds
 
 
+#: MiniLM calibration: the first sentences of ``minilm.SENTENCES``.
+MINILM_CALIBRATION = 16
+
+
 def builtin(name: str, *, seq_len: int = 16):
     """``(model, calibration feeds, input_shapes)`` of a built-in model."""
     if name == "digits":
@@ -78,8 +82,8 @@ def builtin(name: str, *, seq_len: int = 16):
         from .models import minilm
 
         model = minilm.load_onnx(seq_len)
-        toks = minilm.tokenize(minilm.SENTENCES[:16], seq_len)
-        feeds = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(minilm.SENTENCES[:16]))]
+        toks = minilm.tokenize(minilm.SENTENCES[:MINILM_CALIBRATION], seq_len)
+        feeds = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(MINILM_CALIBRATION)]
         return model, feeds, {k: (1, seq_len) for k in toks}
     raise CompileError(f"unknown built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}")
 
