@@ -727,6 +727,9 @@ class _Lowering:
         w = self.consts.get(node.input[1])
         alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
         bias = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if bias is None and len(node.input) > 2 and node.input[2] and beta != 0:
+            raise LinearizeError(f"Gemm (node {node.name!r}): C must be a constant (an "
+                                 f"activation C is not supported)")
         if w is None:
             return self._gemm_activations(node, x, alpha, beta, bias)
         w = w.astype(np.float64) * alpha
@@ -913,6 +916,8 @@ class _Lowering:
             x = self._relayout(x, _channels_last(rank), node.name)
         n = x.cols
         v = self._per_channel(a, rank, n, 1 if rank >= 3 else -1)
+        if v is None and a.ndim == 1 and rank >= 3 and a.size == n != x.shape[-1]:
+            v = a.astype(np.float64)     # opset < 7 exports: a 1-D slope is per channel
         if v is None:
             raise LinearizeError(f"PRelu (node {node.name!r}): slope must be a scalar or one "
                                  f"value per channel")
@@ -1215,19 +1220,25 @@ class _Lowering:
         dilated = any(d != 1 for d in _attr(node, "dilations", [1]))
         views, out_shape, _, _ = self._windows(node, x, FILL_MIN if dilated else "edge")
         C = x.shape[1]
+        # b - a spans the input's range: when that exceeds one int8 range (inputs of both
+        # signs, or -128 padding), relu(b - a) is stored at twice the scale (max(a, b) is
+        # then within one step; it is exact when the inputs are of one sign, as after ReLU).
+        r = self._range(node.input[0])
+        span = (255 if dilated else max(r.hi - r.lo, 0.0) / x.scale)
+        dk = 1 if span <= INT8_MAX + 1e-6 else 2
         level = 0
         while len(views) > 1:
             nxt = []
             for i in range(0, len(views) - 1, 2):
                 a, b = views[i], views[i + 1]
-                d = Tensor(self._uniq(f"{node.name}.d{level}.{i}"), a.rows, C, a.scale)
+                d = Tensor(self._uniq(f"{node.name}.d{level}.{i}"), a.rows, C, a.scale * dk)
                 self._kernel(f"{node.name}.relu{level}.{i}", node.name,
                              [Term(a, self._diag(C, -1)), Term(b, self._diag(C, 1))], d, a.scale,
                              func=pwl_lib.relu, pre=(-255 * a.scale, 255 * a.scale),
                              role="linearization", kind="relu")
                 m = Tensor(self._uniq(f"{node.name}.max{level}.{i}"), a.rows, C, a.scale)
                 self._kernel(f"{node.name}.max{level}.{i}", node.name,
-                             [Term(a, self._diag(C, 1)), Term(d, self._diag(C, 1))], m, a.scale,
+                             [Term(a, self._diag(C, 1)), Term(d, self._diag(C, dk))], m, a.scale,
                              role="linearization")
                 nxt.append(m)
             if len(views) % 2:
