@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -444,11 +445,10 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
     return _Plan(g * R, n_blocks, g, kc, kt, nt, bufs, g * K, b_slots, kc, 2, g * R)
 
 
-@dataclass
-class _Load:
+class _Load(NamedTuple):
     vpos: int       # emitted before the compute step of this index
     need: int       # first step that reads it
-    order: int
+    order: int      # unique: loads sort as tuples by (vpos, need, order)
     insn: Insn
 
 
@@ -583,7 +583,7 @@ def _matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, 
                     # One A buffer: after the previous block's last use of these rows.
                     vpos = last_use.get((mb - 1, j), block_start[mb - 1]) + 1
                 loads.append(_Load(min(vpos, i), i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
-    loads.sort(key=lambda ld: (ld.vpos, ld.need, ld.order))
+    loads.sort()
 
     builder = ProgramBuilder(cfg)
     if pwl is not None:
