@@ -29,9 +29,17 @@ This is the NeuralMatrix step. Every ONNX node is lowered onto :mod:`neuralmatri
   when the storage does not change; an embedding Gather of a run-time index input is a
   :class:`~neuralmatrix.sw.ir.Lookup`.
 
-Quantization decisions (per-tensor activation scales from calibration, per-channel weight
-scales, int32 biases, requantization multipliers) are made here, with
-:mod:`neuralmatrix.sw.quantize`.
+* **Attention masks**: the float tensor a BERT export computes from the integer
+  ``attention_mask`` input (Cast/GatherND/And/Where) is checked on probes to be a key-padding
+  mask and becomes one GEMM term of the softmax kernels (a lookup of the mask row); the
+  ``Where(IsNaN(p), 0, p)`` guard after softmax is the identity.
+
+Quantization decisions (activation scales from calibration, per-channel weight scales, int32
+biases, requantization multipliers) are made here, with :mod:`neuralmatrix.sw.quantize`.
+Activations get per-column scales (whole multiples of one unit) wherever every consumer can
+fold them (:meth:`_Lowering._find_percol`); a PWL output whose columns span decades is split
+into column groups with a table each (:meth:`_Lowering._emit_grouped`); embedding tables and
+constant addends are two int8 digits (:meth:`_Lowering._digits`).
 """
 
 from __future__ import annotations
@@ -571,7 +579,6 @@ class _Lowering:
             self._kernel(f"{node.name or node.op_type}.g{g}", node.name, gterms, out,
                          acc_scale[idx], bias=None if bias is None else bias[idx], func=func,
                          pre=gpre, role=role, kind=kind)
-            out.origin_cols = (final, idx)           # for debugging: which columns of final
             groups.append((idx, out))
         self.grouped[final] = (tuple(shape), groups)
         self.notes.append(f"{final}: {len(groups)} column groups, one PWL ({kind}) table each")
