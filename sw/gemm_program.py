@@ -83,6 +83,10 @@ class ProgramBuilder:
     ----------
     config : HwConfig, optional
         Gives the dataflow, for exact COMPUTE footprints (conservative without it).
+    dram : bool
+        Order loads and stores whose external-memory ranges overlap. ``False`` when the
+        caller knows that no store writes a byte any load of the program reads (the same
+        program, less bookkeeping).
 
     Attributes
     ----------
@@ -105,8 +109,9 @@ class ProgramBuilder:
     latest write, a write with the latest access).
     """
 
-    def __init__(self, config: HwConfig | None = None):
+    def __init__(self, config: HwConfig | None = None, *, dram: bool = True):
         self.config = config
+        self._dram = dram
         self.program: list[Insn] = []
         self.relays = 0
         self._members: tuple[list[int], ...] = ([], [], [])     # program index per unit index
@@ -125,7 +130,7 @@ class ProgramBuilder:
         if insn.op == Opcode.HALT:
             raise ValueError("use ProgramBuilder.finish() to end the program")
         u = _UNIT[insn.op]
-        fp = _spans(insn, self.config, merge=True)
+        fp = _spans(insn, self.config, merge=True, dram=self._dram)
         need: dict[int, int] = {}
         if fp:
             clocks = self._clock[u]
@@ -585,7 +590,13 @@ def _matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, 
                 loads.append(_Load(min(vpos, i), i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
     loads.sort()
 
-    builder = ProgramBuilder(cfg)
+    # Loads read A, B and the bias; stores write C: with C apart from the rest, no store can
+    # conflict with a load through external memory.
+    sources = [(lay.addr, lay.end) for part in parts for lay in (part.a, part.b)]
+    if bias is not None:
+        sources.append((bias.addr, bias.end))
+    apart = all(hi <= c.addr or c.end <= lo for lo, hi in sources)
+    builder = ProgramBuilder(cfg, dram=not apart)
     if pwl is not None:
         for insn in pwl.instructions(0, cfg):
             builder.emit(insn)

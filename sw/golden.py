@@ -86,10 +86,11 @@ _SPACES = ("SP", "ACC", "DRAM")
 _SP, _ACC, _DRAM = range(3)
 
 
-def _spans(insn: Insn, config: HwConfig | None, *,
-           merge: bool = False) -> list[tuple[int, int, int, bool]]:
+def _spans(insn: Insn, config: HwConfig | None, *, merge: bool = False,
+           dram: bool = True) -> list[tuple[int, int, int, bool]]:
     """:func:`footprint` as ``(space index, lo, hi, write)`` tuples; *merge* leaves out the
-    accumulator read of an accumulating COMPUTE (its write covers the same rows)."""
+    accumulator read of an accumulating COMPUTE (its write covers the same rows), ``dram=False``
+    the external-memory ranges."""
     op, a = insn.op, insn.args
     if op == Opcode.COMPUTE:
         m, k = a["m"], a["k"]
@@ -111,6 +112,10 @@ def _spans(insn: Insn, config: HwConfig | None, *,
         nrows, ncols = a["nrows"], a["ncols"]
         if nrows == 0 or ncols == 0:
             return []
+        if not dram:
+            if op == Opcode.LOAD_SP:
+                return [(_SP, a["sp_addr"], a["sp_addr"] + nrows, True)]
+            return [(_ACC, a["acc_addr"], a["acc_addr"] + nrows, op == Opcode.LOAD_ACC)]
         lo = a["dram_addr"]
         span = lo + (nrows - 1) * a["dram_stride"]
         if op == Opcode.LOAD_SP:
