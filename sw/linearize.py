@@ -101,6 +101,32 @@ def _channels_last(rank: int) -> tuple[int, ...]:
     return tuple(range(rank))
 
 
+def _coefficients(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer coefficients for ``sum_i w[i, j] * x_i`` per column ``j``: ``q`` (int8, P x n)
+    and the accumulator unit ``u`` (n) with ``q * u ~ w``. The largest coefficient of a column
+    is 64..127, chosen per column to minimize the worst relative rounding error of all its
+    coefficients (operands of very different scales keep their ratio, not 1/127 of it)."""
+    w = np.asarray(w, dtype=np.float64)
+    top = np.max(np.abs(w), axis=0)
+    top = np.where(top > 0, top, 1.0)
+    best_q = np.round(w / top * INT8_MAX)
+    best_u = top / INT8_MAX
+    nz = np.abs(w) > 0
+    best_err = np.full(w.shape[1], np.inf)
+    for qt in range(64, INT8_MAX + 1):
+        u = top / qt
+        exact = w / u
+        q = np.round(exact)
+        rel = np.where(nz, np.abs(q - exact) / np.maximum(np.abs(exact), 1e-30), 0.0)
+        rel = np.where(nz & (q == 0), np.inf, rel)
+        err = rel.max(axis=0)
+        better = err < best_err - 1e-12
+        best_err = np.where(better, err, best_err)
+        best_q = np.where(better[None, :], q, best_q)
+        best_u = np.where(better, u, best_u)
+    return best_q.astype(np.int64), best_u
+
+
 def _double_ops() -> list:
     """Reference-evaluator kernels that keep double precision (the stock Erf rounds to
     float32, whose steps look like kinks to the PWL fit)."""
@@ -942,10 +968,7 @@ class _Lowering:
         int32 with diagonal int8 weights; the element-wise chain after it is fused."""
         n = parts[0][0].cols
         w = np.stack([np.asarray(c, dtype=np.float64) * t.scale * t.colw for t, c in parts])  # P x n
-        top = np.max(np.abs(w), axis=0)
-        top = np.where(top > 0, top, 1.0)
-        q = np.round(w / top * INT8_MAX).astype(np.int64)
-        acc = top / INT8_MAX
+        q, acc = _coefficients(w)
         terms = [Term(t, self._diag(n, q[i])) for i, (t, _) in enumerate(parts)]
         if fuse:
             return self._emit_linear(node, terms, acc, bias, out_name, shape, perm,
