@@ -165,8 +165,8 @@ for _op, _fields in FIELDS.items():
     assert HEADER_BITS + sum(f.width for f in _fields) <= INSN_BITS, _op
 
 # Lookup tables derived from HEADER and FIELDS for the hot paths (Insn construction, encoding,
-# bulk checks); they restate nothing. Columns of the field matrix (:func:`field_matrix`): the header
-# fields, then the opcode's fields in order, zero-padded to the longest opcode.
+# bulk checks); they restate nothing. Columns of the field matrix (:func:`field_matrix`): the
+# header fields, then the opcode's fields in order, zero-padded to the longest opcode.
 _OPCODE_OF = {int(_op): _op for _op in Opcode}
 _NAMES = {_op: tuple(f.name for f in _fields) for _op, _fields in FIELDS.items()}
 _NAME_SET = {_op: frozenset(_names) for _op, _names in _NAMES.items()}
