@@ -359,8 +359,9 @@ def build_bitstream(config: HwConfig, out_dir, *, board: str = "ulx3s", device: 
                     mem_bytes: int = 64 * 1024, baud: int = 115200, seed: int = 1):
     """Build the ULX3S bitstream of *config* into *out_dir* with the yowasp tools; returns the
     path of the ``.bit`` file. Uses ``amaranth-boards``' ULX3S platform."""
-    import os
     from pathlib import Path
+
+    from neuralmatrix.sim.runner import patched_environ
 
     if board != "ulx3s":
         raise ConfigError(f"board must be ulx3s, got {board!r}")
@@ -374,18 +375,10 @@ def build_bitstream(config: HwConfig, out_dir, *, board: str = "ulx3s", device: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     platform = platforms[device]()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with patched_environ(env):
         platform.build(ULX3STop(config, mem_bytes=mem_bytes, baud=baud), name="nm_ulx3s",
                        build_dir=str(out), do_program=False,
                        nextpnr_opts=f"--seed {seed} --timing-allow-fail")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     bit = out / "nm_ulx3s.bit"
     if not bit.exists():
         raise RuntimeError(f"the build finished without {bit}")

@@ -133,28 +133,11 @@ class Host:
 
 
 def gemm_image(config, M: int, K: int, N: int, *, seed: int = 0, align: int = 64):
-    """A small int8 GEMM program with random operands: ``(image, insn_addr, gp, a, b)``, the
-    image holding A, B and the program (``gp.result(image)`` reads C back after the run)."""
-    from neuralmatrix.hw.isa import assemble_binary
-    from neuralmatrix.sw.gemm_program import gemm_program
+    """A small int8 GEMM program with random operands: ``(image, insn_addr, gp, a, b)``
+    (:func:`neuralmatrix.sw.gemm_program.random_gemm_image`)."""
+    from neuralmatrix.sw.gemm_program import random_gemm_image
 
-    def up(x):
-        return -(-x // align) * align
-
-    a_addr = align
-    b_addr = a_addr + up(M * K) + align
-    c_addr = b_addr + up(K * N) + align
-    insn_addr = c_addr + up(4 * M * N) + align
-    gp = gemm_program(config, M, K, N, a_addr=a_addr, b_addr=b_addr, c_addr_dram=c_addr,
-                      mult=1, shift=6)
-    binary = np.frombuffer(assemble_binary(gp.program), np.uint8)
-    image = np.zeros(insn_addr + binary.size, np.uint8)
-    rng = np.random.default_rng(seed)
-    a = rng.integers(-128, 128, (M, K))
-    b = rng.integers(-128, 128, (K, N))
-    gp.place(image, a, b)
-    image[insn_addr:] = binary
-    return image, insn_addr, gp, a, b
+    return random_gemm_image(config, M, K, N, seed=seed, shift=6, align=align)
 
 
 def main(argv=None) -> int:

@@ -50,25 +50,13 @@ def bench_gemm(config: HwConfig, M: int, K: int, N: int, seed: int = 0, repeats:
     and the golden model; return utilization, speed and the golden cycle estimate."""
     import numpy as np
 
-    from neuralmatrix.hw.isa import assemble_binary
     from neuralmatrix.sim.harness import ProgramJob, run_programs
-    from neuralmatrix.sw.gemm_program import gemm_program
+    from neuralmatrix.sw.gemm_program import random_gemm_image
     from neuralmatrix.sw.golden import estimate_cycles
 
-    align = 4096
-    a_addr = align
-    b_addr = a_addr + -(-M * K // align) * align + align
-    c_addr = b_addr + -(-K * N // align) * align + align
-    insn_addr = c_addr + -(-4 * M * N // align) * align + align
-    gp = gemm_program(config, M, K, N, a_addr=a_addr, b_addr=b_addr, c_addr_dram=c_addr,
-                      mult=1, shift=8)
-    binary = np.frombuffer(assemble_binary(gp.program), np.uint8)
-    image = np.zeros(insn_addr + binary.size, np.uint8)
-    rng = np.random.default_rng(seed)
-    a = rng.integers(-128, 128, (M, K))
-    b = rng.integers(-128, 128, (K, N))
-    gp.place(image, a, b)
-    image[insn_addr:] = binary
+    image, insn_addr, gp, a, b = random_gemm_image(config, M, K, N, seed=seed, shift=8,
+                                                   align=4096)
+    c_addr = gp.c.addr
     region = (c_addr, gp.c.end - c_addr)
     # The program runs `repeats` times in one simulator process; the speed is the median.
     job = ProgramJob(image, insn_addr, [region], max_cycles=50_000_000)

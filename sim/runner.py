@@ -27,7 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "SIMULATORS", "SimulationFailed", "Build", "available_simulators", "cache_root",
-    "sim_verilog", "build", "run",
+    "sim_verilog", "build", "run", "patched_environ",
 ]
 
 SIMULATORS = ("verilator", "icarus")
@@ -107,7 +107,8 @@ def _sim_env(simulator: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _patched_environ(values: dict[str, str]):
+def patched_environ(values: dict[str, str]):
+    """Set the environment variables *values* for the duration of the ``with`` block."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -230,7 +231,7 @@ def build(verilog: str, toplevel: str, *, simulator: str = "verilator", extra_so
         start = time.perf_counter()
         runner = _get_runner(simulator)
         log = directory / "build.log"
-        with _patched_environ(_sim_env(simulator)):
+        with patched_environ(_sim_env(simulator)):
             try:
                 runner.build(
                     sources=sources, hdl_toplevel=toplevel, build_dir=directory,
@@ -311,7 +312,7 @@ def run(built: Build, test_module: str, *, testcase: str | None = None,
     test_args = []
     if waves_file is not None:
         test_args += ["--trace", "--trace-file", str(Path(waves_file).resolve())]
-    with _patched_environ(_sim_env(built.simulator)), _pytest_name_hidden():
+    with patched_environ(_sim_env(built.simulator)), _pytest_name_hidden():
         try:
             runner.test(
                 test_module=test_module, hdl_toplevel=built.toplevel, hdl_toplevel_lang="verilog",

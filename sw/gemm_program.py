@@ -26,7 +26,7 @@ from neuralmatrix.hw.params import Dataflow, HwConfig
 from .golden import _SPACES, _gc_paused, _spans
 
 __all__ = ["ProgramBuilder", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
-           "chunk_depths", "gemm_program"]
+           "chunk_depths", "gemm_program", "random_gemm_image"]
 
 _NONE = (-1, -1, -1)
 _LOAD, _COMPUTE, _STORE = int(Unit.LOAD), int(Unit.COMPUTE), int(Unit.STORE)
@@ -780,3 +780,30 @@ def gemm_program(config: HwConfig, M: int, K: int, N: int, *, a_addr: int, b_add
     program, plan = matmul_program(cfg, [Operand(a_lay, b_lay)], c_lay, mult=mult_c,
                                    shift=shift_c, out=out, check=check)
     return GemmProgram(cfg, M, K, N, program, a_lay, b_lay, c_lay, out, mult_c, shift_c, plan)
+
+
+def random_gemm_image(config: HwConfig, M: int, K: int, N: int, *, seed: int = 0, shift: int = 6,
+                      align: int = 64):
+    """An external-memory image running one int8 ``M x K x N`` GEMM on random operands.
+
+    Returns ``(image, insn_addr, gp, a, b)``: A, B and the program are in ``image`` (C's space
+    is zero); after the run ``gp.result(image)`` reads C back and ``gp.expected(a, b)`` is
+    what it must be.
+    """
+    def up(x):
+        return -(-x // align) * align
+
+    a_addr = align
+    b_addr = a_addr + up(M * K) + align
+    c_addr = b_addr + up(K * N) + align
+    insn_addr = c_addr + up(4 * M * N) + align
+    gp = gemm_program(config, M, K, N, a_addr=a_addr, b_addr=b_addr, c_addr_dram=c_addr,
+                      mult=1, shift=shift)
+    binary = np.frombuffer(assemble_binary(gp.program), np.uint8)
+    image = np.zeros(insn_addr + binary.size, np.uint8)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-128, 128, (M, K))
+    b = rng.integers(-128, 128, (K, N))
+    gp.place(image, a, b)
+    image[insn_addr:] = binary
+    return image, insn_addr, gp, a, b
