@@ -421,6 +421,14 @@ def _workload_figures(task: _Task) -> dict:
                 "workload_error": f"workload {task.workload}: {type(exc).__name__}: {exc}"}
 
 
+def _outcome(task: _Task, fut) -> dict:
+    """A finished future's record, or the crash record when its worker failed."""
+    try:
+        return fut.result()
+    except Exception as exc:
+        return _crash_record(task, exc)
+
+
 def _crash_record(task: _Task, exc: BaseException) -> dict:
     """The record of a task whose worker itself failed (e.g. killed, or lost by Dask)."""
     return {"key": task.key, "params": task.params, "tag": task.config.tag, "status": "error",
@@ -441,11 +449,7 @@ def _run_local(tasks: list[_Task], jobs: int) -> Iterator[tuple[_Task, dict]]:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 task = pending.pop(fut)
-                try:
-                    rec = fut.result()
-                except Exception as exc:
-                    rec = _crash_record(task, exc)
-                yield task, rec
+                yield task, _outcome(task, fut)
     finally:
         workers = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
@@ -513,11 +517,7 @@ def _run_dask(tasks: list[_Task], address: str) -> Iterator[tuple[_Task, dict]]:
                                   f"{t.key}-{os.getpid()}-{time.time_ns()}")] = t
         for fut in as_completed(list(futures)):
             task = futures.pop(fut)
-            try:
-                rec = fut.result()
-            except Exception as exc:
-                rec = _crash_record(task, exc)
-            yield task, rec
+            yield task, _outcome(task, fut)
     finally:
         if futures:
             client.cancel(list(futures))
