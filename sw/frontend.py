@@ -196,6 +196,7 @@ def load_model(src: str | os.PathLike | onnx.ModelProto, *,
     _make_inputs_static(model.graph, input_shapes or {}, default_dim, label)
     model.ir_version = max(model.ir_version, 4)  # initializers need not be inputs from IR 4
     del model.graph.value_info[:]  # exporters' hints, possibly symbolic; inferred anew
+    _sums_to_adds(model.graph)
     model = _infer_shapes(model, label)
     model = _fold(model, label)
     unsupported = unsupported_ops(model)
@@ -203,6 +204,27 @@ def load_model(src: str | os.PathLike | onnx.ModelProto, *,
         raise UnsupportedOpsError(label, unsupported, model)
     _check_static_shapes(model.graph, label)
     return model
+
+
+def _sums_to_adds(graph: onnx.GraphProto) -> None:
+    """Rewrite every n-input ``Sum`` as a chain of n - 1 ``Add`` nodes (one input: Identity),
+    so the linearizer's element-wise sums serve it."""
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Sum":
+            nodes.append(node)
+            continue
+        ins, out = list(node.input), node.output[0]
+        if len(ins) == 1:
+            nodes.append(onnx.helper.make_node("Identity", ins, [out], name=node.name))
+            continue
+        acc = ins[0]
+        for k, x in enumerate(ins[1:], 1):
+            dst = out if k == len(ins) - 1 else f"{out}__sum{k}"
+            nodes.append(onnx.helper.make_node("Add", [acc, x], [dst], name=f"{node.name}/add{k}"))
+            acc = dst
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:

@@ -369,3 +369,17 @@ def test_digits_cnn_unchanged(batch):
     got = _run(loaded, {"input": x})
     assert got[0].shape == (batch, 10)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+
+
+def test_sum_becomes_a_chain_of_adds():
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in "abc"]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    graph = helper.make_graph([helper.make_node("Sum", ["a", "b", "c"], ["y"], name="s")],
+                              "g", vi, [y])
+    model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [n.op_type for n in model.graph.node] == ["Add", "Add"]
+    feeds = {n: np.random.default_rng(i).standard_normal((2, 3)).astype(np.float32)
+             for i, n in enumerate("abc")}
+    (got,) = ReferenceEvaluator(model).run(None, feeds)
+    np.testing.assert_allclose(got, feeds["a"] + feeds["b"] + feeds["c"], rtol=1e-6)
+

@@ -13,8 +13,6 @@ classes, so accuracy is measured as agreement with the float model on the same w
 The inputs of :func:`sample_images` are real photographs (scikit-learn's bundled
 ``china.jpg`` and ``flower.jpg``), cropped, resized to 224x224 and normalized with the
 ImageNet mean and standard deviation.
-
-``Sum`` nodes (two inputs each in this graph) are written as ``Add``.
 """
 
 from __future__ import annotations
@@ -75,8 +73,6 @@ def load_onnx(seed: int = 0, batch: int = 1) -> onnx.ModelProto:
         if node.op_type == "ConstantOfShape":
             shape = tuple(int(d) for d in inits[node.input[0]])
             tensors[node.output[0]] = _weights(node.output[0], shape, rng)
-        elif node.op_type == "Sum" and len(node.input) == 2:
-            nodes.append(helper.make_node("Add", list(node.input), list(node.output), name=node.name))
         else:
             nodes.append(node)
     used = {i for n in nodes for i in n.input}
