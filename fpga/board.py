@@ -355,6 +355,20 @@ def _yowasp_env() -> dict:
     return env
 
 
+def _build_only(platform_class):
+    """*platform_class* without ``openFPGALoader`` among its required tools: the bitstream is only
+    built here (``do_program=False``), and amaranth-boards' ULX3S platform otherwise refuses to
+    start a build on a machine without the board programmer."""
+
+    class BuildOnly(platform_class):
+        @property
+        def required_tools(self):
+            return [tool for tool in super().required_tools if tool != "openFPGALoader"]
+
+    BuildOnly.__name__ = platform_class.__name__
+    return BuildOnly
+
+
 def build_bitstream(config: HwConfig, out_dir, *, board: str = "ulx3s", device: str = "85F",
                     mem_bytes: int = 64 * 1024, baud: int = 115200, seed: int = 1):
     """Build the ULX3S bitstream of *config* into *out_dir* with the yowasp tools; returns the
@@ -374,7 +388,7 @@ def build_bitstream(config: HwConfig, out_dir, *, board: str = "ulx3s", device: 
     env = _yowasp_env()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    platform = platforms[device]()
+    platform = _build_only(platforms[device])()
     with patched_environ(env):
         platform.build(ULX3STop(config, mem_bytes=mem_bytes, baud=baud), name="nm_ulx3s",
                        build_dir=str(out), do_program=False,
