@@ -207,6 +207,19 @@ def test_ulx3s_top_elaborates_on_the_platform():
     assert "--85k --package CABGA381" in script and "$ECPPACK" in script
 
 
+def test_build_does_not_need_the_board_programmer():
+    """amaranth-boards' ULX3S platform lists openFPGALoader among its required tools, which
+    stopped every build on a machine without it; the build-only platform drops just that one."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    from neuralmatrix.fpga.board import _build_only
+
+    assert "openFPGALoader" in ULX3S_85F_Platform().required_tools
+    tools = _build_only(ULX3S_85F_Platform)().required_tools
+    assert "openFPGALoader" not in tools
+    assert {"yosys", "nextpnr-ecp5", "ecppack"} <= set(tools)
+
+
 @pytest.mark.slow
 def test_ulx3s_bitstream(tmp_path):
     """The whole flow: amaranth-boards' ULX3S 85F platform, Yosys, nextpnr-ecp5 and ecppack
