@@ -20,12 +20,15 @@ from typing import NamedTuple
 import numpy as np
 
 from neuralmatrix.hw.arith import matmul_int32, requantize, saturate
-from neuralmatrix.hw.isa import UNIT_OF, Insn, Opcode, StoreMode, Unit, assemble_binary, validate
+from neuralmatrix.hw.isa import (
+    _COL, _NCOLS, _UNIT_CODE, UNIT_OF, FieldProgram, Insn, Opcode, StoreMode, Unit,
+    assemble_binary, field_matrix, validate,
+)
 from neuralmatrix.hw.params import Dataflow, HwConfig
 
-from .golden import _SPACES, _gc_paused, _spans
+from .golden import _ACC, _DRAM, _SP, _SPACES, _gc_paused, _spans
 
-__all__ = ["ProgramBuilder", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
+__all__ = ["ProgramBuilder", "synchronize", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
            "chunk_depths", "gemm_program", "random_gemm_image"]
 
 _NONE = (-1, -1, -1)
@@ -231,6 +234,223 @@ class ProgramBuilder:
                 if write and w is not None and w is not a:
                     w.paint(lo, hi, j)
         return index
+
+
+# -- bulk synchronization ----------------------------------------------------------------------
+
+def synchronize(fields: np.ndarray, config: HwConfig | None = None, *,
+                dram: bool = True) -> tuple[np.ndarray, int]:
+    """What :class:`ProgramBuilder` makes of a whole instruction sequence, in bulk.
+
+    Parameters
+    ----------
+    fields : np.ndarray
+        The instructions in program order as a :func:`~neuralmatrix.hw.isa.field_matrix`,
+        without token flags and without HALT.
+    config, dram
+        As for :class:`ProgramBuilder`.
+
+    Returns
+    -------
+    fields : np.ndarray
+        The same program ``ProgramBuilder.emit`` of every row builds (token flags set,
+        zero-sized COMPUTE relays inserted), without HALT.
+    relays : int
+
+    Notes
+    -----
+    The builder's latest-conflict queries depend only on the footprints of earlier
+    instructions, not on the tokens, so they are answered for all instructions at once
+    (:func:`_latest_conflicts`); only the vector clocks that decide which of those conflicts
+    need a token, and the relays, are followed instruction by instruction (:func:`_tokens`).
+    """
+    fields = np.asarray(fields, dtype=np.int64)
+    ops = fields[:, 0]
+    if (fields[:, 1:5] != 0).any():
+        raise ValueError("synchronize sets the token flags itself; got rows with flags")
+    units = _UNIT_CODE[ops]
+    if (units < 0).any():
+        raise ValueError("use ProgramBuilder.finish() to end the program (HALT in fields)")
+    latest = _latest_conflicts(fields, units, config, dram)
+    if latest is None:                      # too many overlapping ranges: one at a time
+        builder = ProgramBuilder(config, dram=dram)
+        for insn in FieldProgram(fields):
+            builder.emit(insn)
+        return field_matrix(builder.program), builder.relays
+    return _tokens(fields, units, latest)
+
+
+def _footprints(fields: np.ndarray, config: HwConfig | None, dram: bool):
+    """:func:`~neuralmatrix.sw.golden._spans` (``merge=True``) of every row, as arrays
+    ``(row, space, lo, hi, write)`` with the empty ranges left out."""
+    ops = fields[:, 0]
+    f = [fields[:, c] for c in range(5, 12)]
+    out = []
+
+    def add(sel, space, lo, hi, write):
+        rows = np.flatnonzero(sel)
+        if len(rows):
+            out.append((rows, np.full(len(rows), space), lo[rows], hi[rows],
+                        np.full(len(rows), write)))
+
+    comp = (ops == Opcode.COMPUTE) & (f[3] != 0) & (f[4] != 0) & (f[5] != 0)
+    if comp.any():
+        m, k = f[3], f[4]
+        if config is None:
+            a_rows = np.maximum(m, k)
+        else:
+            a_rows = m if config.dataflow is Dataflow.WS else k
+        add(comp, _SP, f[0], f[0] + a_rows, False)
+        add(comp, _SP, f[1], f[1] + k, False)
+        add(comp, _ACC, f[2], f[2] + m, True)
+    nrows, ncols, lo, stride = f[1], f[2], f[3], f[4]
+    live = (nrows != 0) & (ncols != 0)
+    span = lo + (nrows - 1) * stride
+    for op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE):
+        sel = live & (ops == op)
+        if not sel.any():
+            continue
+        if op == Opcode.LOAD_SP:
+            add(sel, _SP, f[0], f[0] + nrows, True)
+            if dram:
+                add(sel, _DRAM, lo, span + ncols, False)
+        elif op == Opcode.LOAD_ACC:
+            add(sel, _ACC, f[0], f[0] + nrows, True)
+            if dram:
+                add(sel, _DRAM, lo, span + 4 * ncols, False)
+        else:
+            add(sel, _ACC, f[0], f[0] + nrows, False)
+            if dram:
+                add(sel, _DRAM, lo, span + ncols * np.where(f[5] == StoreMode.INT32, 4, 1), True)
+    if not out:
+        return None
+    row, space, lo, hi, write = (np.concatenate(x) for x in zip(*out))
+    keep = lo < hi
+    return row[keep], space[keep], lo[keep], hi[keep], write[keep]
+
+
+#: Above this many (range, elementary segment) pairs, :func:`synchronize` uses the builder.
+_MAX_PIECES = 1 << 25
+
+
+def _latest_conflicts(fields, units, config, dram) -> np.ndarray | None:
+    """Per row and unit v: the unit index (among v's instructions) of the latest earlier
+    instruction of v whose footprint conflicts with the row's (a write with any access, a read
+    with a write); -1 when none (and for the row's own unit). None when the ranges are too
+    many to answer in bulk."""
+    n = len(fields)
+    out = np.full((n, 3), -1, dtype=np.int64)
+    fp = _footprints(fields, config, dram)
+    if fp is None:
+        return out
+    # Unit index of every row within its unit.
+    uindex = np.empty(n, dtype=np.int64)
+    for u in range(3):
+        sel = np.flatnonzero(units == u)
+        uindex[sel] = np.arange(len(sel))
+    row, space, lo, hi, write = fp
+    for s in range(len(_SPACES)):
+        sel = np.flatnonzero(space == s)
+        if not len(sel):
+            continue
+        r, a, b, w = row[sel], lo[sel], hi[sel], write[sel]
+        # Elementary segments between all range ends: two ranges overlap iff they share one.
+        bounds = np.unique(np.concatenate([a, b]))
+        s0, s1 = np.searchsorted(bounds, a), np.searchsorted(bounds, b)
+        count = s1 - s0
+        total = int(count.sum())
+        if total > _MAX_PIECES:
+            return None
+        piece = np.repeat(np.arange(len(r)), count)
+        seg = s0[piece] + np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+        pr, pw, pu = r[piece], w[piece], units[r[piece]]
+        T = n + 1
+        key = seg * T + pr                       # ranges sorted by segment, then row
+        for v in range(3):
+            mine = pu == v
+            if not mine.any():
+                continue
+            others = ~mine
+            # A write meets v's latest access, a read v's latest write.
+            for query, events in ((others & pw, mine), (others & ~pw, mine & pw)):
+                if not query.any() or not events.any():
+                    continue
+                ek = key[events]
+                order = np.argsort(ek, kind="stable")
+                ek = ek[order]
+                ev = uindex[pr[events][order]]
+                qk = key[query]
+                at = np.searchsorted(ek, qk) - 1     # the latest event before the row
+                hit = at >= 0
+                hit[hit] = ek[at[hit]] // T == seg[query][hit]
+                np.maximum.at(out[:, v], pr[query][hit], ev[at[hit]])
+    return out
+
+
+def _tokens(fields: np.ndarray, units: np.ndarray, latest: np.ndarray) -> tuple[np.ndarray, int]:
+    """:meth:`ProgramBuilder.emit` of every row, given each row's latest conflicts."""
+    NONE = (-1, -1, -1)
+    clocks = ([], [], [])
+    members = ([], [], [])
+    cmap = []                   # compute index of every non-relay COMPUTE
+    source = []                 # per output row: input row, -1 for a relay
+    pushers, poppers, nexts = [], [], []
+    last_push = {}
+
+    def append(src, u, pops):
+        clk = clocks[u]
+        clock = clk[-1] if clk else NONE
+        index = len(source)
+        for v, j in pops:
+            assert last_push.get((v, u), -1) < j, (src, u, v, j)
+            last_push[(v, u)] = j
+            pushers.append(members[v][j])
+            poppers.append(index)
+            nexts.append(u > v)
+            d = clocks[v][j]
+            d0 = j if v == 0 else d[0]
+            d1 = j if v == 1 else d[1]
+            d2 = j if v == 2 else d[2]
+            clock = (clock[0] if clock[0] > d0 else d0, clock[1] if clock[1] > d1 else d1,
+                     clock[2] if clock[2] > d2 else d2)
+        source.append(src)
+        members[u].append(index)
+        clk.append(clock)
+
+    relays = 0
+    computes = clocks[1]
+    for q, (u, j0, j1, j2) in enumerate(zip(units.tolist(), *latest.T.tolist())):
+        clk = clocks[u]
+        prev = clk[-1] if clk else NONE
+        if u == 1:
+            pops = []
+            if j0 > prev[0]:
+                pops.append((0, j0))
+            if j2 > prev[2]:
+                pops.append((2, j2))
+            append(q, 1, pops)
+            cmap.append(len(computes) - 1)
+            continue
+        if j1 >= 0:
+            j1 = cmap[j1]
+        near = j1 if j1 > prev[1] else None
+        far, jf = (2, j2) if u == 0 else (0, j0)
+        if jf > prev[far]:
+            if not (computes and computes[-1][far] >= jf):
+                relays += 1
+                append(-1, 1, [(far, jf)])
+            near = len(computes) - 1
+        append(q, u, [] if near is None else [(1, near)])
+    src = np.array(source, dtype=np.int64)
+    out = fields[np.maximum(src, 0)]
+    out[src < 0] = 0
+    out[src < 0, 0] = int(Opcode.COMPUTE)
+    if pushers:
+        pushers, poppers = np.array(pushers), np.array(poppers)
+        nexts = np.array(nexts, dtype=bool)
+        out[poppers, np.where(nexts, 1, 2)] = 1         # pop_prev / pop_next
+        out[pushers, np.where(nexts, 4, 3)] = 1         # push_next / push_prev
+    return out, relays
 
 
 # -- matrices in external memory -------------------------------------------------------------
@@ -479,8 +699,260 @@ class _Chunk:
 
 def _matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult, shift,
                     out: str, bias: MatrixLayout | None, pwl, active: np.ndarray | None,
-                    check: bool) -> tuple[list[Insn], dict]:
-    """:func:`matmul_program` (its body)."""
+                    check: bool) -> tuple[FieldProgram, dict]:
+    """:func:`matmul_program` (its body): the schedule built in bulk, then synchronized in bulk."""
+    fields, apart, plan = _matmul_fields(config, parts, c, mult=mult, shift=shift, out=out,
+                                         bias=bias, pwl=pwl, active=active)
+    fields, relays = synchronize(fields, config, dram=not apart)
+    program = FieldProgram(np.concatenate([fields, _HALT_ROW]))
+    if check:
+        validate(program, config)
+    plan["relays"] = relays
+    return program, plan
+
+
+_HALT_ROW = np.zeros((1, _NCOLS), dtype=np.int64)
+_HALT_ROW[0, 0] = int(Opcode.HALT)
+
+
+def _offsets(lays: list[MatrixLayout], which: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """:meth:`MatrixLayout.offset` ``(i, j)`` in layout ``lays[which]``, elementwise."""
+    def attr(name):
+        return np.array([getattr(lay, name) for lay in lays], dtype=np.int64)[which]
+
+    panel = attr("panel")
+    return attr("addr") + (j // panel) * attr("panel_stride") + i * attr("pitch") \
+        + (j % panel) * attr("elem")
+
+
+def _rows(op: Opcode, count: int, /, **columns) -> np.ndarray:
+    """*count* field-matrix rows of *op* (no flags) from per-field arrays or scalars."""
+    m = np.zeros((count, _NCOLS), dtype=np.int64)
+    m[:, 0] = int(op)
+    for name, value in columns.items():
+        m[:, _COL[op][name]] = value
+    return m
+
+
+def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult, shift,
+                   out: str, bias: MatrixLayout | None, pwl, active: np.ndarray | None
+                   ) -> tuple[np.ndarray, bool, dict]:
+    """The instructions of :func:`matmul_program` in program order, before synchronization:
+    ``(field matrix without flags or HALT, whether C lies apart from the sources, plan)``.
+    The schedule of :func:`_matmul_program_reference`, built with numpy per loop nest."""
+    if out not in ("int8", "int32"):
+        raise ValueError(f"out must be 'int8' or 'int32', got {out!r}")
+    if not parts:
+        raise ValueError("matmul_program needs at least one operand")
+    cfg = config
+    ws = cfg.dataflow is Dataflow.WS
+    R, C = cfg.rows, cfg.cols
+    M, N = c.rows, c.cols
+    for i, p in enumerate(parts):
+        m_p = p.a.rows if ws else p.a.cols
+        k_p = p.a.cols if ws else p.a.rows
+        if m_p != M or p.b.cols != N or k_p != p.b.rows:
+            raise ValueError(f"operand {i}: A is {p.a.rows}x{p.a.cols}, B {p.b.rows}x{p.b.cols}; "
+                             f"C is {M}x{N} ({cfg.dataflow} stores A{'' if ws else '.T'})")
+    K = sum(p.b.rows for p in parts)
+    if min(M, K, N) < 1:
+        raise ValueError(f"M, K and N must be >= 1, got {M}, {K}, {N}")
+    if pwl is not None and out != "int8":
+        raise ValueError("a PWL output needs out='int8'")
+    mult_c, shift_c = _per_column(mult, N, "mult"), _per_column(shift, N, "shift")
+    chunks = _chunks(cfg, [p.b.rows for p in parts])
+    p = _plan(cfg, M, len(chunks) * R if ws else K, N)
+    nt_count = p.nt
+    if active is None:
+        active = np.ones((len(chunks), nt_count), dtype=bool)
+    active = np.asarray(active, dtype=bool)
+    if active.shape != (len(chunks), nt_count):
+        raise ValueError(f"active must be {len(chunks)} chunks x {nt_count} N tiles, "
+                         f"got {active.shape}")
+    ch_part = np.array([ch.part for ch in chunks], dtype=np.int64)
+    ch_k0 = np.array([ch.k0 for ch in chunks], dtype=np.int64)
+    ch_k = np.array([ch.k for ch in chunks], dtype=np.int64)
+    ch_koff = np.array([ch.koff for ch in chunks], dtype=np.int64)
+    n_of = np.minimum(C, N - np.arange(nt_count) * C)
+    a_lays, b_lays = [q.a for q in parts], [q.b for q in parts]
+    a_pitch = np.array([lay.pitch for lay in a_lays], dtype=np.int64)
+    b_pitch = np.array([lay.pitch for lay in b_lays], dtype=np.int64)
+
+    # A row groups (m0, m) per block: one (ws) or one per row panel (os).
+    panels = []
+    for mb in range(p.n_blocks):
+        if ws:
+            m0 = mb * p.mb_rows
+            panels.append([(m0, min(p.mb_rows, M - m0))])
+        else:
+            first = mb * p.group
+            panels.append([(q * R, min(R, M - q * R))
+                           for q in range(first, min(first + p.group, -(-M // R)))])
+    n_panels = np.array([len(g) for g in panels], dtype=np.int64)
+    block_rows = np.array([sum(m for _, m in g) for g in panels], dtype=np.int64)
+    block_m0 = np.array([g[0][0] for g in panels], dtype=np.int64)
+    P = int(n_panels.max())
+
+    # The steps: per block, per N tile, the active chunks (at least one, so every tile is written).
+    act = active.copy()
+    act[0, ~act.any(axis=0)] = True
+    pat_nt, pat_j = np.nonzero(act.T)
+    L = len(pat_nt)
+    S = p.n_blocks * L
+    s_i = np.arange(S)
+    s_mb = np.repeat(np.arange(p.n_blocks), L)
+    s_nt, s_j = np.tile(pat_nt, p.n_blocks), np.tile(pat_j, p.n_blocks)
+    block_start = np.arange(p.n_blocks + 1) * L
+    first = np.ones(S, dtype=bool)
+    first[1:] = (s_mb[1:] != s_mb[:-1]) | (s_nt[1:] != s_nt[:-1])
+    last = np.ones(S, dtype=bool)
+    last[:-1] = first[1:]
+    tile = np.cumsum(first) - 1
+    acc_base = (tile % p.acc_slots) * p.acc_rows
+    stream = p.a_bufs == 0
+    b_base = p.a_bufs * p.a_block
+    b_sp = b_base + (s_i % p.b_slots) * p.b_rows
+    early = np.maximum(0, s_i - p.b_slots + 1)
+
+    def a_sp(i, mb, g, j):
+        if stream:                              # A ring after the B ring
+            return b_base + p.b_slots * p.b_rows + (i % p.b_slots) * p.a_block
+        base = (mb % p.a_bufs) * p.a_block
+        return base + j * p.mb_rows if ws else base + g * K + ch_koff[j]
+
+    def a_load(sp, m0, m, j):
+        part, k0, k = ch_part[j], ch_k0[j], ch_k[j]
+        if ws:
+            return _rows(Opcode.LOAD_SP, len(sp), sp_addr=sp, nrows=m, ncols=k,
+                         dram_addr=_offsets(a_lays, part, m0, k0), dram_stride=a_pitch[part])
+        return _rows(Opcode.LOAD_SP, len(sp), sp_addr=sp, nrows=k, ncols=m,
+                     dram_addr=_offsets(a_lays, part, k0, m0), dram_stride=a_pitch[part])
+
+    # Every instruction with its sort key (position, group, need / sub-position, order):
+    # loads (group 0) by (vpos, need, creation order) before the items of step vpos (group 1).
+    blocks, keys = [], []
+
+    def add(rows, k1, k2, k3, k4):
+        blocks.append(rows)
+        keys.append(np.broadcast_arrays(*(np.asarray(k, dtype=np.int64) for k in (k1, k2, k3, k4)),
+                                        np.zeros(len(rows), np.int64))[:4])
+
+    if pwl is not None:
+        pre = field_matrix(pwl.instructions(0, cfg))
+        add(pre, -1, 0, np.arange(len(pre)), 0)
+    # B tiles, one per step.
+    part = ch_part[s_j]
+    add(_rows(Opcode.LOAD_SP, S, sp_addr=b_sp, nrows=ch_k[s_j], ncols=n_of[s_nt],
+              dram_addr=_offsets(b_lays, part, ch_k0[s_j], s_nt * C), dram_stride=b_pitch[part]),
+        early, 0, s_i, s_i * (P + 1))
+    if stream:
+        for g in range(P):
+            sel = np.flatnonzero(n_panels[s_mb] > g)
+            i, mb, j = s_i[sel], s_mb[sel], s_j[sel]
+            m0 = np.array([panels[b][g][0] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
+            m = np.array([panels[b][g][1] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
+            add(a_load(a_sp(i, mb, g, j), m0[mb], m[mb], j), early[sel], 0, i, i * (P + 1) + 1 + g)
+    else:
+        used = np.unique(pat_j)
+        first_pos = {int(j): int(np.argmax(pat_j == j)) for j in used}
+        last_pos = {int(j): L - 1 - int(np.argmax(pat_j[::-1] == j)) for j in used}
+        rows_i, rows_mb, rows_g, rows_j, rows_v = [], [], [], [], []
+        for mb in range(p.n_blocks):
+            tiles = panels[mb]
+            for rank, j in enumerate(used.tolist()):
+                i = int(block_start[mb]) + first_pos[j]
+                for g in range(len(tiles)):
+                    if mb == 0:
+                        vpos = int(early[i])
+                    elif p.a_bufs == 2:
+                        # Spread the next block's A loads over the current block.
+                        t = rank * len(tiles) + g
+                        total = len(used) * len(tiles)
+                        vpos = int(block_start[mb - 1]) + (t + 1) * L // (total + 1)
+                    else:
+                        # One A buffer: after the previous block's last use of these rows.
+                        vpos = int(block_start[mb - 1]) + last_pos[j] + 1
+                    rows_i.append(i)
+                    rows_mb.append(mb)
+                    rows_g.append(g)
+                    rows_j.append(j)
+                    rows_v.append(min(vpos, i))
+        i, mb, g, j = (np.array(x, dtype=np.int64) for x in (rows_i, rows_mb, rows_g, rows_j))
+        m0 = np.array([panels[b][gg][0] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
+        m = np.array([panels[b][gg][1] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
+        add(a_load(a_sp(i, mb, g, j), m0, m, j), rows_v, 0, i, i * (P + 1) + 1 + g)
+    # Bias rows into the accumulator before the first COMPUTE of each output tile.
+    if bias is not None:
+        sel = np.flatnonzero(first)
+        nt = s_nt[sel]
+        add(_rows(Opcode.LOAD_ACC, len(sel), acc_addr=acc_base[sel], nrows=block_rows[s_mb[sel]],
+                  ncols=n_of[nt], dram_addr=_offsets([bias], np.zeros_like(nt), 0, nt * C),
+                  dram_stride=0), sel, 1, 0, 0)
+    # One COMPUTE per step and A row group.
+    for g in range(P):
+        sel = np.flatnonzero(n_panels[s_mb] > g)
+        i, mb, j, nt = s_i[sel], s_mb[sel], s_j[sel], s_nt[sel]
+        m = np.array([panels[b][g][1] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
+        add(_rows(Opcode.COMPUTE, len(sel), a_addr=a_sp(i, mb, g, j), b_addr=b_sp[sel],
+                  c_addr=acc_base[sel] + (0 if ws else g * R), m=m[mb], k=ch_k[j], n=n_of[nt],
+                  accumulate=(bias is not None) | ~first[sel]), i, 1, 1 + g, 0)
+    # After the last step of each tile: the lanes' requantization, then the STORE.
+    sel = np.flatnonzero(last)
+    nt = s_nt[sel]
+    if out == "int8":
+        lanes = [None] * C                   # (mult, shift) configured per lane
+        mult_shift = list(zip(mult_c.tolist(), shift_c.tolist()))
+        cfg_i, cfg_sub, cfg_vals = [], [], []
+        for i, t in zip(sel.tolist(), nt.tolist()):
+            n0, n = t * C, int(n_of[t])
+            want = mult_shift[n0:n0 + n]
+            if lanes[:n] == want:
+                continue
+            lane = 0
+            while lane < n:
+                end = lane
+                while end < n and want[end] == want[lane]:
+                    end += 1
+                if lanes[lane:end] != want[lane:end]:
+                    # Widen a uniform run to every lane when all of this tile's lanes agree.
+                    count = C if (lane == 0 and end == n) else end - lane
+                    cfg_i.append(i)
+                    cfg_sub.append(len(cfg_sub))
+                    cfg_vals.append((lane, count, *want[lane]))
+                    lanes[lane:lane + count] = [want[lane]] * count
+                lane = end
+        if cfg_i:
+            v = np.array(cfg_vals, dtype=np.int64)
+            add(_rows(Opcode.CFG_REQUANT, len(v), lane=v[:, 0], count=v[:, 1], mult=v[:, 2],
+                      shift=v[:, 3]), cfg_i, 1, P + 1, cfg_sub)
+    mode = StoreMode.INT32 if out == "int32" else StoreMode.INT8 if pwl is None else StoreMode.INT8_PWL
+    add(_rows(Opcode.STORE, len(sel), acc_addr=acc_base[sel], nrows=block_rows[s_mb[sel]],
+              ncols=n_of[nt], dram_addr=_offsets([c], np.zeros_like(nt), block_m0[s_mb[sel]], nt * C),
+              dram_stride=c.pitch, mode=int(mode), table=0), sel, 1, P + 2, 0)
+    fields = np.concatenate(blocks)
+    k1, k2, k3, k4 = (np.concatenate(k) for k in zip(*keys))
+    fields = fields[np.lexsort((k4, k3, k2, k1))]
+
+    # Loads read A, B and the bias; stores write C: with C apart from the rest, no store can
+    # conflict with a load through external memory.
+    sources = [(lay.addr, lay.end) for q in parts for lay in (q.a, q.b)]
+    if bias is not None:
+        sources.append((bias.addr, bias.end))
+    apart = all(hi <= c.addr or c.end <= lo for lo, hi in sources)
+    plan = {"dataflow": cfg.dataflow.value, "block_rows": p.mb_rows, "blocks": p.n_blocks,
+            "row_panels_per_block": p.group, "k_chunks": len(chunks),
+            "k_steps": S, "n_tiles": nt_count, "a_buffers": p.a_bufs,
+            "a_streamed": stream, "b_slots": p.b_slots, "acc_slots": p.acc_slots}
+    return fields, apart, plan
+
+
+def _matmul_program_reference(config: HwConfig, parts: list[Operand], c: MatrixLayout, *,
+                              mult=1, shift=0, out: str = "int8",
+                              bias: MatrixLayout | None = None, pwl=None,
+                              active: np.ndarray | None = None,
+                              check: bool = True) -> tuple[list[Insn], dict]:
+    """:func:`matmul_program` one instruction at a time through :class:`ProgramBuilder`: the
+    reference the bulk path must equal (tests/test_fast_paths.py)."""
     if out not in ("int8", "int32"):
         raise ValueError(f"out must be 'int8' or 'int32', got {out!r}")
     if not parts:
@@ -664,7 +1136,7 @@ def _matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, 
 
 def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult=1, shift=0,
                    out: str = "int8", bias: MatrixLayout | None = None, pwl=None,
-                   active: np.ndarray | None = None, check: bool = True) -> tuple[list[Insn], dict]:
+                   active: np.ndarray | None = None, check: bool = True) -> tuple[FieldProgram, dict]:
     """A tiled, double-buffered, token-synchronized program for
     ``C = out(bias + sum_p A_p @ B_p)``.
 
@@ -694,7 +1166,8 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
 
     Returns
     -------
-    program : list of Insn
+    program : FieldProgram
+        The instructions, held as their field matrix.
     plan : dict
         The tiling chosen, for reports.
     """
