@@ -388,59 +388,97 @@ def _latest_conflicts(fields, units, config, dram) -> np.ndarray | None:
 
 
 def _tokens(fields: np.ndarray, units: np.ndarray, latest: np.ndarray) -> tuple[np.ndarray, int]:
-    """:meth:`ProgramBuilder.emit` of every row, given each row's latest conflicts."""
+    """:meth:`ProgramBuilder.emit` of every row, given each row's latest conflicts.
+
+    The builder's steps, inline: a row pops each conflict its unit's vector clock does not
+    cover yet; LOAD and STORE reach each other through a COMPUTE (the last one when it covers
+    the conflict, else a new zero-sized relay). The builder's assertion that a queue's tokens
+    are popped in order holds by construction (a popped index always exceeds the popper's
+    clock, which covers every earlier pop of that queue); it is checked again at the end.
+    """
     NONE = (-1, -1, -1)
-    clocks = ([], [], [])
-    members = ([], [], [])
+    loads, computes, stores = [], [], []        # vector clock per unit index
+    members = ([], [], [])                      # output row per unit index
+    lmem, cmem, smem = members
     cmap = []                   # compute index of every non-relay COMPUTE
     source = []                 # per output row: input row, -1 for a relay
-    pushers, poppers, nexts = [], [], []
-    last_push = {}
-
-    def append(src, u, pops):
-        clk = clocks[u]
-        clock = clk[-1] if clk else NONE
-        index = len(source)
-        for v, j in pops:
-            assert last_push.get((v, u), -1) < j, (src, u, v, j)
-            last_push[(v, u)] = j
-            pushers.append(members[v][j])
-            poppers.append(index)
-            nexts.append(u > v)
-            d = clocks[v][j]
-            d0 = j if v == 0 else d[0]
-            d1 = j if v == 1 else d[1]
-            d2 = j if v == 2 else d[2]
-            clock = (clock[0] if clock[0] > d0 else d0, clock[1] if clock[1] > d1 else d1,
-                     clock[2] if clock[2] > d2 else d2)
-        source.append(src)
-        members[u].append(index)
-        clk.append(clock)
-
+    pushers, poppers, nexts = [], [], []        # one entry per token
     relays = 0
-    computes = clocks[1]
-    for q, (u, j0, j1, j2) in enumerate(zip(units.tolist(), *latest.T.tolist())):
-        clk = clocks[u]
-        prev = clk[-1] if clk else NONE
+    for q, u, j0, j1, j2 in zip(range(len(units)), units.tolist(), *latest.T.tolist()):
         if u == 1:
-            pops = []
-            if j0 > prev[0]:
-                pops.append((0, j0))
-            if j2 > prev[2]:
-                pops.append((2, j2))
-            append(q, 1, pops)
-            cmap.append(len(computes) - 1)
+            p0, p1, p2 = computes[-1] if computes else NONE
+            c0, c1, c2 = p0, p1, p2
+            index = len(source)
+            if j0 > p0:
+                d = loads[j0]
+                pushers.append(lmem[j0])
+                poppers.append(index)
+                nexts.append(True)
+                c0 = j0
+                if d[1] > c1:
+                    c1 = d[1]
+                if d[2] > c2:
+                    c2 = d[2]
+            if j2 > p2:
+                d = stores[j2]
+                pushers.append(smem[j2])
+                poppers.append(index)
+                nexts.append(False)
+                if j2 > c2:
+                    c2 = j2
+                if d[0] > c0:
+                    c0 = d[0]
+                if d[1] > c1:
+                    c1 = d[1]
+            source.append(q)
+            cmem.append(index)
+            cmap.append(len(computes))
+            computes.append((c0, c1, c2))
             continue
+        clocks = loads if u == 0 else stores
+        prev = clocks[-1] if clocks else NONE
         if j1 >= 0:
             j1 = cmap[j1]
-        near = j1 if j1 > prev[1] else None
+        near = j1 if j1 > prev[1] else -1
         far, jf = (2, j2) if u == 0 else (0, j0)
         if jf > prev[far]:
             if not (computes and computes[-1][far] >= jf):
+                # A zero-sized COMPUTE that waits for the far unit's instruction.
                 relays += 1
-                append(-1, 1, [(far, jf)])
+                c0, c1, c2 = computes[-1] if computes else NONE
+                index = len(source)
+                if far == 0:
+                    d = loads[jf]
+                    c0 = jf
+                else:
+                    d = stores[jf]
+                    c2 = jf
+                pushers.append(members[far][jf])
+                poppers.append(index)
+                nexts.append(far == 0)
+                if far != 0 and d[0] > c0:
+                    c0 = d[0]
+                if d[1] > c1:
+                    c1 = d[1]
+                if far != 2 and d[2] > c2:
+                    c2 = d[2]
+                source.append(-1)
+                cmem.append(index)
+                computes.append((c0, c1, c2))
             near = len(computes) - 1
-        append(q, u, [] if near is None else [(1, near)])
+        index = len(source)
+        if near >= 0:
+            d = computes[near]
+            pushers.append(cmem[near])
+            poppers.append(index)
+            nexts.append(u == 2)
+            clock = (prev[0] if prev[0] > d[0] else d[0], prev[1] if prev[1] > near else near,
+                     prev[2] if prev[2] > d[2] else d[2])
+        else:
+            clock = prev
+        source.append(q)
+        members[u].append(index)
+        clocks.append(clock)
     src = np.array(source, dtype=np.int64)
     out = fields[np.maximum(src, 0)]
     out[src < 0] = 0
@@ -448,8 +486,11 @@ def _tokens(fields: np.ndarray, units: np.ndarray, latest: np.ndarray) -> tuple[
     if pushers:
         pushers, poppers = np.array(pushers), np.array(poppers)
         nexts = np.array(nexts, dtype=bool)
+        push_col = np.where(nexts, 4, 3)                # push_next / push_prev
+        # Every instruction pushes at most one token each way.
+        assert len(np.unique(pushers * 8 + push_col)) == len(pushers)
         out[poppers, np.where(nexts, 1, 2)] = 1         # pop_prev / pop_next
-        out[pushers, np.where(nexts, 4, 3)] = 1         # push_next / push_prev
+        out[pushers, push_col] = 1
     return out, relays
 
 
