@@ -15,18 +15,17 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 
 from neuralmatrix.hw.arith import matmul_int32, requantize, saturate
 from neuralmatrix.hw.isa import (
-    _COL, _NCOLS, _UNIT_CODE, UNIT_OF, FieldProgram, Insn, Opcode, StoreMode, Unit,
+    _COL, _NCOLS, _UNIT_CODE, INSN_BYTES, UNIT_OF, FieldProgram, Insn, Opcode, StoreMode, Unit,
     assemble_binary, field_matrix, validate,
 )
 from neuralmatrix.hw.params import Dataflow, HwConfig
 
-from .golden import _ACC, _DRAM, _SP, _SPACES, _gc_paused, _spans
+from .golden import _ACC, _DRAM, _SP, _SPACES, CYCLE_COSTS, _gc_paused, _spans
 
 __all__ = ["ProgramBuilder", "synchronize", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
            "chunk_depths", "gemm_program", "random_gemm_image"]
@@ -653,6 +652,42 @@ class _Plan:
     b_rows: int         # scratchpad rows per B slot
     acc_slots: int
     acc_rows: int       # accumulator rows per slot
+    n_group: int = 1    # N tiles accumulated together (2 * n_group accumulator slots)
+    a_slots: int = 0    # A streamed: ring slots (each A tile serves the steps of one group)
+
+
+def _load_cycles(cfg: HwConfig, rows: int) -> int:
+    """What a scratchpad load of *rows* rows occupies the load unit (as the estimate has it)."""
+    costs = CYCLE_COSTS
+    return (cfg.dram_latency + rows + costs["load_overhead"]
+            + costs["load_fetch_share"] * max(1, INSN_BYTES // cfg.bus_bytes))
+
+
+def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Plan:
+    """ws with several A blocks: *resident* (each block's A stays while every N tile streams
+    its B tiles, so B is loaded once per block), or A tiles streamed once per group of N
+    tiles that accumulate together (B loaded once per block of up to ``acc_depth / 2``
+    rows, A once per group), whichever keeps the busier of the load and compute units less
+    busy (by the estimate's costs)."""
+    R = cfg.rows
+    b_slots, a_slots = 4, 3
+    mb_max = min((cfg.sp_depth - b_slots * R) // a_slots, cfg.acc_depth // 2, 0xFFFF)
+    if mb_max < R:
+        return resident
+    n_blocks = -(-M // mb_max)
+    mb = -(-M // n_blocks)
+    group = max(1, min(nt, cfg.acc_depth // (2 * mb)))
+
+    def busy(n_blocks, mb, a_loads):
+        steps = n_blocks * kt * nt
+        load = steps * _load_cycles(cfg, R) + n_blocks * a_loads * _load_cycles(cfg, mb)
+        compute = steps * (max(mb, R) + CYCLE_COSTS["compute_overhead"])
+        return max(load, compute)
+
+    mine = busy(n_blocks, mb, kt * -(-nt // group))
+    if mine >= busy(resident.n_blocks, resident.mb_rows, kt):
+        return resident
+    return _Plan(mb, n_blocks, 1, R, kt, nt, 0, mb, b_slots, R, 2 * group, mb, group, a_slots)
 
 
 def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
@@ -676,14 +711,15 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
                 raise ValueError(f"sp_depth = {cfg.sp_depth} is too small for rows = {R}")
             n_blocks = -(-M // mb)
             mb = -(-M // n_blocks)
-            return _Plan(mb, n_blocks, 1, kc, kt, nt, 0, mb, b_slots, b_rows, 2, mb)
+            return _Plan(mb, n_blocks, 1, kc, kt, nt, 0, mb, b_slots, b_rows, 2, mb, 1, b_slots)
         if M <= block_max(1):
             bufs, n_blocks = 1, 1
         else:
             bufs = 2 if block_max(2) >= 2 * R else 1
             n_blocks = -(-M // block_max(bufs))
         mb = -(-M // n_blocks)
-        return _Plan(mb, n_blocks, 1, kc, kt, nt, bufs, mb * kt, b_slots, b_rows, 2, mb)
+        plan = _Plan(mb, n_blocks, 1, kc, kt, nt, bufs, mb * kt, b_slots, b_rows, 2, mb)
+        return plan if n_blocks == 1 else _ws_grouped(cfg, M, kt, nt, plan)
     # os: one compute per row panel, k as long as the scratchpad allows.
     kc = min(K, 0xFFFF) if 3 * K <= cfg.sp_depth else (cfg.sp_depth - K) // 2
     if kc < min(K, 2 * cfg.sp_row):
@@ -692,7 +728,7 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
         kc = min(K, cfg.sp_depth // (2 * b_slots), 0xFFFF)
         kt = -(-K // kc)
         mt = -(-M // R)
-        return _Plan(R, mt, 1, kc, kt, nt, 0, kc, b_slots, kc, 2, R)
+        return _Plan(R, mt, 1, kc, kt, nt, 0, kc, b_slots, kc, 2, R, 1, b_slots)
     kt = -(-K // kc)
     b_slots = next(s for s in (4, 3, 2) if K + s * kc <= cfg.sp_depth)
     room = cfg.sp_depth - b_slots * kc
@@ -709,13 +745,6 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
     g = -(-mt // n_blocks)
     n_blocks = -(-mt // g)
     return _Plan(g * R, n_blocks, g, kc, kt, nt, bufs, g * K, b_slots, kc, 2, g * R)
-
-
-class _Load(NamedTuple):
-    vpos: int       # emitted before the compute step of this index
-    need: int       # first step that reads it
-    order: int      # unique: loads sort as tuples by (vpos, need, order)
-    insn: Insn
 
 
 @dataclass(frozen=True)
@@ -834,30 +863,41 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
     block_m0 = np.array([g[0][0] for g in panels], dtype=np.int64)
     P = int(n_panels.max())
 
-    # The steps: per block, per N tile, the active chunks (at least one, so every tile is written).
+    # The steps: per block, per group of N tiles, per chunk, the group's tiles for which the
+    # chunk is active (every tile at least one chunk, so every tile is written).
+    G = p.n_group
     act = active.copy()
     act[0, ~act.any(axis=0)] = True
-    pat_nt, pat_j = np.nonzero(act.T)
+    pat = [np.nonzero(act[:, g0:g0 + G]) for g0 in range(0, nt_count, G)]
+    pat_nt = np.concatenate([g0 * G + t for g0, (_, t) in enumerate(pat)])
+    pat_j = np.concatenate([j for j, _ in pat])
+    pat_grp = np.concatenate([np.full(len(j), g0) for g0, (j, _) in enumerate(pat)])
     L = len(pat_nt)
     S = p.n_blocks * L
     s_i = np.arange(S)
     s_mb = np.repeat(np.arange(p.n_blocks), L)
     s_nt, s_j = np.tile(pat_nt, p.n_blocks), np.tile(pat_j, p.n_blocks)
+    s_grp = s_mb * len(pat) + np.tile(pat_grp, p.n_blocks)      # group sequence number
     block_start = np.arange(p.n_blocks + 1) * L
-    first = np.ones(S, dtype=bool)
-    first[1:] = (s_mb[1:] != s_mb[:-1]) | (s_nt[1:] != s_nt[:-1])
-    last = np.ones(S, dtype=bool)
-    last[:-1] = first[1:]
-    tile = np.cumsum(first) - 1
-    acc_base = (tile % p.acc_slots) * p.acc_rows
+    tile_id = s_mb * nt_count + s_nt
+    first = np.zeros(S, dtype=bool)
+    first[np.unique(tile_id, return_index=True)[1]] = True
+    last = np.zeros(S, dtype=bool)
+    last[S - 1 - np.unique(tile_id[::-1], return_index=True)[1]] = True
+    acc_base = ((s_grp % 2) * G + s_nt % G) * p.acc_rows
     stream = p.a_bufs == 0
     b_base = p.a_bufs * p.a_block
     b_sp = b_base + (s_i % p.b_slots) * p.b_rows
     early = np.maximum(0, s_i - p.b_slots + 1)
+    # Streamed A: one tile per (block, group, chunk), in a ring of a_slots.
+    a_new = np.ones(S, dtype=bool)
+    a_new[1:] = (s_grp[1:] != s_grp[:-1]) | (s_j[1:] != s_j[:-1])
+    a_seq = np.cumsum(a_new) - 1
+    a_first = np.flatnonzero(a_new)
 
     def a_sp(i, mb, g, j):
         if stream:                              # A ring after the B ring
-            return b_base + p.b_slots * p.b_rows + (i % p.b_slots) * p.a_block
+            return b_base + p.b_slots * p.b_rows + (a_seq[i] % p.a_slots) * p.a_block
         base = (mb % p.a_bufs) * p.a_block
         return base + j * p.mb_rows if ws else base + g * K + ch_koff[j]
 
@@ -873,10 +913,11 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
     # loads (group 0) by (vpos, need, creation order) before the items of step vpos (group 1).
     blocks, keys = [], []
 
-    def add(rows, k1, k2, k3, k4):
+    def add(rows, k1, k2, k3, k4, k5=0):
         blocks.append(rows)
-        keys.append(np.broadcast_arrays(*(np.asarray(k, dtype=np.int64) for k in (k1, k2, k3, k4)),
-                                        np.zeros(len(rows), np.int64))[:4])
+        keys.append(np.broadcast_arrays(*(np.asarray(k, dtype=np.int64)
+                                          for k in (k1, k2, k3, k4, k5)),
+                                        np.zeros(len(rows), np.int64))[:5])
 
     if pwl is not None:
         pre = field_matrix(pwl.instructions(0, cfg))
@@ -885,14 +926,17 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
     part = ch_part[s_j]
     add(_rows(Opcode.LOAD_SP, S, sp_addr=b_sp, nrows=ch_k[s_j], ncols=n_of[s_nt],
               dram_addr=_offsets(b_lays, part, ch_k0[s_j], s_nt * C), dram_stride=b_pitch[part]),
-        early, 0, s_i, s_i * (P + 1))
+        early, 0, s_i, s_i * (P + 2))
     if stream:
+        # Each A tile loaded while the a_slots - 1 tiles before it are in use.
+        vpos = a_first[np.maximum(0, np.arange(len(a_first)) - p.a_slots + 1)]
         for g in range(P):
-            sel = np.flatnonzero(n_panels[s_mb] > g)
-            i, mb, j = s_i[sel], s_mb[sel], s_j[sel]
+            sel = np.flatnonzero(n_panels[s_mb[a_first]] > g)
+            i = a_first[sel]
+            mb, j = s_mb[i], s_j[i]
             m0 = np.array([panels[b][g][0] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
             m = np.array([panels[b][g][1] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
-            add(a_load(a_sp(i, mb, g, j), m0[mb], m[mb], j), early[sel], 0, i, i * (P + 1) + 1 + g)
+            add(a_load(a_sp(i, mb, g, j), m0[mb], m[mb], j), vpos[sel], 0, i, i * (P + 2) + 1 + g)
     else:
         used = np.unique(pat_j)
         first_pos = {int(j): int(np.argmax(pat_j == j)) for j in used}
@@ -921,14 +965,34 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
         i, mb, g, j = (np.array(x, dtype=np.int64) for x in (rows_i, rows_mb, rows_g, rows_j))
         m0 = np.array([panels[b][gg][0] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
         m = np.array([panels[b][gg][1] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
-        add(a_load(a_sp(i, mb, g, j), m0, m, j), rows_v, 0, i, i * (P + 1) + 1 + g)
-    # Bias rows into the accumulator before the first COMPUTE of each output tile.
+        add(a_load(a_sp(i, mb, g, j), m0, m, j), rows_v, 0, i, i * (P + 2) + 1 + g)
+    # Bias rows into the accumulator before the first COMPUTE of each output tile, loaded
+    # while the tile before it computes: in pieces of at least `rows` rows spread over the
+    # steps between the STORE that frees the accumulator slot and the tile's first step.
     if bias is not None:
-        sel = np.flatnonzero(first)
-        nt = s_nt[sel]
-        add(_rows(Opcode.LOAD_ACC, len(sel), acc_addr=acc_base[sel], nrows=block_rows[s_mb[sel]],
-                  ncols=n_of[nt], dram_addr=_offsets([bias], np.zeros_like(nt), 0, nt * C),
-                  dram_stride=0), sel, 1, 0, 0)
+        starts = np.flatnonzero(first)
+        end_of = dict(zip(tile_id[last].tolist(), np.flatnonzero(last).tolist()))
+        ends = [end_of[t] for t in tile_id[starts].tolist()]
+        slot = acc_base[starts]
+        freed: dict[int, int] = {}          # accumulator slot -> step after its last STORE
+        b_i, b_r0, b_n, b_v, b_piece = [], [], [], [], []
+        for f, e, a in zip(starts.tolist(), ends, slot.tolist()):
+            w = freed.get(a, 0)
+            freed[a] = e + 1
+            rows = int(block_rows[s_mb[f]])
+            pieces = max(1, min(-(-rows // R), f - w))
+            for q in range(pieces):
+                r0 = q * rows // pieces
+                b_i.append(f)
+                b_r0.append(r0)
+                b_n.append((q + 1) * rows // pieces - r0)
+                b_v.append(min(f, w + (q + 1) * (f - w) // (pieces + 1)))
+                b_piece.append(q)
+        f, r0 = np.array(b_i, dtype=np.int64), np.array(b_r0, dtype=np.int64)
+        nt = s_nt[f]
+        add(_rows(Opcode.LOAD_ACC, len(f), acc_addr=acc_base[f] + r0, nrows=b_n, ncols=n_of[nt],
+                  dram_addr=_offsets([bias], np.zeros_like(nt), 0, nt * C), dram_stride=0),
+            b_v, 0, f, f * (P + 2) + P + 1, b_piece)
     # One COMPUTE per step and A row group.
     for g in range(P):
         sel = np.flatnonzero(n_panels[s_mb] > g)
@@ -971,8 +1035,8 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
               ncols=n_of[nt], dram_addr=_offsets([c], np.zeros_like(nt), block_m0[s_mb[sel]], nt * C),
               dram_stride=c.pitch, mode=int(mode), table=0), sel, 1, P + 2, 0)
     fields = np.concatenate(blocks)
-    k1, k2, k3, k4 = (np.concatenate(k) for k in zip(*keys))
-    fields = fields[np.lexsort((k4, k3, k2, k1))]
+    k1, k2, k3, k4, k5 = (np.concatenate(k) for k in zip(*keys))
+    fields = fields[np.lexsort((k5, k4, k3, k2, k1))]
 
     # Loads read A, B and the bias; stores write C: with C apart from the rest, no store can
     # conflict with a load through external memory.
@@ -983,7 +1047,8 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
     plan = {"dataflow": cfg.dataflow.value, "block_rows": p.mb_rows, "blocks": p.n_blocks,
             "row_panels_per_block": p.group, "k_chunks": len(chunks),
             "k_steps": S, "n_tiles": nt_count, "a_buffers": p.a_bufs,
-            "a_streamed": stream, "b_slots": p.b_slots, "acc_slots": p.acc_slots}
+            "a_streamed": stream, "b_slots": p.b_slots, "acc_slots": p.acc_slots,
+            "n_tiles_per_group": G, "a_slots": p.a_slots}
     return fields, apart, plan
 
 
@@ -992,186 +1057,18 @@ def _matmul_program_reference(config: HwConfig, parts: list[Operand], c: MatrixL
                               bias: MatrixLayout | None = None, pwl=None,
                               active: np.ndarray | None = None,
                               check: bool = True) -> tuple[list[Insn], dict]:
-    """:func:`matmul_program` one instruction at a time through :class:`ProgramBuilder`: the
-    reference the bulk path must equal (tests/test_fast_paths.py)."""
-    if out not in ("int8", "int32"):
-        raise ValueError(f"out must be 'int8' or 'int32', got {out!r}")
-    if not parts:
-        raise ValueError("matmul_program needs at least one operand")
-    cfg = config
-    ws = cfg.dataflow is Dataflow.WS
-    R, C = cfg.rows, cfg.cols
-    M, N = c.rows, c.cols
-    for i, p in enumerate(parts):
-        m_p = p.a.rows if ws else p.a.cols
-        k_p = p.a.cols if ws else p.a.rows
-        if m_p != M or p.b.cols != N or k_p != p.b.rows:
-            raise ValueError(f"operand {i}: A is {p.a.rows}x{p.a.cols}, B {p.b.rows}x{p.b.cols}; "
-                             f"C is {M}x{N} ({cfg.dataflow} stores A{'' if ws else '.T'})")
-    K = sum(p.b.rows for p in parts)
-    if min(M, K, N) < 1:
-        raise ValueError(f"M, K and N must be >= 1, got {M}, {K}, {N}")
-    if pwl is not None and out != "int8":
-        raise ValueError("a PWL output needs out='int8'")
-    mult_c, shift_c = _per_column(mult, N, "mult"), _per_column(shift, N, "shift")
-    chunks = _chunks(cfg, [p.b.rows for p in parts])
-    p = _plan(cfg, M, len(chunks) * R if ws else K, N)
-    nt_count = p.nt
-    if active is None:
-        active = np.ones((len(chunks), nt_count), dtype=bool)
-    active = np.asarray(active, dtype=bool)
-    if active.shape != (len(chunks), nt_count):
-        raise ValueError(f"active must be {len(chunks)} chunks x {nt_count} N tiles, "
-                         f"got {active.shape}")
-
-    def n_of(nt):
-        return min(C, N - nt * C)
-
-    def a_panels_of(mb):
-        """(m0, m) of the A row groups of block mb: one (ws) or one per row panel (os)."""
-        if ws:
-            m0 = mb * p.mb_rows
-            return [(m0, min(p.mb_rows, M - m0))]
-        first = mb * p.group
-        return [(q * R, min(R, M - q * R)) for q in range(first, min(first + p.group, -(-M // R)))]
-
-    panels = [a_panels_of(mb) for mb in range(p.n_blocks)]
-    a_panels = panels.__getitem__
-
-    # The steps: per block, per N tile, the active chunks (at least one, so every tile is written).
-    steps: list[tuple[int, int, int]] = []
-    block_start = []
-    for mb in range(p.n_blocks):
-        block_start.append(len(steps))
-        for nt in range(nt_count):
-            js = np.nonzero(active[:, nt])[0].tolist() or [0]
-            steps += [(mb, nt, j) for j in js]
-    block_start.append(len(steps))
-    stream = p.a_bufs == 0
-    b_base = p.a_bufs * p.a_block
-
-    def a_sp(i, mb, g, j):
-        if stream:                              # A ring after the B ring
-            return b_base + p.b_slots * p.b_rows + (i % p.b_slots) * p.a_block
-        base = (mb % p.a_bufs) * p.a_block
-        return base + j * p.mb_rows if ws else base + g * K + chunks[j].koff
-
-    def a_load(sp, m0, m, j):
-        ch, lay = chunks[j], parts[chunks[j].part].a
-        if ws:
-            return Insn(Opcode.LOAD_SP, sp_addr=sp, nrows=m, ncols=ch.k,
-                        dram_addr=lay.offset(m0, ch.k0), dram_stride=lay.pitch)
-        return Insn(Opcode.LOAD_SP, sp_addr=sp, nrows=ch.k, ncols=m,
-                    dram_addr=lay.offset(ch.k0, m0), dram_stride=lay.pitch)
-
-    loads: list[_Load] = []
-    first_use: dict[tuple[int, int], int] = {}
-    last_use: dict[tuple[int, int], int] = {}
-    for i, (mb, nt, j) in enumerate(steps):
-        first_use.setdefault((mb, j), i)
-        last_use[(mb, j)] = i
-    used_of: dict[int, list[int]] = {}          # per block: the chunks it uses, ascending
-    for (b_, jj) in first_use:
-        used_of.setdefault(b_, []).append(jj)
-    for used in used_of.values():
-        used.sort()
-    for i, (mb, nt, j) in enumerate(steps):
-        early = max(0, i - p.b_slots + 1)
-        ch, blay = chunks[j], parts[chunks[j].part].b
-        # The B tile first: the first COMPUTE of a step needs only it and one A tile.
-        insn = Insn(Opcode.LOAD_SP, sp_addr=b_base + (i % p.b_slots) * p.b_rows, nrows=ch.k,
-                    ncols=n_of(nt), dram_addr=blay.offset(ch.k0, nt * C), dram_stride=blay.pitch)
-        loads.append(_Load(early, i, len(loads), insn))
-        if stream:
-            for g, (m0, m) in enumerate(a_panels(mb)):
-                loads.append(_Load(early, i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
-        elif first_use[(mb, j)] == i:
-            tiles = a_panels(mb)
-            used = used_of[mb]
-            for g, (m0, m) in enumerate(tiles):
-                if mb == 0:
-                    vpos = early
-                elif p.a_bufs == 2:
-                    # Spread the next block's A loads over the current block.
-                    t = used.index(j) * len(tiles) + g
-                    total = len(used) * len(tiles)
-                    span = block_start[mb] - block_start[mb - 1]
-                    vpos = block_start[mb - 1] + (t + 1) * span // (total + 1)
-                else:
-                    # One A buffer: after the previous block's last use of these rows.
-                    vpos = last_use.get((mb - 1, j), block_start[mb - 1]) + 1
-                loads.append(_Load(min(vpos, i), i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
-    loads.sort()
-
-    # Loads read A, B and the bias; stores write C: with C apart from the rest, no store can
-    # conflict with a load through external memory.
-    sources = [(lay.addr, lay.end) for part in parts for lay in (part.a, part.b)]
-    if bias is not None:
-        sources.append((bias.addr, bias.end))
-    apart = all(hi <= c.addr or c.end <= lo for lo, hi in sources)
-    builder = ProgramBuilder(cfg, dram=not apart)
-    if pwl is not None:
-        for insn in pwl.instructions(0, cfg):
-            builder.emit(insn)
-    lanes = [None] * C                   # (mult, shift) configured per lane
-
-    mult_shift = list(zip(mult_c.tolist(), shift_c.tolist()))
-
-    def configure(nt):
-        n0, n = nt * C, n_of(nt)
-        want = mult_shift[n0:n0 + n]
-        if lanes[:n] == want:
-            return
-        lane = 0
-        while lane < n:
-            end = lane
-            while end < n and want[end] == want[lane]:
-                end += 1
-            if lanes[lane:end] != want[lane:end]:
-                # Widen a uniform run to every lane when all of this tile's lanes agree.
-                count = C if (lane == 0 and end == n) else end - lane
-                builder.emit(Insn(Opcode.CFG_REQUANT, lane=lane, count=count,
-                                  mult=want[lane][0], shift=want[lane][1]))
-                lanes[lane:lane + count] = [want[lane]] * count
-            lane = end
-
-    mode = StoreMode.INT32 if out == "int32" else StoreMode.INT8 if pwl is None else StoreMode.INT8_PWL
-    li = 0
-    tile_index = -1
-    for i, (mb, nt, j) in enumerate(steps):
-        while li < len(loads) and loads[li].vpos <= i:
-            builder.emit(loads[li].insn)
-            li += 1
-        first = i == 0 or steps[i - 1][:2] != (mb, nt)
-        last = i == len(steps) - 1 or steps[i + 1][:2] != (mb, nt)
-        if first:
-            tile_index += 1
-        acc_base = (tile_index % p.acc_slots) * p.acc_rows
-        rows = sum(m for _, m in a_panels(mb))
-        if first and bias is not None:
-            builder.emit(Insn(Opcode.LOAD_ACC, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
-                              dram_addr=bias.offset(0, nt * C), dram_stride=0))
-        b_sp = b_base + (i % p.b_slots) * p.b_rows
-        for g, (m0, m) in enumerate(a_panels(mb)):
-            builder.emit(Insn(Opcode.COMPUTE, a_addr=a_sp(i, mb, g, j), b_addr=b_sp,
-                              c_addr=acc_base + (0 if ws else g * R), m=m, k=chunks[j].k,
-                              n=n_of(nt), accumulate=int(bias is not None or not first)))
-        if last:
-            m0 = a_panels(mb)[0][0]
-            if out == "int8":
-                configure(nt)
-            builder.emit(Insn(Opcode.STORE, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
-                              dram_addr=c.offset(m0, nt * C), dram_stride=c.pitch,
-                              mode=int(mode), table=0))
-    assert li == len(loads)
+    """:func:`matmul_program` with the schedule synchronized one instruction at a time by
+    :class:`ProgramBuilder`: the reference :func:`synchronize` must equal
+    (tests/test_bulk_emit.py)."""
+    fields, apart, plan = _matmul_fields(config, parts, c, mult=mult, shift=shift, out=out,
+                                         bias=bias, pwl=pwl, active=active)
+    builder = ProgramBuilder(config, dram=not apart)
+    for insn in FieldProgram(fields):
+        builder.emit(insn)
     program = builder.finish()
     if check:
-        validate(program, cfg)
-    plan = {"dataflow": cfg.dataflow.value, "block_rows": p.mb_rows, "blocks": p.n_blocks,
-            "row_panels_per_block": p.group, "k_chunks": len(chunks),
-            "k_steps": len(steps), "n_tiles": nt_count, "a_buffers": p.a_bufs,
-            "a_streamed": stream, "b_slots": p.b_slots, "acc_slots": p.acc_slots,
-            "relays": builder.relays}
+        validate(program, config)
+    plan["relays"] = builder.relays
     return program, plan
 
 
