@@ -966,33 +966,15 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
         m0 = np.array([panels[b][gg][0] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
         m = np.array([panels[b][gg][1] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
         add(a_load(a_sp(i, mb, g, j), m0, m, j), rows_v, 0, i, i * (P + 2) + 1 + g)
-    # Bias rows into the accumulator before the first COMPUTE of each output tile, loaded
-    # while the tile before it computes: in pieces of at least `rows` rows spread over the
-    # steps between the STORE that frees the accumulator slot and the tile's first step.
+    # Bias rows into the accumulator before the first COMPUTE of each output tile. (Loaded
+    # earlier, while the tile before computes, it gains nothing on the RTL: the load then
+    # shares the accumulator with the computes.)
     if bias is not None:
-        starts = np.flatnonzero(first)
-        end_of = dict(zip(tile_id[last].tolist(), np.flatnonzero(last).tolist()))
-        ends = [end_of[t] for t in tile_id[starts].tolist()]
-        slot = acc_base[starts]
-        freed: dict[int, int] = {}          # accumulator slot -> step after its last STORE
-        b_i, b_r0, b_n, b_v, b_piece = [], [], [], [], []
-        for f, e, a in zip(starts.tolist(), ends, slot.tolist()):
-            w = freed.get(a, 0)
-            freed[a] = e + 1
-            rows = int(block_rows[s_mb[f]])
-            pieces = max(1, min(-(-rows // R), f - w))
-            for q in range(pieces):
-                r0 = q * rows // pieces
-                b_i.append(f)
-                b_r0.append(r0)
-                b_n.append((q + 1) * rows // pieces - r0)
-                b_v.append(min(f, w + (q + 1) * (f - w) // (pieces + 1)))
-                b_piece.append(q)
-        f, r0 = np.array(b_i, dtype=np.int64), np.array(b_r0, dtype=np.int64)
-        nt = s_nt[f]
-        add(_rows(Opcode.LOAD_ACC, len(f), acc_addr=acc_base[f] + r0, nrows=b_n, ncols=n_of[nt],
-                  dram_addr=_offsets([bias], np.zeros_like(nt), 0, nt * C), dram_stride=0),
-            b_v, 0, f, f * (P + 2) + P + 1, b_piece)
+        sel = np.flatnonzero(first)
+        nt = s_nt[sel]
+        add(_rows(Opcode.LOAD_ACC, len(sel), acc_addr=acc_base[sel], nrows=block_rows[s_mb[sel]],
+                  ncols=n_of[nt], dram_addr=_offsets([bias], np.zeros_like(nt), 0, nt * C),
+                  dram_stride=0), sel, 1, 0, 0)
     # One COMPUTE per step and A row group.
     for g in range(P):
         sel = np.flatnonzero(n_panels[s_mb] > g)
