@@ -9,6 +9,12 @@ earlier instruction of each other unit whose memory accesses conflict with its o
 scratchpad: tiled over M, N and K with accumulate chains, operand tiles double-buffered in
 the scratchpad and prefetched ahead of the computes, accumulator tiles double-buffered so
 stores overlap the next tile's computes.
+
+:func:`matmul_program` builds its schedule with numpy per loop nest and synchronizes it with
+:func:`synchronize`, which gives exactly what :class:`ProgramBuilder` gives instruction by
+instruction (tests/test_bulk_emit.py); programs are :class:`~neuralmatrix.hw.isa.FieldProgram`
+(held as their field matrix, which the validator, the estimate, the assembler and the golden
+model take as it is).
 """
 
 from __future__ import annotations
@@ -575,7 +581,7 @@ class GemmProgram:
 
     Attributes
     ----------
-    program : list of Insn
+    program : FieldProgram
     a : MatrixLayout
         ``A`` (``M x K``) in ws; ``A.T`` (``K x M``) in os.
     b : MatrixLayout
@@ -592,7 +598,7 @@ class GemmProgram:
     M: int
     K: int
     N: int
-    program: list[Insn]
+    program: FieldProgram
     a: MatrixLayout
     b: MatrixLayout
     c: MatrixLayout
@@ -1151,7 +1157,9 @@ def gemm_program(config: HwConfig, M: int, K: int, N: int, *, a_addr: int, b_add
     the current block), B tiles are loaded up to ``b_slots - 1`` steps ahead, and accumulator
     tiles alternate between two slots. When K is too long for a resident A block, A tiles
     stream through a ring like the B tiles (no A reuse across N tiles: load-bound, but any K
-    works).
+    works). ws, when A would need several resident blocks (so B is loaded once per block):
+    if it loads less, blocks of up to ``acc_depth / 2`` rows instead, each A tile streamed
+    once per group of N tiles that accumulate together (``2 x group`` accumulator slots).
     """
     if min(M, K, N) < 1:
         raise ValueError(f"M, K and N must be >= 1, got {M}, {K}, {N}")
