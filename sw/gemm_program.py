@@ -793,8 +793,12 @@ _HALT_ROW[0, 0] = int(Opcode.HALT)
 
 def _offsets(lays: list[MatrixLayout], which: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """:meth:`MatrixLayout.offset` ``(i, j)`` in layout ``lays[which]``, elementwise."""
-    def attr(name):
-        return np.array([getattr(lay, name) for lay in lays], dtype=np.int64)[which]
+    if len(lays) == 1:
+        def attr(name):
+            return getattr(lays[0], name)
+    else:
+        def attr(name):
+            return np.array([getattr(lay, name) for lay in lays], dtype=np.int64)[which]
 
     panel = attr("panel")
     return attr("addr") + (j // panel) * attr("panel_stride") + i * attr("pitch") \
