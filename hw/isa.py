@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -39,7 +40,7 @@ from .params import Dataflow, HwConfig
 __all__ = [
     "INSN_BITS", "INSN_BYTES", "HEADER_BITS", "Opcode", "Unit", "UNIT_OF", "Field", "HEADER",
     "FIELDS", "StoreMode", "layout", "Insn", "encode", "decode", "assemble_binary",
-    "disassemble_binary", "field_matrix", "field_column",
+    "disassemble_binary", "field_matrix", "field_column", "FieldProgram",
 ]
 
 INSN_BITS = 128
@@ -242,14 +243,67 @@ class Insn:
                 "push_prev": self.push_prev, "push_next": self.push_next}
 
 
+class FieldProgram(Sequence):
+    """A program held as its :func:`field_matrix` (what the compiler emits in bulk).
+
+    A read-only sequence of :class:`Insn`: indexing and iteration decode rows into new
+    :class:`Insn` objects (changing those does not change the program). Every function that
+    takes a program takes this too, and :func:`field_matrix` returns *fields* itself.
+
+    Parameters
+    ----------
+    fields : np.ndarray
+        One row per instruction, as :func:`field_matrix` lays them out (copied to int64).
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: np.ndarray):
+        fields = np.array(fields, dtype=np.int64, ndmin=2)
+        if fields.shape[1:] != (_NCOLS,):
+            raise ValueError(f"fields must have {_NCOLS} columns, got shape {fields.shape}")
+        fields.flags.writeable = False
+        self.fields = fields
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [_row_insn(row) for row in self.fields[index].tolist()]
+        return _row_insn(self.fields[index].tolist())
+
+    def __iter__(self):
+        return map(_row_insn, self.fields.tolist())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, FieldProgram):
+            return np.array_equal(self.fields, other.fields)
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+    def __reduce__(self):
+        return FieldProgram, (self.fields,)
+
+
+def _row_insn(row: list[int]) -> Insn:
+    op = _OPCODE_OF[row[0]]
+    names = _NAMES[op]
+    return Insn(op, *row[1:5], **dict(zip(names, row[5:5 + len(names)])))
+
+
 def field_matrix(program) -> np.ndarray | None:
     """The instructions as an int64 matrix, for bulk work over whole programs.
 
     One row per instruction: ``opcode, pop_prev, pop_next, push_prev, push_next``, then the
     opcode's fields in :data:`FIELDS` order (:func:`field_column`), zero-padded. None when
     some entry is not an :class:`Insn` or some value is not an integer that fits int64 (the
-    per-instruction code paths then report it).
+    per-instruction code paths then report it). A :class:`FieldProgram` gives its own
+    (read-only) matrix.
     """
+    if isinstance(program, FieldProgram):
+        return program.fields
     pad = (0,) * _NCOLS
     values: list = []
     extend = values.extend
@@ -799,7 +853,9 @@ def validate(program: list[Insn], config: HwConfig, *, dram_bytes: int | None = 
     token flags each unit has; exactly one ``HALT``, last; memory ranges; and that the token
     protocol does not deadlock (:func:`trace_tokens` with ``config.queue_depth``).
     """
-    problems = _problems(list(program), config, dram_bytes, program_range, fields)
+    if not isinstance(program, FieldProgram):
+        program = list(program)
+    problems = _problems(program, config, dram_bytes, program_range, fields)
     if problems:
         raise ProgramError(problems)
 

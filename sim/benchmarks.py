@@ -6,6 +6,8 @@ Usage::
     python -m neuralmatrix.sim.benchmarks accelerator [--sizes 8x8,16x16] [--gemm 256,256,256]
     python -m neuralmatrix.sim.benchmarks network [--nets digits,minilm16,minilm128,resnet50]
                                                   [--sizes 8x8,16x16] [--json FILE]
+    python -m neuralmatrix.sim.benchmarks compile [--nets minilm16,minilm48,minilm128,digits]
+                                                  [--sizes 8x8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from neuralmatrix.hw.generate import generate_verilog, top_module_name
 from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sim.runner import build, run
 
-__all__ = ["bench_array", "bench_gemm", "bench_network", "NETWORKS", "main"]
+__all__ = ["bench_array", "bench_gemm", "bench_network", "bench_compile", "NETWORKS",
+           "COMPILE_NETWORKS", "main"]
 
 
 def bench_array(sizes, dataflows=("ws", "os"), cycles: int = 200_000, root: Path | None = None):
@@ -88,6 +91,45 @@ NETWORKS = {
 }
 
 
+#: Compile benchmark: name -> (``neuralmatrix compile`` model, extra arguments).
+COMPILE_NETWORKS = {
+    "minilm16": ("minilm", ["--seq-len", "16"]),
+    "minilm48": ("minilm", ["--seq-len", "48"]),
+    "minilm128": ("minilm", ["--seq-len", "128"]),
+    "digits": ("digits", []),
+}
+
+
+def bench_compile(name: str, config: HwConfig) -> dict:
+    """``neuralmatrix compile`` of a built-in network in a fresh process, as a user runs it:
+    the compile time it reports (import, calibration, linearization, code generation), the
+    whole process's wall time (Python start-up and imports, writing the outputs included),
+    and the size of what it emitted."""
+    import re
+    import subprocess
+    import time
+
+    model, extra = COMPILE_NETWORKS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "neuralmatrix.sw.cli", "compile", model, *extra,
+               "--rows", str(config.rows), "--cols", str(config.cols),
+               "--dataflow", config.dataflow.value, "-o", str(out)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        process_s = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        rep = json.loads((out / "report.json").read_text())
+    said = re.search(r"compiled in ([0-9.]+) s", proc.stderr)
+    tot = rep["totals"]
+    return {"network": name, "config": config.tag, "compile_s": rep["compile_seconds"],
+            "reported": said.group(0) if said else "", "process_s": process_s,
+            "kernels": tot["kernels"], "insns": sum(k["insns"] for k in rep["kernels"]),
+            "program_bytes": tot["program_bytes"], "est_cycles": tot["est_cycles"],
+            "est_utilization_pct": 100 * tot["est_utilization"]}
+
+
 def bench_network(name: str, config: HwConfig) -> dict:
     """Compile a benchmark network, run it on the golden model and on the RTL; wall times
     (the Verilator build apart), RTL cycles, utilization and the golden estimate's error."""
@@ -149,10 +191,18 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="8x8,16x16")
     p.add_argument("--dataflows", default="ws")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p = sub.add_parser("compile", help="compile time of built-in networks (neuralmatrix compile)")
+    p.add_argument("--nets", default=",".join(COMPILE_NETWORKS),
+                   help=f"comma-separated, of {', '.join(COMPILE_NETWORKS)} (default all)")
+    p.add_argument("--sizes", default="8x8")
+    p.add_argument("--dataflows", default="ws")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")]
     if args.which == "network":
         return _main_network(args, sizes)
+    if args.which == "compile":
+        return _main_compile(args, sizes)
     if args.which == "accelerator":
         M, K, N = map(int, args.gemm.split(","))
         table = Table(title=f"int8 GEMM {M}x{K}x{N} on the accelerator RTL (Verilator)")
@@ -207,6 +257,33 @@ def _main_network(args, sizes) -> int:
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=1))
     console.print(table)
+    return 0
+
+
+def _main_compile(args, sizes) -> int:
+    nets = args.nets.split(",")
+    unknown = [n for n in nets if n not in COMPILE_NETWORKS]
+    if unknown:
+        raise SystemExit(f"unknown network(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(COMPILE_NETWORKS)}")
+    table = Table(title="neuralmatrix compile (fresh process each; compile s = the time the "
+                        "command reports, process s = its whole run)")
+    for col in ("network", "config", "compile s", "process s", "kernels", "instructions",
+                "program bytes", "est. cycles", "est. utilization"):
+        table.add_column(col, justify="right")
+    results = []
+    for net in nets:
+        for r, c in sizes:
+            for df in args.dataflows.split(","):
+                res = bench_compile(net, HwConfig(r, c, df))
+                results.append(res)
+                table.add_row(res["network"], res["config"], f"{res['compile_s']:.2f}",
+                              f"{res['process_s']:.2f}", f"{res['kernels']:,}", f"{res['insns']:,}",
+                              f"{res['program_bytes']:,}", f"{res['est_cycles']:,}",
+                              f"{res['est_utilization_pct']:.1f}%")
+                if args.json:
+                    Path(args.json).write_text(json.dumps(results, indent=1))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
 
 

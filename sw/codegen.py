@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neuralmatrix.hw.isa import Insn, assemble_binary, field_matrix, validate
+from neuralmatrix.hw.isa import FieldProgram, assemble_binary, field_matrix, validate
 from neuralmatrix.hw.params import ConfigError, Dataflow, HwConfig
 
 from .gemm_program import MatrixLayout, Operand, chunk_depths, matmul_program
@@ -32,7 +32,7 @@ class KernelCode:
     """A kernel's program and where it lives."""
 
     kernel: Kernel
-    program: list[Insn]
+    program: FieldProgram       # held as its field matrix; iterating decodes Insns
     addr: int
     size: int
     plan: dict

@@ -9,23 +9,31 @@ earlier instruction of each other unit whose memory accesses conflict with its o
 scratchpad: tiled over M, N and K with accumulate chains, operand tiles double-buffered in
 the scratchpad and prefetched ahead of the computes, accumulator tiles double-buffered so
 stores overlap the next tile's computes.
+
+:func:`matmul_program` builds its schedule with numpy per loop nest and synchronizes it with
+:func:`synchronize`, which gives exactly what :class:`ProgramBuilder` gives instruction by
+instruction (tests/test_bulk_emit.py); programs are :class:`~neuralmatrix.hw.isa.FieldProgram`
+(held as their field matrix, which the validator, the estimate, the assembler and the golden
+model take as it is).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 
 from neuralmatrix.hw.arith import matmul_int32, requantize, saturate
-from neuralmatrix.hw.isa import UNIT_OF, Insn, Opcode, StoreMode, Unit, assemble_binary, validate
+from neuralmatrix.hw.isa import (
+    _COL, _NCOLS, _UNIT_CODE, INSN_BYTES, UNIT_OF, FieldProgram, Insn, Opcode, StoreMode, Unit,
+    assemble_binary, field_matrix, validate,
+)
 from neuralmatrix.hw.params import Dataflow, HwConfig
 
-from .golden import _SPACES, _gc_paused, _spans
+from .golden import _ACC, _DRAM, _SP, _SPACES, CYCLE_COSTS, _gc_paused, _spans
 
-__all__ = ["ProgramBuilder", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
+__all__ = ["ProgramBuilder", "synchronize", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
            "chunk_depths", "gemm_program", "random_gemm_image"]
 
 _NONE = (-1, -1, -1)
@@ -233,6 +241,264 @@ class ProgramBuilder:
         return index
 
 
+# -- bulk synchronization ----------------------------------------------------------------------
+
+def synchronize(fields: np.ndarray, config: HwConfig | None = None, *,
+                dram: bool = True) -> tuple[np.ndarray, int]:
+    """What :class:`ProgramBuilder` makes of a whole instruction sequence, in bulk.
+
+    Parameters
+    ----------
+    fields : np.ndarray
+        The instructions in program order as a :func:`~neuralmatrix.hw.isa.field_matrix`,
+        without token flags and without HALT.
+    config, dram
+        As for :class:`ProgramBuilder`.
+
+    Returns
+    -------
+    fields : np.ndarray
+        The same program ``ProgramBuilder.emit`` of every row builds (token flags set,
+        zero-sized COMPUTE relays inserted), without HALT.
+    relays : int
+
+    Notes
+    -----
+    The builder's latest-conflict queries depend only on the footprints of earlier
+    instructions, not on the tokens, so they are answered for all instructions at once
+    (:func:`_latest_conflicts`); only the vector clocks that decide which of those conflicts
+    need a token, and the relays, are followed instruction by instruction (:func:`_tokens`).
+    """
+    fields = np.asarray(fields, dtype=np.int64)
+    ops = fields[:, 0]
+    if (fields[:, 1:5] != 0).any():
+        raise ValueError("synchronize sets the token flags itself; got rows with flags")
+    units = _UNIT_CODE[ops]
+    if (units < 0).any():
+        raise ValueError("use ProgramBuilder.finish() to end the program (HALT in fields)")
+    latest = _latest_conflicts(fields, units, config, dram)
+    if latest is None:                      # too many overlapping ranges: one at a time
+        builder = ProgramBuilder(config, dram=dram)
+        for insn in FieldProgram(fields):
+            builder.emit(insn)
+        return field_matrix(builder.program), builder.relays
+    return _tokens(fields, units, latest)
+
+
+def _footprints(fields: np.ndarray, config: HwConfig | None, dram: bool):
+    """:func:`~neuralmatrix.sw.golden._spans` (``merge=True``) of every row, as arrays
+    ``(row, space, lo, hi, write)`` with the empty ranges left out."""
+    ops = fields[:, 0]
+    f = [fields[:, c] for c in range(5, 12)]
+    out = []
+
+    def add(sel, space, lo, hi, write):
+        rows = np.flatnonzero(sel)
+        if len(rows):
+            out.append((rows, np.full(len(rows), space), lo[rows], hi[rows],
+                        np.full(len(rows), write)))
+
+    comp = (ops == Opcode.COMPUTE) & (f[3] != 0) & (f[4] != 0) & (f[5] != 0)
+    if comp.any():
+        m, k = f[3], f[4]
+        if config is None:
+            a_rows = np.maximum(m, k)
+        else:
+            a_rows = m if config.dataflow is Dataflow.WS else k
+        add(comp, _SP, f[0], f[0] + a_rows, False)
+        add(comp, _SP, f[1], f[1] + k, False)
+        add(comp, _ACC, f[2], f[2] + m, True)
+    nrows, ncols, lo, stride = f[1], f[2], f[3], f[4]
+    live = (nrows != 0) & (ncols != 0)
+    span = lo + (nrows - 1) * stride
+    for op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.STORE):
+        sel = live & (ops == op)
+        if not sel.any():
+            continue
+        if op == Opcode.LOAD_SP:
+            add(sel, _SP, f[0], f[0] + nrows, True)
+            if dram:
+                add(sel, _DRAM, lo, span + ncols, False)
+        elif op == Opcode.LOAD_ACC:
+            add(sel, _ACC, f[0], f[0] + nrows, True)
+            if dram:
+                add(sel, _DRAM, lo, span + 4 * ncols, False)
+        else:
+            add(sel, _ACC, f[0], f[0] + nrows, False)
+            if dram:
+                add(sel, _DRAM, lo, span + ncols * np.where(f[5] == StoreMode.INT32, 4, 1), True)
+    if not out:
+        return None
+    row, space, lo, hi, write = (np.concatenate(x) for x in zip(*out))
+    keep = lo < hi
+    return row[keep], space[keep], lo[keep], hi[keep], write[keep]
+
+
+#: Above this many (range, elementary segment) pairs, :func:`synchronize` uses the builder.
+_MAX_PIECES = 1 << 25
+
+
+def _latest_conflicts(fields, units, config, dram) -> np.ndarray | None:
+    """Per row and unit v: the unit index (among v's instructions) of the latest earlier
+    instruction of v whose footprint conflicts with the row's (a write with any access, a read
+    with a write); -1 when none (and for the row's own unit). None when the ranges are too
+    many to answer in bulk."""
+    n = len(fields)
+    out = np.full((n, 3), -1, dtype=np.int64)
+    fp = _footprints(fields, config, dram)
+    if fp is None:
+        return out
+    # Unit index of every row within its unit.
+    uindex = np.empty(n, dtype=np.int64)
+    for u in range(3):
+        sel = np.flatnonzero(units == u)
+        uindex[sel] = np.arange(len(sel))
+    row, space, lo, hi, write = fp
+    for s in range(len(_SPACES)):
+        sel = np.flatnonzero(space == s)
+        if not len(sel):
+            continue
+        r, a, b, w = row[sel], lo[sel], hi[sel], write[sel]
+        # Elementary segments between all range ends: two ranges overlap iff they share one.
+        bounds = np.unique(np.concatenate([a, b]))
+        s0, s1 = np.searchsorted(bounds, a), np.searchsorted(bounds, b)
+        count = s1 - s0
+        total = int(count.sum())
+        if total > _MAX_PIECES:
+            return None
+        piece = np.repeat(np.arange(len(r)), count)
+        seg = s0[piece] + np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+        pr, pw, pu = r[piece], w[piece], units[r[piece]]
+        T = n + 1
+        key = seg * T + pr                       # ranges sorted by segment, then row
+        for v in range(3):
+            mine = pu == v
+            if not mine.any():
+                continue
+            others = ~mine
+            # A write meets v's latest access, a read v's latest write.
+            for query, events in ((others & pw, mine), (others & ~pw, mine & pw)):
+                if not query.any() or not events.any():
+                    continue
+                ek = key[events]
+                order = np.argsort(ek, kind="stable")
+                ek = ek[order]
+                ev = uindex[pr[events][order]]
+                qk = key[query]
+                at = np.searchsorted(ek, qk) - 1     # the latest event before the row
+                hit = at >= 0
+                hit[hit] = ek[at[hit]] // T == seg[query][hit]
+                np.maximum.at(out[:, v], pr[query][hit], ev[at[hit]])
+    return out
+
+
+def _tokens(fields: np.ndarray, units: np.ndarray, latest: np.ndarray) -> tuple[np.ndarray, int]:
+    """:meth:`ProgramBuilder.emit` of every row, given each row's latest conflicts.
+
+    The builder's steps, inline: a row pops each conflict its unit's vector clock does not
+    cover yet; LOAD and STORE reach each other through a COMPUTE (the last one when it covers
+    the conflict, else a new zero-sized relay). The builder's assertion that a queue's tokens
+    are popped in order holds by construction (a popped index always exceeds the popper's
+    clock, which covers every earlier pop of that queue); it is checked again at the end.
+    """
+    NONE = (-1, -1, -1)
+    loads, computes, stores = [], [], []        # vector clock per unit index
+    members = ([], [], [])                      # output row per unit index
+    lmem, cmem, smem = members
+    cmap = []                   # compute index of every non-relay COMPUTE
+    source = []                 # per output row: input row, -1 for a relay
+    pushers, poppers, nexts = [], [], []        # one entry per token
+    relays = 0
+    for q, u, j0, j1, j2 in zip(range(len(units)), units.tolist(), *latest.T.tolist()):
+        if u == 1:
+            p0, p1, p2 = computes[-1] if computes else NONE
+            c0, c1, c2 = p0, p1, p2
+            index = len(source)
+            if j0 > p0:
+                d = loads[j0]
+                pushers.append(lmem[j0])
+                poppers.append(index)
+                nexts.append(True)
+                c0 = j0
+                if d[1] > c1:
+                    c1 = d[1]
+                if d[2] > c2:
+                    c2 = d[2]
+            if j2 > p2:
+                d = stores[j2]
+                pushers.append(smem[j2])
+                poppers.append(index)
+                nexts.append(False)
+                if j2 > c2:
+                    c2 = j2
+                if d[0] > c0:
+                    c0 = d[0]
+                if d[1] > c1:
+                    c1 = d[1]
+            source.append(q)
+            cmem.append(index)
+            cmap.append(len(computes))
+            computes.append((c0, c1, c2))
+            continue
+        clocks = loads if u == 0 else stores
+        prev = clocks[-1] if clocks else NONE
+        if j1 >= 0:
+            j1 = cmap[j1]
+        near = j1 if j1 > prev[1] else -1
+        far, jf = (2, j2) if u == 0 else (0, j0)
+        if jf > prev[far]:
+            if not (computes and computes[-1][far] >= jf):
+                # A zero-sized COMPUTE that waits for the far unit's instruction.
+                relays += 1
+                c0, c1, c2 = computes[-1] if computes else NONE
+                index = len(source)
+                if far == 0:
+                    d = loads[jf]
+                    c0 = jf
+                else:
+                    d = stores[jf]
+                    c2 = jf
+                pushers.append(members[far][jf])
+                poppers.append(index)
+                nexts.append(far == 0)
+                if far != 0 and d[0] > c0:
+                    c0 = d[0]
+                if d[1] > c1:
+                    c1 = d[1]
+                if far != 2 and d[2] > c2:
+                    c2 = d[2]
+                source.append(-1)
+                cmem.append(index)
+                computes.append((c0, c1, c2))
+            near = len(computes) - 1
+        index = len(source)
+        if near >= 0:
+            d = computes[near]
+            pushers.append(cmem[near])
+            poppers.append(index)
+            nexts.append(u == 2)
+            clock = (prev[0] if prev[0] > d[0] else d[0], prev[1] if prev[1] > near else near,
+                     prev[2] if prev[2] > d[2] else d[2])
+        else:
+            clock = prev
+        source.append(q)
+        members[u].append(index)
+        clocks.append(clock)
+    src = np.array(source, dtype=np.int64)
+    out = fields[np.maximum(src, 0)]
+    out[src < 0] = 0
+    out[src < 0, 0] = int(Opcode.COMPUTE)
+    if pushers:
+        pushers, poppers = np.array(pushers), np.array(poppers)
+        nexts = np.array(nexts, dtype=bool)
+        push_col = np.where(nexts, 4, 3)                # push_next / push_prev
+        # Every instruction pushes at most one token each way.
+        assert len(np.unique(pushers * 8 + push_col)) == len(pushers)
+        out[poppers, np.where(nexts, 1, 2)] = 1         # pop_prev / pop_next
+        out[pushers, push_col] = 1
+    return out, relays
+
+
 # -- matrices in external memory -------------------------------------------------------------
 
 def _round_up(x: int, m: int) -> int:
@@ -315,7 +581,7 @@ class GemmProgram:
 
     Attributes
     ----------
-    program : list of Insn
+    program : FieldProgram
     a : MatrixLayout
         ``A`` (``M x K``) in ws; ``A.T`` (``K x M``) in os.
     b : MatrixLayout
@@ -332,7 +598,7 @@ class GemmProgram:
     M: int
     K: int
     N: int
-    program: list[Insn]
+    program: FieldProgram
     a: MatrixLayout
     b: MatrixLayout
     c: MatrixLayout
@@ -392,6 +658,42 @@ class _Plan:
     b_rows: int         # scratchpad rows per B slot
     acc_slots: int
     acc_rows: int       # accumulator rows per slot
+    n_group: int = 1    # N tiles accumulated together (2 * n_group accumulator slots)
+    a_slots: int = 0    # A streamed: ring slots (each A tile serves the steps of one group)
+
+
+def _load_cycles(cfg: HwConfig, rows: int) -> int:
+    """What a scratchpad load of *rows* rows occupies the load unit (as the estimate has it)."""
+    costs = CYCLE_COSTS
+    return (cfg.dram_latency + rows + costs["load_overhead"]
+            + costs["load_fetch_share"] * max(1, INSN_BYTES // cfg.bus_bytes))
+
+
+def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Plan:
+    """ws with several A blocks: *resident* (each block's A stays while every N tile streams
+    its B tiles, so B is loaded once per block), or A tiles streamed once per group of N
+    tiles that accumulate together (B loaded once per block of up to ``acc_depth / 2``
+    rows, A once per group), whichever keeps the busier of the load and compute units less
+    busy (by the estimate's costs)."""
+    R = cfg.rows
+    b_slots, a_slots = 4, 3
+    mb_max = min((cfg.sp_depth - b_slots * R) // a_slots, cfg.acc_depth // 2, 0xFFFF)
+    if mb_max < R:
+        return resident
+    n_blocks = -(-M // mb_max)
+    mb = -(-M // n_blocks)
+    group = max(1, min(nt, cfg.acc_depth // (2 * mb)))
+
+    def busy(n_blocks, mb, a_loads):
+        steps = n_blocks * kt * nt
+        load = steps * _load_cycles(cfg, R) + n_blocks * a_loads * _load_cycles(cfg, mb)
+        compute = steps * (max(mb, R) + CYCLE_COSTS["compute_overhead"])
+        return max(load, compute)
+
+    mine = busy(n_blocks, mb, kt * -(-nt // group))
+    if mine >= busy(resident.n_blocks, resident.mb_rows, kt):
+        return resident
+    return _Plan(mb, n_blocks, 1, R, kt, nt, 0, mb, b_slots, R, 2 * group, mb, group, a_slots)
 
 
 def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
@@ -415,14 +717,15 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
                 raise ValueError(f"sp_depth = {cfg.sp_depth} is too small for rows = {R}")
             n_blocks = -(-M // mb)
             mb = -(-M // n_blocks)
-            return _Plan(mb, n_blocks, 1, kc, kt, nt, 0, mb, b_slots, b_rows, 2, mb)
+            return _Plan(mb, n_blocks, 1, kc, kt, nt, 0, mb, b_slots, b_rows, 2, mb, 1, b_slots)
         if M <= block_max(1):
             bufs, n_blocks = 1, 1
         else:
             bufs = 2 if block_max(2) >= 2 * R else 1
             n_blocks = -(-M // block_max(bufs))
         mb = -(-M // n_blocks)
-        return _Plan(mb, n_blocks, 1, kc, kt, nt, bufs, mb * kt, b_slots, b_rows, 2, mb)
+        plan = _Plan(mb, n_blocks, 1, kc, kt, nt, bufs, mb * kt, b_slots, b_rows, 2, mb)
+        return plan if n_blocks == 1 else _ws_grouped(cfg, M, kt, nt, plan)
     # os: one compute per row panel, k as long as the scratchpad allows.
     kc = min(K, 0xFFFF) if 3 * K <= cfg.sp_depth else (cfg.sp_depth - K) // 2
     if kc < min(K, 2 * cfg.sp_row):
@@ -431,7 +734,7 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
         kc = min(K, cfg.sp_depth // (2 * b_slots), 0xFFFF)
         kt = -(-K // kc)
         mt = -(-M // R)
-        return _Plan(R, mt, 1, kc, kt, nt, 0, kc, b_slots, kc, 2, R)
+        return _Plan(R, mt, 1, kc, kt, nt, 0, kc, b_slots, kc, 2, R, 1, b_slots)
     kt = -(-K // kc)
     b_slots = next(s for s in (4, 3, 2) if K + s * kc <= cfg.sp_depth)
     room = cfg.sp_depth - b_slots * kc
@@ -448,13 +751,6 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
     g = -(-mt // n_blocks)
     n_blocks = -(-mt // g)
     return _Plan(g * R, n_blocks, g, kc, kt, nt, bufs, g * K, b_slots, kc, 2, g * R)
-
-
-class _Load(NamedTuple):
-    vpos: int       # emitted before the compute step of this index
-    need: int       # first step that reads it
-    order: int      # unique: loads sort as tuples by (vpos, need, order)
-    insn: Insn
 
 
 @dataclass(frozen=True)
@@ -479,8 +775,51 @@ class _Chunk:
 
 def _matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult, shift,
                     out: str, bias: MatrixLayout | None, pwl, active: np.ndarray | None,
-                    check: bool) -> tuple[list[Insn], dict]:
-    """:func:`matmul_program` (its body)."""
+                    check: bool) -> tuple[FieldProgram, dict]:
+    """:func:`matmul_program` (its body): the schedule built in bulk, then synchronized in bulk."""
+    fields, apart, plan = _matmul_fields(config, parts, c, mult=mult, shift=shift, out=out,
+                                         bias=bias, pwl=pwl, active=active)
+    fields, relays = synchronize(fields, config, dram=not apart)
+    program = FieldProgram(np.concatenate([fields, _HALT_ROW]))
+    if check:
+        validate(program, config)
+    plan["relays"] = relays
+    return program, plan
+
+
+_HALT_ROW = np.zeros((1, _NCOLS), dtype=np.int64)
+_HALT_ROW[0, 0] = int(Opcode.HALT)
+
+
+def _offsets(lays: list[MatrixLayout], which: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """:meth:`MatrixLayout.offset` ``(i, j)`` in layout ``lays[which]``, elementwise."""
+    if len(lays) == 1:
+        def attr(name):
+            return getattr(lays[0], name)
+    else:
+        def attr(name):
+            return np.array([getattr(lay, name) for lay in lays], dtype=np.int64)[which]
+
+    panel = attr("panel")
+    return attr("addr") + (j // panel) * attr("panel_stride") + i * attr("pitch") \
+        + (j % panel) * attr("elem")
+
+
+def _rows(op: Opcode, count: int, /, **columns) -> np.ndarray:
+    """*count* field-matrix rows of *op* (no flags) from per-field arrays or scalars."""
+    m = np.zeros((count, _NCOLS), dtype=np.int64)
+    m[:, 0] = int(op)
+    for name, value in columns.items():
+        m[:, _COL[op][name]] = value
+    return m
+
+
+def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult, shift,
+                   out: str, bias: MatrixLayout | None, pwl, active: np.ndarray | None
+                   ) -> tuple[np.ndarray, bool, dict]:
+    """The instructions of :func:`matmul_program` in program order, before synchronization:
+    ``(field matrix without flags or HALT, whether C lies apart from the sources, plan)``.
+    The schedule of :func:`_matmul_program_reference`, built with numpy per loop nest."""
     if out not in ("int8", "int32"):
         raise ValueError(f"out must be 'int8' or 'int32', got {out!r}")
     if not parts:
@@ -510,161 +849,224 @@ def _matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, 
     if active.shape != (len(chunks), nt_count):
         raise ValueError(f"active must be {len(chunks)} chunks x {nt_count} N tiles, "
                          f"got {active.shape}")
+    ch_part = np.array([ch.part for ch in chunks], dtype=np.int64)
+    ch_k0 = np.array([ch.k0 for ch in chunks], dtype=np.int64)
+    ch_k = np.array([ch.k for ch in chunks], dtype=np.int64)
+    ch_koff = np.array([ch.koff for ch in chunks], dtype=np.int64)
+    n_of = np.minimum(C, N - np.arange(nt_count) * C)
+    a_lays, b_lays = [q.a for q in parts], [q.b for q in parts]
+    a_pitch = np.array([lay.pitch for lay in a_lays], dtype=np.int64)
+    b_pitch = np.array([lay.pitch for lay in b_lays], dtype=np.int64)
 
-    def n_of(nt):
-        return min(C, N - nt * C)
-
-    def a_panels_of(mb):
-        """(m0, m) of the A row groups of block mb: one (ws) or one per row panel (os)."""
+    # A row groups (m0, m) per block: one (ws) or one per row panel (os).
+    panels = []
+    for mb in range(p.n_blocks):
         if ws:
             m0 = mb * p.mb_rows
-            return [(m0, min(p.mb_rows, M - m0))]
-        first = mb * p.group
-        return [(q * R, min(R, M - q * R)) for q in range(first, min(first + p.group, -(-M // R)))]
+            panels.append([(m0, min(p.mb_rows, M - m0))])
+        else:
+            first = mb * p.group
+            panels.append([(q * R, min(R, M - q * R))
+                           for q in range(first, min(first + p.group, -(-M // R)))])
+    n_panels = np.array([len(g) for g in panels], dtype=np.int64)
+    block_rows = np.array([sum(m for _, m in g) for g in panels], dtype=np.int64)
+    block_m0 = np.array([g[0][0] for g in panels], dtype=np.int64)
+    P = int(n_panels.max())
 
-    panels = [a_panels_of(mb) for mb in range(p.n_blocks)]
-    a_panels = panels.__getitem__
-
-    # The steps: per block, per N tile, the active chunks (at least one, so every tile is written).
-    steps: list[tuple[int, int, int]] = []
-    block_start = []
-    for mb in range(p.n_blocks):
-        block_start.append(len(steps))
-        for nt in range(nt_count):
-            js = np.nonzero(active[:, nt])[0].tolist() or [0]
-            steps += [(mb, nt, j) for j in js]
-    block_start.append(len(steps))
+    # The steps: per block, per group of N tiles, per chunk, the group's tiles for which the
+    # chunk is active (every tile at least one chunk, so every tile is written).
+    G = p.n_group
+    act = active.copy()
+    act[0, ~act.any(axis=0)] = True
+    pat = [np.nonzero(act[:, g0:g0 + G]) for g0 in range(0, nt_count, G)]
+    pat_nt = np.concatenate([g0 * G + t for g0, (_, t) in enumerate(pat)])
+    pat_j = np.concatenate([j for j, _ in pat])
+    pat_grp = np.concatenate([np.full(len(j), g0) for g0, (j, _) in enumerate(pat)])
+    L = len(pat_nt)
+    S = p.n_blocks * L
+    s_i = np.arange(S)
+    s_mb = np.repeat(np.arange(p.n_blocks), L)
+    s_nt, s_j = np.tile(pat_nt, p.n_blocks), np.tile(pat_j, p.n_blocks)
+    s_grp = s_mb * len(pat) + np.tile(pat_grp, p.n_blocks)      # group sequence number
+    block_start = np.arange(p.n_blocks + 1) * L
+    tile_id = s_mb * nt_count + s_nt
+    first = np.zeros(S, dtype=bool)
+    first[np.unique(tile_id, return_index=True)[1]] = True
+    last = np.zeros(S, dtype=bool)
+    last[S - 1 - np.unique(tile_id[::-1], return_index=True)[1]] = True
+    acc_base = ((s_grp % 2) * G + s_nt % G) * p.acc_rows
     stream = p.a_bufs == 0
     b_base = p.a_bufs * p.a_block
+    b_sp = b_base + (s_i % p.b_slots) * p.b_rows
+    early = np.maximum(0, s_i - p.b_slots + 1)
+    # Streamed A: one tile per (block, group, chunk), in a ring of a_slots.
+    a_new = np.ones(S, dtype=bool)
+    a_new[1:] = (s_grp[1:] != s_grp[:-1]) | (s_j[1:] != s_j[:-1])
+    a_seq = np.cumsum(a_new) - 1
+    a_first = np.flatnonzero(a_new)
 
     def a_sp(i, mb, g, j):
         if stream:                              # A ring after the B ring
-            return b_base + p.b_slots * p.b_rows + (i % p.b_slots) * p.a_block
+            return b_base + p.b_slots * p.b_rows + (a_seq[i] % p.a_slots) * p.a_block
         base = (mb % p.a_bufs) * p.a_block
-        return base + j * p.mb_rows if ws else base + g * K + chunks[j].koff
+        return base + j * p.mb_rows if ws else base + g * K + ch_koff[j]
 
     def a_load(sp, m0, m, j):
-        ch, lay = chunks[j], parts[chunks[j].part].a
+        part, k0, k = ch_part[j], ch_k0[j], ch_k[j]
         if ws:
-            return Insn(Opcode.LOAD_SP, sp_addr=sp, nrows=m, ncols=ch.k,
-                        dram_addr=lay.offset(m0, ch.k0), dram_stride=lay.pitch)
-        return Insn(Opcode.LOAD_SP, sp_addr=sp, nrows=ch.k, ncols=m,
-                    dram_addr=lay.offset(ch.k0, m0), dram_stride=lay.pitch)
+            return _rows(Opcode.LOAD_SP, len(sp), sp_addr=sp, nrows=m, ncols=k,
+                         dram_addr=_offsets(a_lays, part, m0, k0), dram_stride=a_pitch[part])
+        return _rows(Opcode.LOAD_SP, len(sp), sp_addr=sp, nrows=k, ncols=m,
+                     dram_addr=_offsets(a_lays, part, k0, m0), dram_stride=a_pitch[part])
 
-    loads: list[_Load] = []
-    first_use: dict[tuple[int, int], int] = {}
-    last_use: dict[tuple[int, int], int] = {}
-    for i, (mb, nt, j) in enumerate(steps):
-        first_use.setdefault((mb, j), i)
-        last_use[(mb, j)] = i
-    used_of: dict[int, list[int]] = {}          # per block: the chunks it uses, ascending
-    for (b_, jj) in first_use:
-        used_of.setdefault(b_, []).append(jj)
-    for used in used_of.values():
-        used.sort()
-    for i, (mb, nt, j) in enumerate(steps):
-        early = max(0, i - p.b_slots + 1)
-        ch, blay = chunks[j], parts[chunks[j].part].b
-        # The B tile first: the first COMPUTE of a step needs only it and one A tile.
-        insn = Insn(Opcode.LOAD_SP, sp_addr=b_base + (i % p.b_slots) * p.b_rows, nrows=ch.k,
-                    ncols=n_of(nt), dram_addr=blay.offset(ch.k0, nt * C), dram_stride=blay.pitch)
-        loads.append(_Load(early, i, len(loads), insn))
-        if stream:
-            for g, (m0, m) in enumerate(a_panels(mb)):
-                loads.append(_Load(early, i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
-        elif first_use[(mb, j)] == i:
-            tiles = a_panels(mb)
-            used = used_of[mb]
-            for g, (m0, m) in enumerate(tiles):
-                if mb == 0:
-                    vpos = early
-                elif p.a_bufs == 2:
-                    # Spread the next block's A loads over the current block.
-                    t = used.index(j) * len(tiles) + g
-                    total = len(used) * len(tiles)
-                    span = block_start[mb] - block_start[mb - 1]
-                    vpos = block_start[mb - 1] + (t + 1) * span // (total + 1)
-                else:
-                    # One A buffer: after the previous block's last use of these rows.
-                    vpos = last_use.get((mb - 1, j), block_start[mb - 1]) + 1
-                loads.append(_Load(min(vpos, i), i, len(loads), a_load(a_sp(i, mb, g, j), m0, m, j)))
-    loads.sort()
+    # Every instruction with its sort key (position, group, need / sub-position, order):
+    # loads (group 0) by (vpos, need, creation order) before the items of step vpos (group 1).
+    blocks, keys = [], []
+
+    def add(rows, k1, k2, k3, k4, k5=0):
+        blocks.append(rows)
+        keys.append(np.broadcast_arrays(*(np.asarray(k, dtype=np.int64)
+                                          for k in (k1, k2, k3, k4, k5)),
+                                        np.zeros(len(rows), np.int64))[:5])
+
+    if pwl is not None:
+        pre = field_matrix(pwl.instructions(0, cfg))
+        add(pre, -1, 0, np.arange(len(pre)), 0)
+    # B tiles, one per step.
+    part = ch_part[s_j]
+    add(_rows(Opcode.LOAD_SP, S, sp_addr=b_sp, nrows=ch_k[s_j], ncols=n_of[s_nt],
+              dram_addr=_offsets(b_lays, part, ch_k0[s_j], s_nt * C), dram_stride=b_pitch[part]),
+        early, 0, s_i, s_i * (P + 2))
+    if stream:
+        # Each A tile loaded while the a_slots - 1 tiles before it are in use.
+        vpos = a_first[np.maximum(0, np.arange(len(a_first)) - p.a_slots + 1)]
+        for g in range(P):
+            sel = np.flatnonzero(n_panels[s_mb[a_first]] > g)
+            i = a_first[sel]
+            mb, j = s_mb[i], s_j[i]
+            m0 = np.array([panels[b][g][0] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
+            m = np.array([panels[b][g][1] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
+            add(a_load(a_sp(i, mb, g, j), m0[mb], m[mb], j), vpos[sel], 0, i, i * (P + 2) + 1 + g)
+    else:
+        used = np.unique(pat_j)
+        first_pos = {int(j): int(np.argmax(pat_j == j)) for j in used}
+        last_pos = {int(j): L - 1 - int(np.argmax(pat_j[::-1] == j)) for j in used}
+        rows_i, rows_mb, rows_g, rows_j, rows_v = [], [], [], [], []
+        for mb in range(p.n_blocks):
+            tiles = panels[mb]
+            for rank, j in enumerate(used.tolist()):
+                i = int(block_start[mb]) + first_pos[j]
+                for g in range(len(tiles)):
+                    if mb == 0:
+                        vpos = int(early[i])
+                    elif p.a_bufs == 2:
+                        # Spread the next block's A loads over the current block.
+                        t = rank * len(tiles) + g
+                        total = len(used) * len(tiles)
+                        vpos = int(block_start[mb - 1]) + (t + 1) * L // (total + 1)
+                    else:
+                        # One A buffer: after the previous block's last use of these rows.
+                        vpos = int(block_start[mb - 1]) + last_pos[j] + 1
+                    rows_i.append(i)
+                    rows_mb.append(mb)
+                    rows_g.append(g)
+                    rows_j.append(j)
+                    rows_v.append(min(vpos, i))
+        i, mb, g, j = (np.array(x, dtype=np.int64) for x in (rows_i, rows_mb, rows_g, rows_j))
+        m0 = np.array([panels[b][gg][0] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
+        m = np.array([panels[b][gg][1] for b, gg in zip(rows_mb, rows_g)], dtype=np.int64)
+        add(a_load(a_sp(i, mb, g, j), m0, m, j), rows_v, 0, i, i * (P + 2) + 1 + g)
+    # Bias rows into the accumulator before the first COMPUTE of each output tile. (Loaded
+    # earlier, while the tile before computes, it gains nothing on the RTL: the load then
+    # shares the accumulator with the computes.)
+    if bias is not None:
+        sel = np.flatnonzero(first)
+        nt = s_nt[sel]
+        add(_rows(Opcode.LOAD_ACC, len(sel), acc_addr=acc_base[sel], nrows=block_rows[s_mb[sel]],
+                  ncols=n_of[nt], dram_addr=_offsets([bias], np.zeros_like(nt), 0, nt * C),
+                  dram_stride=0), sel, 1, 0, 0)
+    # One COMPUTE per step and A row group.
+    for g in range(P):
+        sel = np.flatnonzero(n_panels[s_mb] > g)
+        i, mb, j, nt = s_i[sel], s_mb[sel], s_j[sel], s_nt[sel]
+        m = np.array([panels[b][g][1] if g < len(panels[b]) else 0 for b in range(p.n_blocks)])
+        add(_rows(Opcode.COMPUTE, len(sel), a_addr=a_sp(i, mb, g, j), b_addr=b_sp[sel],
+                  c_addr=acc_base[sel] + (0 if ws else g * R), m=m[mb], k=ch_k[j], n=n_of[nt],
+                  accumulate=(bias is not None) | ~first[sel]), i, 1, 1 + g, 0)
+    # After the last step of each tile: the lanes' requantization, then the STORE.
+    sel = np.flatnonzero(last)
+    nt = s_nt[sel]
+    if out == "int8":
+        lanes = [None] * C                   # (mult, shift) configured per lane
+        mult_shift = list(zip(mult_c.tolist(), shift_c.tolist()))
+        cfg_i, cfg_sub, cfg_vals = [], [], []
+        for i, t in zip(sel.tolist(), nt.tolist()):
+            n0, n = t * C, int(n_of[t])
+            want = mult_shift[n0:n0 + n]
+            if lanes[:n] == want:
+                continue
+            lane = 0
+            while lane < n:
+                end = lane
+                while end < n and want[end] == want[lane]:
+                    end += 1
+                if lanes[lane:end] != want[lane:end]:
+                    # Widen a uniform run to every lane when all of this tile's lanes agree.
+                    count = C if (lane == 0 and end == n) else end - lane
+                    cfg_i.append(i)
+                    cfg_sub.append(len(cfg_sub))
+                    cfg_vals.append((lane, count, *want[lane]))
+                    lanes[lane:lane + count] = [want[lane]] * count
+                lane = end
+        if cfg_i:
+            v = np.array(cfg_vals, dtype=np.int64)
+            add(_rows(Opcode.CFG_REQUANT, len(v), lane=v[:, 0], count=v[:, 1], mult=v[:, 2],
+                      shift=v[:, 3]), cfg_i, 1, P + 1, cfg_sub)
+    mode = StoreMode.INT32 if out == "int32" else StoreMode.INT8 if pwl is None else StoreMode.INT8_PWL
+    add(_rows(Opcode.STORE, len(sel), acc_addr=acc_base[sel], nrows=block_rows[s_mb[sel]],
+              ncols=n_of[nt], dram_addr=_offsets([c], np.zeros_like(nt), block_m0[s_mb[sel]], nt * C),
+              dram_stride=c.pitch, mode=int(mode), table=0), sel, 1, P + 2, 0)
+    fields = np.concatenate(blocks)
+    k1, k2, k3, k4, k5 = (np.concatenate(k) for k in zip(*keys))
+    fields = fields[np.lexsort((k5, k4, k3, k2, k1))]
 
     # Loads read A, B and the bias; stores write C: with C apart from the rest, no store can
     # conflict with a load through external memory.
-    sources = [(lay.addr, lay.end) for part in parts for lay in (part.a, part.b)]
+    sources = [(lay.addr, lay.end) for q in parts for lay in (q.a, q.b)]
     if bias is not None:
         sources.append((bias.addr, bias.end))
     apart = all(hi <= c.addr or c.end <= lo for lo, hi in sources)
-    builder = ProgramBuilder(cfg, dram=not apart)
-    if pwl is not None:
-        for insn in pwl.instructions(0, cfg):
-            builder.emit(insn)
-    lanes = [None] * C                   # (mult, shift) configured per lane
-
-    mult_shift = list(zip(mult_c.tolist(), shift_c.tolist()))
-
-    def configure(nt):
-        n0, n = nt * C, n_of(nt)
-        want = mult_shift[n0:n0 + n]
-        if lanes[:n] == want:
-            return
-        lane = 0
-        while lane < n:
-            end = lane
-            while end < n and want[end] == want[lane]:
-                end += 1
-            if lanes[lane:end] != want[lane:end]:
-                # Widen a uniform run to every lane when all of this tile's lanes agree.
-                count = C if (lane == 0 and end == n) else end - lane
-                builder.emit(Insn(Opcode.CFG_REQUANT, lane=lane, count=count,
-                                  mult=want[lane][0], shift=want[lane][1]))
-                lanes[lane:lane + count] = [want[lane]] * count
-            lane = end
-
-    mode = StoreMode.INT32 if out == "int32" else StoreMode.INT8 if pwl is None else StoreMode.INT8_PWL
-    li = 0
-    tile_index = -1
-    for i, (mb, nt, j) in enumerate(steps):
-        while li < len(loads) and loads[li].vpos <= i:
-            builder.emit(loads[li].insn)
-            li += 1
-        first = i == 0 or steps[i - 1][:2] != (mb, nt)
-        last = i == len(steps) - 1 or steps[i + 1][:2] != (mb, nt)
-        if first:
-            tile_index += 1
-        acc_base = (tile_index % p.acc_slots) * p.acc_rows
-        rows = sum(m for _, m in a_panels(mb))
-        if first and bias is not None:
-            builder.emit(Insn(Opcode.LOAD_ACC, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
-                              dram_addr=bias.offset(0, nt * C), dram_stride=0))
-        b_sp = b_base + (i % p.b_slots) * p.b_rows
-        for g, (m0, m) in enumerate(a_panels(mb)):
-            builder.emit(Insn(Opcode.COMPUTE, a_addr=a_sp(i, mb, g, j), b_addr=b_sp,
-                              c_addr=acc_base + (0 if ws else g * R), m=m, k=chunks[j].k,
-                              n=n_of(nt), accumulate=int(bias is not None or not first)))
-        if last:
-            m0 = a_panels(mb)[0][0]
-            if out == "int8":
-                configure(nt)
-            builder.emit(Insn(Opcode.STORE, acc_addr=acc_base, nrows=rows, ncols=n_of(nt),
-                              dram_addr=c.offset(m0, nt * C), dram_stride=c.pitch,
-                              mode=int(mode), table=0))
-    assert li == len(loads)
-    program = builder.finish()
-    if check:
-        validate(program, cfg)
     plan = {"dataflow": cfg.dataflow.value, "block_rows": p.mb_rows, "blocks": p.n_blocks,
             "row_panels_per_block": p.group, "k_chunks": len(chunks),
-            "k_steps": len(steps), "n_tiles": nt_count, "a_buffers": p.a_bufs,
+            "k_steps": S, "n_tiles": nt_count, "a_buffers": p.a_bufs,
             "a_streamed": stream, "b_slots": p.b_slots, "acc_slots": p.acc_slots,
-            "relays": builder.relays}
+            "n_tiles_per_group": G, "a_slots": p.a_slots}
+    return fields, apart, plan
+
+
+def _matmul_program_reference(config: HwConfig, parts: list[Operand], c: MatrixLayout, *,
+                              mult=1, shift=0, out: str = "int8",
+                              bias: MatrixLayout | None = None, pwl=None,
+                              active: np.ndarray | None = None,
+                              check: bool = True) -> tuple[list[Insn], dict]:
+    """:func:`matmul_program` with the schedule synchronized one instruction at a time by
+    :class:`ProgramBuilder`: the reference :func:`synchronize` must equal
+    (tests/test_bulk_emit.py)."""
+    fields, apart, plan = _matmul_fields(config, parts, c, mult=mult, shift=shift, out=out,
+                                         bias=bias, pwl=pwl, active=active)
+    builder = ProgramBuilder(config, dram=not apart)
+    for insn in FieldProgram(fields):
+        builder.emit(insn)
+    program = builder.finish()
+    if check:
+        validate(program, config)
+    plan["relays"] = builder.relays
     return program, plan
 
 
 def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, mult=1, shift=0,
                    out: str = "int8", bias: MatrixLayout | None = None, pwl=None,
-                   active: np.ndarray | None = None, check: bool = True) -> tuple[list[Insn], dict]:
+                   active: np.ndarray | None = None, check: bool = True) -> tuple[FieldProgram, dict]:
     """A tiled, double-buffered, token-synchronized program for
     ``C = out(bias + sum_p A_p @ B_p)``.
 
@@ -694,7 +1096,8 @@ def matmul_program(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
 
     Returns
     -------
-    program : list of Insn
+    program : FieldProgram
+        The instructions, held as their field matrix.
     plan : dict
         The tiling chosen, for reports.
     """
@@ -758,7 +1161,9 @@ def gemm_program(config: HwConfig, M: int, K: int, N: int, *, a_addr: int, b_add
     the current block), B tiles are loaded up to ``b_slots - 1`` steps ahead, and accumulator
     tiles alternate between two slots. When K is too long for a resident A block, A tiles
     stream through a ring like the B tiles (no A reuse across N tiles: load-bound, but any K
-    works).
+    works). ws, when A would need several resident blocks (so B is loaded once per block):
+    if it loads less, blocks of up to ``acc_depth / 2`` rows instead, each A tile streamed
+    once per group of N tiles that accumulate together (``2 x group`` accumulator slots).
     """
     if min(M, K, N) < 1:
         raise ValueError(f"M, K and N must be >= 1, got {M}, {K}, {N}")

@@ -317,9 +317,12 @@ def test_gemm_program_matches_numpy(dataflow, rows, cols, M, K, N, out):
 
 
 @pytest.mark.parametrize("dataflow,K,streamed", [("os", 30, False), ("os", 50, True),
-                                                 ("ws", 40, False), ("ws", 300, True)])
+                                                 ("ws", 16, False), ("ws", 40, True),
+                                                 ("ws", 300, True)])
 def test_gemm_program_long_k(dataflow, K, streamed):
-    """K chunks accumulate; past the scratchpad, A tiles stream instead of staying resident."""
+    """K chunks accumulate; past the scratchpad, A tiles stream instead of staying resident
+    (ws: also when A would need several blocks and streaming it once per group of N tiles
+    loads less, K = 40 here)."""
     cfg = HwConfig(4, 4, dataflow, sp_depth=64, acc_depth=32)
     g = gemm_program(cfg, 9, K, 6, a_addr=0, b_addr=4096, c_addr_dram=8192, out="int32")
     assert g.plan["k_chunks"] > 1 and g.plan["a_streamed"] == streamed
