@@ -74,6 +74,12 @@ ELEMENTWISE = frozenset({
 _ACTIVATIONS = ELEMENTWISE - {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Cast", "Neg"}
 #: Most column groups a layer's PWL output is split into (:meth:`_Lowering._emit_grouped`).
 PWL_GROUPS = 4
+#: Most GEMM depth of a LayerNorm sum of squares, in multiples of the row length
+#: (:meth:`_Lowering._square_levels`).
+SQUARE_BUDGET = 2.0
+#: Lower end of a LayerNorm's rsqrt table, as a fraction of the smallest calibrated sum of
+#: squares (the output scale covers rsqrt there).
+RSQRT_MARGIN = 0.8
 _IN16 = 32000.0          # int16 codes used for a PWL input range (headroom below 32767)
 
 
@@ -1604,9 +1610,16 @@ class _Lowering:
                  Term(mean, self._const(f"{out_name}.negsign", (-qm * sgn)[None, :], 1.0))]
         cname = f"{out_name}#centered"
         c = Tensor(self._uniq(f"{out_name}.centered"), M, D, self._scale(cname))
+        cm = self._range(cname).colmax
+        reps = None
+        if cm is not None and cm.size == D:
+            c.scale, c.colscale = self._square_levels(cm, D)
+            if c.colscale.max() == 1:
+                c.colscale = None
+            else:
+                reps = np.repeat(np.arange(D), c.colscale * c.colscale)
         self._kernel(f"{node.name}.center", node.name, terms, c, u, role="linearization")
         cp = c
-        cm = self._range(cname).colmax
         if cm is not None and cm.size == D and float(cm.max()) > 4 * float(np.median(cm)):
             sc = np.maximum(cm, 1e-8 * float(cm.max())) / INT8_MAX
             uc = float(sc.max()) / INT8_MAX
@@ -1626,8 +1639,10 @@ class _Lowering:
         mag = np.maximum(np.abs(gamma), 1e-8)
         lo_ss = max(rss.lo, 0.0)
         hi_ss = max(rss.hi, lo_ss * 1.01, 1e-6)
-        # Fit only where calibration saw data (with a margin), and never at 0 sums.
-        lo_ss = max(lo_ss * 0.8, (hi_ss * 1e-4))
+        # Fit where calibration saw data, with a margin below (a row of a sentence unlike
+        # the calibration ones, e.g. a short one, must not saturate rsqrt), never at 0 sums.
+        lo_ss = max(lo_ss * RSQRT_MARGIN, (hi_ss * 1e-4))
+        inv_scale = max(inv_scale, 1.0 / math.sqrt(lo_ss / D + eps) / INT8_MAX)
 
         def rsqrt(v, D=D, eps=eps):
             v = np.asarray(v, dtype=np.float64)
@@ -1636,7 +1651,16 @@ class _Lowering:
         for r0 in range(0, M, R):
             n = min(R, M - r0)
             cb = self._view(c, r0, n)
-            ct = self._gather(f"{out_name}.cT{r0}", node.name, [cb], lambda i: i.T)
+            if reps is None:
+                ct = self._gather(f"{out_name}.cT{r0}", node.name, [cb], lambda i: i.T)
+            else:
+                # Column j (scale c.scale * k_j) repeated k_j**2 times on both sides: every
+                # product then has the unit c.scale**2.
+                cr = self._raw_gather(f"{out_name}.cR{r0}", node.name, cb,
+                                      np.arange(n)[:, None] * D + reps[None, :], c.scale)
+                ct = self._raw_gather(f"{out_name}.cT{r0}", node.name, cb,
+                                      reps[:, None] + np.arange(n)[None, :] * D, c.scale)
+                cb = cr
             inv = Tensor(self._uniq(f"{out_name}.inv{r0}"), n, n, inv_scale)
             self._kernel(f"{node.name}.rsqrt{r0}", node.name, [Term(cb, ct)], inv,
                          c.scale * c.scale, func=rsqrt, pre=(lo_ss, hi_ss),
@@ -1654,6 +1678,33 @@ class _Lowering:
         else:
             res = out
         self.vals[out_name] = res
+
+    @staticmethod
+    def _square_levels(cm: np.ndarray, D: int, budget: float | None = None):
+        """Scales for a tensor whose row sums of squares are taken by GEMM: one unit ``s``
+        and a whole multiple ``k_j`` of it per column (as small as the column's calibrated
+        magnitude *cm* allows), with ``sum k_j**2 <= budget * D`` (the GEMM repeats column
+        ``j`` ``k_j**2`` times). The smallest such ``s``: a few massive channels no longer
+        set the resolution of all the others."""
+        budget = SQUARE_BUDGET if budget is None else budget
+        cm = np.maximum(np.asarray(cm, dtype=np.float64), 1e-12)
+        top = float(cm.max())
+        best = (top / INT8_MAX, np.ones(D, dtype=np.int64))
+        for cand in np.unique(cm)[::-1]:
+            s = float(cand) / INT8_MAX
+            k = np.ceil(cm / (INT8_MAX * s) - 1e-9).astype(np.int64)
+            if k.max() > INT8_MAX or float(np.sum(k * k)) > budget * D:
+                break
+            best = (s, np.maximum(k, 1))
+        return best
+
+    def _raw_gather(self, name, origin, src: Tensor, index, scale) -> Tensor:
+        """A Transfer of *src*'s integers as they are (no per-column rescaling): the caller
+        accounts for the scales."""
+        index = np.asarray(index, dtype=np.int64)
+        out = Tensor(self._uniq(name), index.shape[0], index.shape[1], float(scale))
+        self.steps.append(Transfer(out.name, origin, [src], out, index))
+        return out
 
     # -- data movement ------------------------------------------------------------------------
 
