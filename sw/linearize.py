@@ -77,6 +77,8 @@ PWL_GROUPS = 4
 #: Most GEMM depth of a LayerNorm sum of squares, in multiples of the row length
 #: (:meth:`_Lowering._square_levels`).
 SQUARE_BUDGET = 2.0
+#: Margin of those column scales over the calibrated magnitudes.
+SQUARE_MARGIN = 4.0
 #: Lower end of a LayerNorm's rsqrt table, as a fraction of the smallest calibrated sum of
 #: squares (the output scale covers rsqrt there).
 RSQRT_MARGIN = 0.8
@@ -1613,7 +1615,9 @@ class _Lowering:
         cm = self._range(cname).colmax
         reps = None
         if cm is not None and cm.size == D:
-            c.scale, c.colscale = self._square_levels(cm, D)
+            # With a margin: a centered value beyond its column's range would saturate and
+            # make its row's variance too small.
+            c.scale, c.colscale = self._square_levels(cm * SQUARE_MARGIN, D)
             if c.colscale.max() == 1:
                 c.colscale = None
             else:
@@ -1644,6 +1648,26 @@ class _Lowering:
         lo_ss = max(lo_ss * RSQRT_MARGIN, (hi_ss * 1e-4))
         inv_scale = max(inv_scale, 1.0 / math.sqrt(lo_ss / D + eps) / INT8_MAX)
 
+        # Rows whose variance is always far above the others' (a token carrying a massive
+        # activation, like [CLS] in BERT) get an input gain a < 1 on the rsqrt table: their
+        # 1/sqrt comes out sqrt(1/a) larger, in the table's fine range, and their scaling
+        # kernel takes the output scale times sqrt(a). The table then covers the other
+        # rows' sums only. (Exact up to epsilon: rsqrt(a v) = rsqrt(v) / sqrt(a) for
+        # v / D >> eps.)
+        row_gain = np.ones(M)
+        inv_rows, ss_rows = r_inv.rowmax, rss.rowmax
+        ss_low = rss.rowmin
+        if inv_rows is not None and inv_rows.size == M and ss_rows is not None and \
+                ss_rows.size == M and ss_low is not None and ss_low.size == M:
+            big = inv_rows < inv_scale * INT8_MAX / 8
+            big &= ss_low / D > 1e4 * eps
+            if big.any() and not big.all():
+                top = float(inv_rows[big].max()) * 1.5
+                row_gain[big] = (top / (inv_scale * INT8_MAX)) ** 2
+                hi_ss = 2 * max(float(ss_rows[~big].max()), float(np.max(row_gain * ss_rows)))
+                self.notes.append(f"{node.name}: rows {np.nonzero(big)[0].tolist()} with rsqrt "
+                                  f"input gain {row_gain[big][0]:.3g}")
+
         def rsqrt(v, D=D, eps=eps):
             v = np.asarray(v, dtype=np.float64)
             return 1.0 / np.sqrt(np.maximum(v, 0.0) / D + eps)
@@ -1662,14 +1686,20 @@ class _Lowering:
                                       reps[:, None] + np.arange(n)[None, :] * D, c.scale)
                 cb = cr
             inv = Tensor(self._uniq(f"{out_name}.inv{r0}"), n, n, inv_scale)
+            a = row_gain[r0:r0 + n]
             self._kernel(f"{node.name}.rsqrt{r0}", node.name, [Term(cb, ct)], inv,
-                         c.scale * c.scale, func=rsqrt, pre=(lo_ss, hi_ss),
+                         c.scale * c.scale * a, func=rsqrt, pre=(lo_ss, hi_ss),
                          role="linearization", kind="rsqrt")
             dg = self._gather(f"{out_name}.diag{r0}", node.name, [inv],
                               lambda i: np.where(np.eye(n, dtype=bool), i, FILL_ZERO))
-            self._kernel(f"{node.name}.scale{r0}", node.name, [Term(dg, self._view(cp, r0, n))],
-                         self._view(out, r0, n), inv_scale * cp.scale * cp.colw * mag,
-                         bias=beta, role="linearization")
+            # Rows of one input gain share a scaling kernel (its output scale).
+            cuts = [0] + [k for k in range(1, n) if a[k] != a[k - 1]] + [n]
+            for k0, k1 in zip(cuts[:-1], cuts[1:]):
+                self._kernel(f"{node.name}.scale{r0 + k0}", node.name,
+                             [Term(self._view(dg, k0, k1 - k0), self._view(cp, r0, n))],
+                             self._view(out, r0 + k0, k1 - k0),
+                             inv_scale * math.sqrt(a[k0]) * cp.scale * cp.colw * mag,
+                             bias=beta, role="linearization")
         if out.rows * out.cols != M * D or out.cols != D:
             raise AssertionError(f"{node.name}: LayerNorm output storage {out.rows}x{out.cols}")
         if tuple(out.shape) != tuple(x.shape):
@@ -1689,14 +1719,20 @@ class _Lowering:
         budget = SQUARE_BUDGET if budget is None else budget
         cm = np.maximum(np.asarray(cm, dtype=np.float64), 1e-12)
         top = float(cm.max())
-        best = (top / INT8_MAX, np.ones(D, dtype=np.int64))
-        for cand in np.unique(cm)[::-1]:
-            s = float(cand) / INT8_MAX
-            k = np.ceil(cm / (INT8_MAX * s) - 1e-9).astype(np.int64)
-            if k.max() > INT8_MAX or float(np.sum(k * k)) > budget * D:
-                break
-            best = (s, np.maximum(k, 1))
-        return best
+
+        def levels(s):
+            return np.maximum(np.ceil(cm / (INT8_MAX * s) - 1e-9), 1).astype(np.int64)
+
+        # sum k_j**2 only grows as s shrinks: bisect (in log s) for the smallest feasible s.
+        lo, hi = top / INT8_MAX / INT8_MAX, top / INT8_MAX
+        for _ in range(40):
+            mid = math.sqrt(lo * hi)
+            k = levels(mid)
+            if k.max() <= INT8_MAX and float(np.sum(k * k)) <= budget * D:
+                hi = mid
+            else:
+                lo = mid
+        return hi, levels(hi)
 
     def _raw_gather(self, name, origin, src: Tensor, index, scale) -> Tensor:
         """A Transfer of *src*'s integers as they are (no per-column rescaling): the caller

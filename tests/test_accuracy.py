@@ -31,10 +31,11 @@ def test_digits_top1_drop():
 
 
 def test_minilm_short_sequence():
-    """The whole encoder at 16 tokens on 4 sentences (the integers do not depend on the array
-    size, so a 32x32 array only makes it faster)."""
-    r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=4, seq_len=16)
-    assert r["cosine_mean"] >= 0.98, r["cosines"]
+    """The whole encoder at 16 tokens on the first 22 sentences, "Thank you very much!" (7
+    tokens) among them (the integers do not depend on the array size, so a 32x32 array only
+    makes it faster)."""
+    r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=22, seq_len=16)
+    assert r["cosine_mean"] >= MINILM16_MEAN and r["cosine_min"] >= MINILM16_MIN, r["cosines"]
     # 9.6% measured at 32x32 (diagonal and rank-1 GEMMs padded to 32-wide tiles); 8x8: 3.9%
     assert r["extra_macs_pct"] <= 10.0
 
@@ -49,14 +50,13 @@ def minilm_whole():
 
 @pytest.mark.slow
 def test_minilm_whole_regression(minilm_whole):
-    """The README figure (mean 0.9856, min 0.8430) must not get worse."""
+    """The measured figure (see MINILM48_*) must not get worse."""
     r = minilm_whole
     assert r["sentences"] == 66 and r["truncated_sentences"] == 0
-    assert r["cosine_mean"] >= 0.985 and r["cosine_min"] >= 0.84
+    assert r["cosine_mean"] >= MINILM48_MEAN and r["cosine_min"] >= MINILM48_MIN, r["cosines"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 4 bound not met yet: mean cosine 0.9856 < 0.99")
 def test_minilm_whole_issue_bound(minilm_whole):
     assert minilm_whole["cosine_mean"] >= 0.99      # the issue's bound (goal 0.995)
 
