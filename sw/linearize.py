@@ -1616,7 +1616,7 @@ class _Lowering:
         reps = None
         if cm is not None and cm.size == D:
             # With a margin: a centered value beyond its column's range would saturate and
-            # make its row's variance too small.
+            # make its row's variance too small (held-out sentences go beyond 2x).
             c.scale, c.colscale = self._square_levels(cm * SQUARE_MARGIN, D)
             if c.colscale.max() == 1:
                 c.colscale = None
