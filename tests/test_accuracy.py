@@ -1,7 +1,7 @@
 """Accuracy regressions: each figure README quotes, with its bound.
 
 The default suite runs the digits CNN on all 450 test images (about 20 s) and MiniLM on a
-short sequence (about 30 s); the whole MiniLM figure (66 sentences, about 7 minutes) and the
+short sequence (22 sentences, about 1 minute); the whole MiniLM figure (66 sentences, about 7 minutes) and the
 onnx-wheel cases (about 2 minutes) run with ``--runslow``.
 """
 
@@ -12,6 +12,13 @@ import pytest
 
 from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sw import accuracy, pwl
+
+# Measured (calibration on minilm.CALIBRATION_SENTENCES, none of them a test sentence):
+# 16 tokens, first 22 sentences: mean 0.9855, min 0.8956 ("The train to Berlin leaves from
+# platform 7 at 08:45.", cut at 16 tokens); "Thank you very much!" 0.9499.
+MINILM16_MEAN, MINILM16_MIN = 0.983, 0.88
+# 48 tokens, 66 sentences: see test_minilm_whole_regression.
+MINILM48_MEAN, MINILM48_MIN = 0.991, 0.94
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +43,9 @@ def test_minilm_short_sequence():
     makes it faster)."""
     r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=22, seq_len=16)
     assert r["cosine_mean"] >= MINILM16_MEAN and r["cosine_min"] >= MINILM16_MIN, r["cosines"]
-    # 9.6% measured at 32x32 (diagonal and rank-1 GEMMs padded to 32-wide tiles); 8x8: 3.9%
-    assert r["extra_macs_pct"] <= 10.0
+    # 10.1% measured at 32x32 (diagonal, rank-1 and LayerNorm sum-of-squares GEMMs padded to
+    # 32-wide tiles); 8x8: 4.2%
+    assert r["extra_macs_pct"] <= 10.5
 
 
 @pytest.fixture(scope="module")
