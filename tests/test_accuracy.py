@@ -1,8 +1,8 @@
 """Accuracy regressions: each figure README quotes, with its bound.
 
 The default suite runs the digits CNN on all 450 test images (about 20 s) and MiniLM on a
-short sequence (22 sentences, about 1 minute); the whole MiniLM figure (66 sentences, about 7 minutes) and the
-onnx-wheel cases (about 2 minutes) run with ``--runslow``.
+short sequence (22 sentences, about 1 minute); the whole MiniLM figure (66 sentences, about
+7 minutes) and the onnx-wheel cases (about 2 minutes) run with ``--runslow``.
 """
 
 from __future__ import annotations
