@@ -22,8 +22,11 @@ This is the NeuralMatrix step. Every ONNX node is lowered onto :mod:`neuralmatri
   and a final kernel with a fused PWL exp. LogSoftmax stops before the last exp.
 * **LayerNormalization** (and its decomposed ReduceMean/Sub/Pow/Sqrt/Div form): mean by GEMM,
   centering by a rank-1 term, per-row sums of squares by GEMM (block-diagonal, per group of
-  ``rows`` rows), a fused PWL rsqrt, the per-row scaling as a GEMM with a diagonal matrix,
-  gamma and beta folded into weights and a rank-1 term.
+  ``rows`` rows; the centered values have per-column scales ``k_j * s`` and column ``j`` is
+  repeated ``k_j**2`` times, so a few massive channels do not coarsen the others), a fused
+  PWL rsqrt (rows of always massive variance, like [CLS], with an input gain of their own),
+  the per-row scaling as a GEMM with a diagonal matrix, gamma and beta folded into weights
+  and a rank-1 term.
 * **Data movement** (Reshape, Transpose, Flatten, Concat, Split, Slice, Squeeze, Unsqueeze,
   Pad, Expand, Gather) are host gathers (:class:`~neuralmatrix.sw.ir.Transfer`), or nothing
   when the storage does not change; an embedding Gather of a run-time index input is a
