@@ -22,8 +22,11 @@ This is the NeuralMatrix step. Every ONNX node is lowered onto :mod:`neuralmatri
   and a final kernel with a fused PWL exp. LogSoftmax stops before the last exp.
 * **LayerNormalization** (and its decomposed ReduceMean/Sub/Pow/Sqrt/Div form): mean by GEMM,
   centering by a rank-1 term, per-row sums of squares by GEMM (block-diagonal, per group of
-  ``rows`` rows), a fused PWL rsqrt, the per-row scaling as a GEMM with a diagonal matrix,
-  gamma and beta folded into weights and a rank-1 term.
+  ``rows`` rows; the centered values have per-column scales ``k_j * s`` and column ``j`` is
+  repeated ``k_j**2`` times, so a few massive channels do not coarsen the others), a fused
+  PWL rsqrt (rows of always massive variance, like [CLS], with an input gain of their own),
+  the per-row scaling as a GEMM with a diagonal matrix, gamma and beta folded into weights
+  and a rank-1 term.
 * **Data movement** (Reshape, Transpose, Flatten, Concat, Split, Slice, Squeeze, Unsqueeze,
   Pad, Expand, Gather) are host gathers (:class:`~neuralmatrix.sw.ir.Transfer`), or nothing
   when the storage does not change; an embedding Gather of a run-time index input is a
@@ -74,6 +77,14 @@ ELEMENTWISE = frozenset({
 _ACTIVATIONS = ELEMENTWISE - {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Cast", "Neg"}
 #: Most column groups a layer's PWL output is split into (:meth:`_Lowering._emit_grouped`).
 PWL_GROUPS = 4
+#: Most GEMM depth of a LayerNorm sum of squares, in multiples of the row length
+#: (:meth:`_Lowering._square_levels`).
+SQUARE_BUDGET = 2.0
+#: Margin of those column scales over the calibrated magnitudes.
+SQUARE_MARGIN = 4.0
+#: Lower end of a LayerNorm's rsqrt table, as a fraction of the smallest calibrated sum of
+#: squares (the output scale covers rsqrt there).
+RSQRT_MARGIN = 0.8
 _IN16 = 32000.0          # int16 codes used for a PWL input range (headroom below 32767)
 
 
@@ -1604,9 +1615,18 @@ class _Lowering:
                  Term(mean, self._const(f"{out_name}.negsign", (-qm * sgn)[None, :], 1.0))]
         cname = f"{out_name}#centered"
         c = Tensor(self._uniq(f"{out_name}.centered"), M, D, self._scale(cname))
+        cm = self._range(cname).colmax
+        reps = None
+        if cm is not None and cm.size == D:
+            # With a margin: a centered value beyond its column's range would saturate and
+            # make its row's variance too small (held-out sentences go beyond 2x).
+            c.scale, c.colscale = self._square_levels(cm * SQUARE_MARGIN, D)
+            if c.colscale.max() == 1:
+                c.colscale = None
+            else:
+                reps = np.repeat(np.arange(D), c.colscale * c.colscale)
         self._kernel(f"{node.name}.center", node.name, terms, c, u, role="linearization")
         cp = c
-        cm = self._range(cname).colmax
         if cm is not None and cm.size == D and float(cm.max()) > 4 * float(np.median(cm)):
             sc = np.maximum(cm, 1e-8 * float(cm.max())) / INT8_MAX
             uc = float(sc.max()) / INT8_MAX
@@ -1626,8 +1646,30 @@ class _Lowering:
         mag = np.maximum(np.abs(gamma), 1e-8)
         lo_ss = max(rss.lo, 0.0)
         hi_ss = max(rss.hi, lo_ss * 1.01, 1e-6)
-        # Fit only where calibration saw data (with a margin), and never at 0 sums.
-        lo_ss = max(lo_ss * 0.8, (hi_ss * 1e-4))
+        # Fit where calibration saw data, with a margin below (a row of a sentence unlike
+        # the calibration ones, e.g. a short one, must not saturate rsqrt), never at 0 sums.
+        lo_ss = max(lo_ss * RSQRT_MARGIN, (hi_ss * 1e-4))
+        inv_scale = max(inv_scale, 1.0 / math.sqrt(lo_ss / D + eps) / INT8_MAX)
+
+        # Rows whose variance is always far above the others' (a token carrying a massive
+        # activation, like [CLS] in BERT) get an input gain a < 1 on the rsqrt table: their
+        # 1/sqrt comes out sqrt(1/a) larger, in the table's fine range, and their scaling
+        # kernel takes the output scale times sqrt(a). The table then covers the other
+        # rows' sums only. (Exact up to epsilon: rsqrt(a v) = rsqrt(v) / sqrt(a) for
+        # v / D >> eps.)
+        row_gain = np.ones(M)
+        inv_rows, ss_rows = r_inv.rowmax, rss.rowmax
+        ss_low = rss.rowmin
+        if inv_rows is not None and inv_rows.size == M and ss_rows is not None and \
+                ss_rows.size == M and ss_low is not None and ss_low.size == M:
+            big = inv_rows < inv_scale * INT8_MAX / 8
+            big &= ss_low / D > 1e4 * eps
+            if big.any() and not big.all():
+                top = float(inv_rows[big].max()) * 1.5
+                row_gain[big] = (top / (inv_scale * INT8_MAX)) ** 2
+                hi_ss = 2 * max(float(ss_rows[~big].max()), float(np.max(row_gain * ss_rows)))
+                self.notes.append(f"{node.name}: rows {np.nonzero(big)[0].tolist()} with rsqrt "
+                                  f"input gain {row_gain[big][0]:.3g}")
 
         def rsqrt(v, D=D, eps=eps):
             v = np.asarray(v, dtype=np.float64)
@@ -1636,16 +1678,31 @@ class _Lowering:
         for r0 in range(0, M, R):
             n = min(R, M - r0)
             cb = self._view(c, r0, n)
-            ct = self._gather(f"{out_name}.cT{r0}", node.name, [cb], lambda i: i.T)
+            if reps is None:
+                ct = self._gather(f"{out_name}.cT{r0}", node.name, [cb], lambda i: i.T)
+            else:
+                # Column j (scale c.scale * k_j) repeated k_j**2 times on both sides: every
+                # product then has the unit c.scale**2.
+                cr = self._raw_gather(f"{out_name}.cR{r0}", node.name, cb,
+                                      np.arange(n)[:, None] * D + reps[None, :], c.scale)
+                ct = self._raw_gather(f"{out_name}.cT{r0}", node.name, cb,
+                                      reps[:, None] + np.arange(n)[None, :] * D, c.scale)
+                cb = cr
             inv = Tensor(self._uniq(f"{out_name}.inv{r0}"), n, n, inv_scale)
+            a = row_gain[r0:r0 + n]
             self._kernel(f"{node.name}.rsqrt{r0}", node.name, [Term(cb, ct)], inv,
-                         c.scale * c.scale, func=rsqrt, pre=(lo_ss, hi_ss),
+                         c.scale * c.scale * a, func=rsqrt, pre=(lo_ss, hi_ss),
                          role="linearization", kind="rsqrt")
             dg = self._gather(f"{out_name}.diag{r0}", node.name, [inv],
                               lambda i: np.where(np.eye(n, dtype=bool), i, FILL_ZERO))
-            self._kernel(f"{node.name}.scale{r0}", node.name, [Term(dg, self._view(cp, r0, n))],
-                         self._view(out, r0, n), inv_scale * cp.scale * cp.colw * mag,
-                         bias=beta, role="linearization")
+            # Rows of one input gain share a scaling kernel (its output scale).
+            cuts = [0] + [k for k in range(1, n) if a[k] != a[k - 1]] + [n]
+            for k0, k1 in zip(cuts[:-1], cuts[1:]):
+                self._kernel(f"{node.name}.scale{r0 + k0}", node.name,
+                             [Term(self._view(dg, k0, k1 - k0), self._view(cp, r0, n))],
+                             self._view(out, r0 + k0, k1 - k0),
+                             inv_scale * math.sqrt(a[k0]) * cp.scale * cp.colw * mag,
+                             bias=beta, role="linearization")
         if out.rows * out.cols != M * D or out.cols != D:
             raise AssertionError(f"{node.name}: LayerNorm output storage {out.rows}x{out.cols}")
         if tuple(out.shape) != tuple(x.shape):
@@ -1654,6 +1711,39 @@ class _Lowering:
         else:
             res = out
         self.vals[out_name] = res
+
+    @staticmethod
+    def _square_levels(cm: np.ndarray, D: int, budget: float | None = None):
+        """Scales for a tensor whose row sums of squares are taken by GEMM: one unit ``s``
+        and a whole multiple ``k_j`` of it per column (as small as the column's calibrated
+        magnitude *cm* allows), with ``sum k_j**2 <= budget * D`` (the GEMM repeats column
+        ``j`` ``k_j**2`` times). The smallest such ``s``: a few massive channels no longer
+        set the resolution of all the others."""
+        budget = SQUARE_BUDGET if budget is None else budget
+        cm = np.maximum(np.asarray(cm, dtype=np.float64), 1e-12)
+        top = float(cm.max())
+
+        def levels(s):
+            return np.maximum(np.ceil(cm / (INT8_MAX * s) - 1e-9), 1).astype(np.int64)
+
+        # sum k_j**2 only grows as s shrinks: bisect (in log s) for the smallest feasible s.
+        lo, hi = top / INT8_MAX / INT8_MAX, top / INT8_MAX
+        for _ in range(40):
+            mid = math.sqrt(lo * hi)
+            k = levels(mid)
+            if k.max() <= INT8_MAX and float(np.sum(k * k)) <= budget * D:
+                hi = mid
+            else:
+                lo = mid
+        return hi, levels(hi)
+
+    def _raw_gather(self, name, origin, src: Tensor, index, scale) -> Tensor:
+        """A Transfer of *src*'s integers as they are (no per-column rescaling): the caller
+        accounts for the scales."""
+        index = np.asarray(index, dtype=np.int64)
+        out = Tensor(self._uniq(name), index.shape[0], index.shape[1], float(scale))
+        self.steps.append(Transfer(out.name, origin, [src], out, index))
+        return out
 
     # -- data movement ------------------------------------------------------------------------
 

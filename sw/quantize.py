@@ -32,6 +32,8 @@ class Range:
     hi: float
     sample: np.ndarray
     colmax: np.ndarray | None = None     # largest magnitude per index of the last axis
+    rowmax: np.ndarray | None = None     # largest magnitude per index of the next-to-last axis
+    rowmin: np.ndarray | None = None     # smallest magnitude per index of the next-to-last axis
 
     @property
     def absmax(self) -> float:
@@ -69,6 +71,7 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     outs = [o.name for o in probe.graph.output]
     seen: dict[str, list[np.ndarray]] = {}
     cols: dict[str, np.ndarray] = {}
+    rows: dict[str, list] = {}
     norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
     for feed in feeds:
         values = dict(feed)
@@ -80,16 +83,23 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
             if v.dtype.kind == "f":
                 seen.setdefault(k, []).append(v.ravel())
                 if v.ndim >= 1 and v.size:
-                    cm = np.abs(v.astype(np.float64)).reshape(-1, v.shape[-1]).max(axis=0)
+                    m = np.abs(v.astype(np.float64)).reshape(-1, v.shape[-1])
+                    cm = m.max(axis=0)
                     cols[k] = cm if k not in cols or cols[k].shape != cm.shape else \
                         np.maximum(cols[k], cm)
+                    if v.ndim >= 2:
+                        r3 = m.reshape(-1, v.shape[-2], v.shape[-1])
+                        hi, lo = r3.max(axis=(0, 2)), r3.min(axis=(0, 2))
+                        prev = rows.get(k)
+                        rows[k] = [hi, lo] if prev is None or prev[0].shape != hi.shape else \
+                            [np.maximum(prev[0], hi), np.minimum(prev[1], lo)]
     rng = np.random.default_rng(0)
     ranges = {}
     for k, vs in seen.items():
         v = np.concatenate(vs).astype(np.float64)
         sample = v if v.size <= max_sample else rng.choice(v, max_sample, replace=False)
         ranges[k] = Range(float(v.min()) if v.size else 0.0, float(v.max()) if v.size else 0.0,
-                          sample, cols.get(k))
+                          sample, cols.get(k), *rows.get(k, (None, None)))
     return ranges
 
 

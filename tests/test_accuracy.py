@@ -1,8 +1,8 @@
 """Accuracy regressions: each figure README quotes, with its bound.
 
 The default suite runs the digits CNN on all 450 test images (about 20 s) and MiniLM on a
-short sequence (about 30 s); the whole MiniLM figure (66 sentences, about 7 minutes) and the
-onnx-wheel cases (about 2 minutes) run with ``--runslow``.
+short sequence (22 sentences, about 1 minute); the whole MiniLM figure (66 sentences, about
+7 minutes) and the onnx-wheel cases (about 2 minutes) run with ``--runslow``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,13 @@ import pytest
 
 from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sw import accuracy, pwl
+
+# Measured (calibration on minilm.CALIBRATION_SENTENCES, none of them a test sentence):
+# 16 tokens, first 22 sentences: mean 0.9855, min 0.8956 ("The train to Berlin leaves from
+# platform 7 at 08:45.", cut at 16 tokens); "Thank you very much!" 0.9499.
+MINILM16_MEAN, MINILM16_MIN = 0.983, 0.88
+# 48 tokens, 66 sentences: see test_minilm_whole_regression.
+MINILM48_MEAN, MINILM48_MIN = 0.991, 0.94
 
 
 @pytest.fixture(autouse=True)
@@ -31,12 +38,14 @@ def test_digits_top1_drop():
 
 
 def test_minilm_short_sequence():
-    """The whole encoder at 16 tokens on 4 sentences (the integers do not depend on the array
-    size, so a 32x32 array only makes it faster)."""
-    r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=4, seq_len=16)
-    assert r["cosine_mean"] >= 0.98, r["cosines"]
-    # 9.6% measured at 32x32 (diagonal and rank-1 GEMMs padded to 32-wide tiles); 8x8: 3.9%
-    assert r["extra_macs_pct"] <= 10.0
+    """The whole encoder at 16 tokens on the first 22 sentences, "Thank you very much!" (7
+    tokens) among them (the integers do not depend on the array size, so a 32x32 array only
+    makes it faster)."""
+    r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=22, seq_len=16)
+    assert r["cosine_mean"] >= MINILM16_MEAN and r["cosine_min"] >= MINILM16_MIN, r["cosines"]
+    # 10.1% measured at 32x32 (diagonal, rank-1 and LayerNorm sum-of-squares GEMMs padded to
+    # 32-wide tiles); 8x8: 4.2%
+    assert r["extra_macs_pct"] <= 10.5
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +58,13 @@ def minilm_whole():
 
 @pytest.mark.slow
 def test_minilm_whole_regression(minilm_whole):
-    """The README figure (mean 0.9856, min 0.8430) must not get worse."""
+    """The measured figure (see MINILM48_*) must not get worse."""
     r = minilm_whole
     assert r["sentences"] == 66 and r["truncated_sentences"] == 0
-    assert r["cosine_mean"] >= 0.985 and r["cosine_min"] >= 0.84
+    assert r["cosine_mean"] >= MINILM48_MEAN and r["cosine_min"] >= MINILM48_MIN, r["cosines"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 4 bound not met yet: mean cosine 0.9856 < 0.99")
 def test_minilm_whole_issue_bound(minilm_whole):
     assert minilm_whole["cosine_mean"] >= 0.99      # the issue's bound (goal 0.995)
 

