@@ -156,9 +156,7 @@ def _minilm(inputs: list[str], seq_len: int, samples: int, layers: int | None) -
         raise RunError(f"--layers must be 1..6, got {layers}")
     model = minilm.load_onnx(seq_len) if layers in (None, 6) else \
         minilm.load_encoder_layers(layers, seq_len)
-    calib_s = list(minilm.SENTENCES[:16])
-    toks = minilm.tokenize(calib_s, seq_len)
-    calib = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(calib_s))]
+    calib = minilm.calibration_feeds(seq_len)            # disjoint from the test sentences
     toks = minilm.tokenize(sentences, seq_len)
     feeds = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(len(sentences))]
     name = "minilm" if layers in (None, 6) else f"minilm ({layers} encoder layer(s))"

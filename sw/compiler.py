@@ -67,10 +67,6 @@ def _random_feeds(model, n: int = 4, seed: int = 0) -> list[dict]:
     return feeds
 
 
-#: MiniLM calibration: the first sentences of ``minilm.SENTENCES``.
-MINILM_CALIBRATION = 16
-
-
 def builtin(name: str, *, seq_len: int = 16):
     """``(model, calibration feeds, input_shapes)`` of a built-in model."""
     if name == "digits":
@@ -81,10 +77,8 @@ def builtin(name: str, *, seq_len: int = 16):
     if name == "minilm":
         from .models import minilm
 
-        model = minilm.load_onnx(seq_len)
-        toks = minilm.tokenize(minilm.SENTENCES[:MINILM_CALIBRATION], seq_len)
-        feeds = [{k: v[i:i + 1] for k, v in toks.items()} for i in range(MINILM_CALIBRATION)]
-        return model, feeds, {k: (1, seq_len) for k in toks}
+        feeds = minilm.calibration_feeds(seq_len)     # disjoint from the test sentences
+        return minilm.load_onnx(seq_len), feeds, {k: (1, seq_len) for k in feeds[0]}
     raise CompileError(f"unknown built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}")
 
 

@@ -1,8 +1,9 @@
 """Post-training int8 quantization: calibration, weight quantization, requantization.
 
 Symmetric int8 everywhere: activations per tensor, weights per output channel, biases int32
-in the accumulator's scale. Calibration runs the float ONNX model
-(``onnx.reference.ReferenceEvaluator``) on sample inputs and records every intermediate
+in the accumulator's scale. Calibration runs the float ONNX model (onnxruntime with graph
+optimizations off, so every intermediate tensor is the graph's own; the ONNX reference evaluator
+when onnxruntime cannot load the model) on sample inputs and records every intermediate
 tensor's range; the clipping threshold of a tensor is chosen by ``max`` (largest magnitude),
 ``percentile`` (99.99th percentile of magnitudes) or ``mse`` (the threshold minimizing the
 mean squared quantization error over a grid of candidates).
@@ -53,54 +54,105 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     max_sample : int
         Values kept per tensor for percentile / MSE thresholds.
     """
-    from onnx.reference import ReferenceEvaluator
-
     if not feeds:
         raise ValueError("calibration needs at least one input sample")
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for out in node.output:
-            if out and out not in names:
-                probe.graph.output.append(onnx.ValueInfoProto(name=out))
-                names.add(out)
-    from .linearize import _double_ops
-
-    sess = ReferenceEvaluator(probe, new_ops=_double_ops())   # a vectorized Erf
-    outs = [o.name for o in probe.graph.output]
+    run = _float_runner(model)
+    # Each feed keeps an equal share of the percentile / MSE sample; extremes are exact.
+    per_feed = max(1, max_sample // len(feeds))
+    rng = np.random.default_rng(0)
     seen: dict[str, list[np.ndarray]] = {}
     cols: dict[str, np.ndarray] = {}
     rows: dict[str, list] = {}
     norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
     for feed in feeds:
         values = dict(feed)
-        values.update(zip(outs, sess.run(None, feed)))
+        values.update(run(feed))
         for n in norms:
             values.update(layer_norm_parts(n, values[n.input[0]]))
         for k, v in values.items():
             v = np.asarray(v)
-            if v.dtype.kind == "f":
-                seen.setdefault(k, []).append(v.ravel())
-                if v.ndim >= 1 and v.size:
-                    m = np.abs(v.astype(np.float64)).reshape(-1, v.shape[-1])
-                    cm = m.max(axis=0)
-                    cols[k] = cm if k not in cols or cols[k].shape != cm.shape else \
-                        np.maximum(cols[k], cm)
-                    if v.ndim >= 2:
-                        r3 = m.reshape(-1, v.shape[-2], v.shape[-1])
-                        hi, lo = r3.max(axis=(0, 2)), r3.min(axis=(0, 2))
-                        prev = rows.get(k)
-                        rows[k] = [hi, lo] if prev is None or prev[0].shape != hi.shape else \
-                            [np.maximum(prev[0], hi), np.minimum(prev[1], lo)]
-    rng = np.random.default_rng(0)
+            if v.dtype.kind != "f" or not v.size:
+                if v.dtype.kind == "f":
+                    seen.setdefault(k, [])
+                continue
+            # Maxima and minima are exact in the tensor's own precision: no float64 copy.
+            flat = v.ravel()
+            low[k] = min(low.get(k, math.inf), float(flat.min()))
+            high[k] = max(high.get(k, -math.inf), float(flat.max()))
+            pick = flat if flat.size <= per_feed else flat[rng.integers(0, flat.size, per_feed)]
+            seen.setdefault(k, []).append(pick)
+            if not v.ndim:
+                continue
+            m = np.abs(v).reshape(-1, v.shape[-1])
+            cm = m.max(axis=0).astype(np.float64)
+            cols[k] = cm if k not in cols or cols[k].shape != cm.shape else np.maximum(cols[k], cm)
+            if v.ndim >= 2:
+                r3 = m.reshape(-1, v.shape[-2], v.shape[-1])
+                hi = r3.max(axis=2).max(axis=0).astype(np.float64)
+                lo = r3.min(axis=2).min(axis=0).astype(np.float64)
+                prev = rows.get(k)
+                rows[k] = [hi, lo] if prev is None or prev[0].shape != hi.shape else \
+                    [np.maximum(prev[0], hi), np.minimum(prev[1], lo)]
     ranges = {}
     for k, vs in seen.items():
         v = np.concatenate(vs).astype(np.float64)
         sample = v if v.size <= max_sample else rng.choice(v, max_sample, replace=False)
-        ranges[k] = Range(float(v.min()) if v.size else 0.0, float(v.max()) if v.size else 0.0,
-                          sample, cols.get(k), *rows.get(k, (None, None)))
+        ranges[k] = Range(low.get(k, 0.0), high.get(k, 0.0), sample, cols.get(k),
+                          *rows.get(k, (None, None)))
     return ranges
+
+
+def _float_runner(model: onnx.ModelProto):
+    """A function ``feed -> {tensor name: value}`` giving every node output of *model* in float.
+
+    onnxruntime (CPU, graph optimizations disabled, one thread: these graphs are small and the
+    machine's BLAS threads only contend) when it loads the model with every intermediate as an
+    output; otherwise the ONNX reference evaluator (with a double-precision Erf), which runs
+    any standard graph, roughly a hundred times slower on MiniLM.
+    """
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = {o.name for o in probe.graph.output}
+    inputs = {i.name: i for i in probe.graph.input}
+    extra = [out for node in probe.graph.node for out in node.output
+             if out and out not in names and out not in inputs]
+    typed = {v.name: v for v in probe.graph.value_info}      # the frontend inferred them
+    if not all(n in typed for n in extra):
+        typed = {v.name: v for v in onnx.shape_inference.infer_shapes(probe).graph.value_info}
+    if all(n in typed for n in extra):
+        import onnxruntime as ort
+
+        probe.graph.output.extend(typed[n] for n in extra)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(probe.SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
+        except Exception:       # onnxruntime's own error types: an op or opset it lacks
+            sess = None
+        if sess is not None:
+            outs = [o.name for o in sess.get_outputs()]
+            dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                      for i in model.graph.input}
+
+            def run_ort(feed):
+                cast = {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in feed.items()}
+                return dict(zip(outs, sess.run(outs, cast)))
+
+            return run_ort
+    from onnx.reference import ReferenceEvaluator
+
+    from .linearize import _double_ops
+
+    for n in extra:
+        probe.graph.output.append(onnx.ValueInfoProto(name=n))
+    sess = ReferenceEvaluator(probe, new_ops=_double_ops())   # a vectorized Erf
+    outs = [o.name for o in probe.graph.output]
+    return lambda feed: dict(zip(outs, sess.run(None, feed)))
 
 
 def layer_norm_parts(node: onnx.NodeProto, x: np.ndarray) -> dict[str, np.ndarray]:

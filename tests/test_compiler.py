@@ -78,6 +78,14 @@ def node(op, ins, outs, **attrs):
 RNG = np.random.default_rng(7)
 
 
+@pytest.fixture(autouse=True)
+def _weights_of_this_test():
+    """Every test draws its weights from a fresh generator: what a test sees does not depend on
+    which tests ran before it in the same worker (pytest -n)."""
+    global RNG
+    RNG = np.random.default_rng(7)
+
+
 def _w(*shape, s=0.5):
     return (RNG.standard_normal(shape) * s).astype(np.float32)
 
@@ -389,3 +397,34 @@ def test_compile_digits_writes_the_artefacts(tmp_path, capsys):
     quant = json.loads((out / "quant.json").read_text())
     assert set(quant["kernels"]) == {k["name"] for k in kernels}
     assert any("pwl" in q for q in quant["kernels"].values())
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "reference"])
+def test_calibration_records_every_tensor(engine, monkeypatch):
+    """Extremes, per-column and per-row magnitudes of every intermediate tensor, from
+    onnxruntime and from the reference evaluator it falls back to, against numpy."""
+    from neuralmatrix.sw import quantize
+    from neuralmatrix.sw.frontend import load_model
+
+    if engine == "reference":       # onnxruntime refusing the model: the fallback runs
+        import onnxruntime
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("not this model")
+
+        monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    w = _w(16, 8)
+    model = make_model([node("MatMul", ["x", "w"], ["h"]), node("Relu", ["h"], ["y"])],
+                       [("x", [2, 5, 16])], ["y"], [("w", w)])
+    feeds = feeds_for([("x", [2, 5, 16])], n=3)
+    ranges = quantize.calibrate(load_model(model), feeds)
+    h = np.stack([f["x"].astype(np.float64) @ w for f in feeds])      # (feed, 2, 5, 8)
+    for name, v in (("h", h), ("y", np.maximum(h, 0))):
+        r = ranges[name]
+        np.testing.assert_allclose([r.lo, r.hi], [v.min(), v.max()], rtol=1e-5)
+        np.testing.assert_allclose(r.colmax, np.abs(v).max(axis=(0, 1, 2)), rtol=1e-5)
+        np.testing.assert_allclose(r.rowmax, np.abs(v).max(axis=(0, 1, 3)), rtol=1e-5)
+        np.testing.assert_allclose(r.rowmin, np.abs(v).min(axis=(0, 1, 3)), rtol=1e-5, atol=1e-6)
+        assert r.sample.size == v.size
