@@ -57,51 +57,86 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     if not feeds:
         raise ValueError("calibration needs at least one input sample")
     run = _float_runner(model)
-    # Each feed keeps an equal share of the percentile / MSE sample; extremes are exact.
-    per_feed = max(1, max_sample // len(feeds))
-    rng = np.random.default_rng(0)
-    seen: dict[str, list[np.ndarray]] = {}
-    cols: dict[str, np.ndarray] = {}
-    rows: dict[str, list] = {}
     norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
-    low: dict[str, float] = {}
-    high: dict[str, float] = {}
-    for feed in feeds:
+    stats = _Stats(max(1, max_sample // len(feeds)))
+    chunk: list[dict[str, np.ndarray]] = []
+    size = 0
+    for i, feed in enumerate(feeds):
         values = dict(feed)
         values.update(run(feed))
         for n in norms:
             values.update(layer_norm_parts(n, values[n.input[0]]))
-        for k, v in values.items():
-            v = np.asarray(v)
-            if v.dtype.kind != "f" or not v.size:
-                if v.dtype.kind == "f":
-                    seen.setdefault(k, [])
+        chunk.append(values)
+        size += sum(np.size(v) for v in values.values())
+        if size >= _CHUNK_VALUES or i == len(feeds) - 1:
+            stats.add(chunk)
+            chunk, size = [], 0
+    return stats.ranges(max_sample)
+
+
+#: Values of all tensors of a few feeds reduced together by :class:`_Stats` (about 256 MB of
+#: float32): fewer, larger numpy reductions than one per tensor and feed.
+_CHUNK_VALUES = 1 << 26
+
+
+class _Stats:
+    """Running extremes, per-column / per-row magnitudes and samples of every float tensor."""
+
+    def __init__(self, per_feed: int):
+        self.per_feed = per_feed
+        self.rng = np.random.default_rng(0)
+        self.low: dict[str, float] = {}
+        self.high: dict[str, float] = {}
+        self.seen: dict[str, list[np.ndarray]] = {}
+        self.cols: dict[str, np.ndarray] = {}
+        self.rows: dict[str, list[np.ndarray]] = {}
+
+    def add(self, chunk: list[dict[str, np.ndarray]]) -> None:
+        """Fold in the tensors of *chunk* (one dict per feed, the same tensors in each)."""
+        for k in chunk[0]:
+            parts = [np.asarray(values[k]) for values in chunk]
+            if parts[0].dtype.kind != "f":
                 continue
-            # Maxima and minima are exact in the tensor's own precision: no float64 copy.
-            flat = v.ravel()
-            low[k] = min(low.get(k, math.inf), float(flat.min()))
-            high[k] = max(high.get(k, -math.inf), float(flat.max()))
-            pick = flat if flat.size <= per_feed else flat[rng.integers(0, flat.size, per_feed)]
-            seen.setdefault(k, []).append(pick)
-            if not v.ndim:
-                continue
-            m = np.abs(v).reshape(-1, v.shape[-1])
-            cm = m.max(axis=0).astype(np.float64)
-            cols[k] = cm if k not in cols or cols[k].shape != cm.shape else np.maximum(cols[k], cm)
-            if v.ndim >= 2:
-                r3 = m.reshape(-1, v.shape[-2], v.shape[-1])
-                hi = r3.max(axis=2).max(axis=0).astype(np.float64)
-                lo = r3.min(axis=2).min(axis=0).astype(np.float64)
-                prev = rows.get(k)
-                rows[k] = [hi, lo] if prev is None or prev[0].shape != hi.shape else \
-                    [np.maximum(prev[0], hi), np.minimum(prev[1], lo)]
-    ranges = {}
-    for k, vs in seen.items():
-        v = np.concatenate(vs).astype(np.float64)
-        sample = v if v.size <= max_sample else rng.choice(v, max_sample, replace=False)
-        ranges[k] = Range(low.get(k, 0.0), high.get(k, 0.0), sample, cols.get(k),
-                          *rows.get(k, (None, None)))
-    return ranges
+            self.seen.setdefault(k, [])
+            if len({p.shape for p in parts}) == 1:
+                self._fold(k, np.stack(parts), len(parts))
+            else:                                   # feeds of different shapes
+                for p in parts:
+                    self._fold(k, p[None], 1)
+
+    def _fold(self, k: str, v: np.ndarray, feeds: int) -> None:
+        """*v*: the tensor of *feeds* feeds stacked on a new leading axis. Extremes are exact in
+        the tensor's own precision (no float64 copy)."""
+        if not v.size:
+            return
+        flat = v.ravel()
+        self.low[k] = min(self.low.get(k, math.inf), float(flat.min()))
+        self.high[k] = max(self.high.get(k, -math.inf), float(flat.max()))
+        take = self.per_feed * feeds
+        self.seen[k].append(flat if flat.size <= take
+                            else flat[self.rng.integers(0, flat.size, take)])
+        if v.ndim < 2:                              # a scalar per feed: no columns or rows
+            return
+        m = np.abs(v).reshape(-1, v.shape[-1])
+        cm = m.max(axis=0).astype(np.float64)
+        prev = self.cols.get(k)
+        self.cols[k] = cm if prev is None or prev.shape != cm.shape else np.maximum(prev, cm)
+        if v.ndim >= 3:
+            r3 = m.reshape(-1, v.shape[-2], v.shape[-1])
+            hi = r3.max(axis=2).max(axis=0).astype(np.float64)
+            lo = r3.min(axis=2).min(axis=0).astype(np.float64)
+            prev = self.rows.get(k)
+            self.rows[k] = [hi, lo] if prev is None or prev[0].shape != hi.shape else \
+                [np.maximum(prev[0], hi), np.minimum(prev[1], lo)]
+
+    def ranges(self, max_sample: int) -> dict[str, Range]:
+        out = {}
+        for k, vs in self.seen.items():
+            v = np.concatenate(vs).astype(np.float64) if vs else np.zeros(0)
+            sample = v if v.size <= max_sample else self.rng.choice(v, max_sample, replace=False)
+            out[k] = Range(self.low.get(k, 0.0), self.high.get(k, 0.0), sample, self.cols.get(k),
+                           *self.rows.get(k, (None, None)))
+        return out
 
 
 def _float_runner(model: onnx.ModelProto):
