@@ -143,50 +143,85 @@ def _float_runner(model: onnx.ModelProto):
     """A function ``feed -> {tensor name: value}`` giving every node output of *model* in float.
 
     onnxruntime (CPU, graph optimizations disabled, one thread: these graphs are small and the
-    machine's BLAS threads only contend) when it loads the model with every intermediate as an
-    output; otherwise the ONNX reference evaluator (with a double-precision Erf), which runs
-    any standard graph, roughly a hundred times slower on MiniLM.
+    machine's BLAS threads only contend) while it loads and runs the model with every
+    intermediate as an output; the ONNX reference evaluator (with a double-precision Erf) for a
+    model it refuses (an op or broadcast it does not implement), which runs any standard graph,
+    about ten times slower on MiniLM.
     """
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     names = {o.name for o in probe.graph.output}
-    inputs = {i.name: i for i in probe.graph.input}
+    inputs = {i.name for i in probe.graph.input}
     extra = [out for node in probe.graph.node for out in node.output
              if out and out not in names and out not in inputs]
+    fast = _ort_runner(probe, model, extra)
+    slow = None
+
+    def run(feed):
+        nonlocal fast, slow
+        if fast is not None:
+            try:
+                return fast(feed)
+            except _ort_errors():
+                fast = None
+        if slow is None:
+            slow = _reference_runner(probe, extra)
+        return slow(feed)
+
+    return run
+
+
+def _ort_errors() -> tuple[type[Exception], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, n) for n in ("Fail", "InvalidArgument", "NotImplemented",
+                                             "InvalidGraph", "RuntimeException", "EPFail")
+                 if hasattr(state, n))
+
+
+def _ort_runner(probe: onnx.ModelProto, model: onnx.ModelProto, extra: list[str]):
+    """onnxruntime on a copy of *probe* with the *extra* tensors as outputs, or None."""
     typed = {v.name: v for v in probe.graph.value_info}      # the frontend inferred them
     if not all(n in typed for n in extra):
         typed = {v.name: v for v in onnx.shape_inference.infer_shapes(probe).graph.value_info}
-    if all(n in typed for n in extra):
-        import onnxruntime as ort
+    if not all(n in typed for n in extra):
+        return None
+    import onnxruntime as ort
 
-        probe.graph.output.extend(typed[n] for n in extra)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            sess = ort.InferenceSession(probe.SerializeToString(), options,
-                                        providers=["CPUExecutionProvider"])
-        except Exception:       # onnxruntime's own error types: an op or opset it lacks
-            sess = None
-        if sess is not None:
-            outs = [o.name for o in sess.get_outputs()]
-            dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-                      for i in model.graph.input}
+    m = onnx.ModelProto()
+    m.CopyFrom(probe)
+    m.graph.output.extend(typed[n] for n in extra)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+    except _ort_errors():
+        return None
+    outs = [o.name for o in sess.get_outputs()]
+    dtypes = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+              for i in model.graph.input}
 
-            def run_ort(feed):
-                cast = {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in feed.items()}
-                return dict(zip(outs, sess.run(outs, cast)))
+    def run(feed):
+        cast = {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in feed.items()}
+        return dict(zip(outs, sess.run(outs, cast)))
 
-            return run_ort
+    return run
+
+
+def _reference_runner(probe: onnx.ModelProto, extra: list[str]):
     from onnx.reference import ReferenceEvaluator
 
     from .linearize import _double_ops
 
+    m = onnx.ModelProto()
+    m.CopyFrom(probe)
     for n in extra:
-        probe.graph.output.append(onnx.ValueInfoProto(name=n))
-    sess = ReferenceEvaluator(probe, new_ops=_double_ops())   # a vectorized Erf
-    outs = [o.name for o in probe.graph.output]
+        m.graph.output.append(onnx.ValueInfoProto(name=n))
+    sess = ReferenceEvaluator(m, new_ops=_double_ops())   # a vectorized Erf
+    outs = [o.name for o in m.graph.output]
     return lambda feed: dict(zip(outs, sess.run(None, feed)))
 
 

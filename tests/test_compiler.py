@@ -410,9 +410,10 @@ def test_calibration_records_every_tensor(engine, monkeypatch):
 
     if engine == "reference":       # onnxruntime refusing the model: the fallback runs
         import onnxruntime
+        from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtRefusal
 
         def refuse(*args, **kwargs):
-            raise RuntimeError("not this model")
+            raise OrtRefusal("not this model")
 
         monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
     w = _w(16, 8)
@@ -428,3 +429,20 @@ def test_calibration_records_every_tensor(engine, monkeypatch):
         np.testing.assert_allclose(r.rowmax, np.abs(v).max(axis=(0, 1, 3)), rtol=1e-5)
         np.testing.assert_allclose(r.rowmin, np.abs(v).min(axis=(0, 1, 3)), rtol=1e-5, atol=1e-6)
         assert r.sample.size == v.size
+
+
+def test_calibration_falls_back_when_onnxruntime_refuses_to_run():
+    """A per-channel PRelu slope of shape (C,) on (N, C, L) (old PyTorch exports): onnxruntime
+    loads the model but refuses the broadcast when it runs; the reference evaluator, which
+    applies such a slope along the channels, calibrates it."""
+    from neuralmatrix.sw import quantize
+    from neuralmatrix.sw.frontend import load_model
+
+    slope = np.array([0.1, 0.2, 0.3], dtype=np.float32)
+    model = make_model([node("PRelu", ["x", "s"], ["y"])], [("x", [2, 3, 4])], ["y"],
+                       [("s", slope)])
+    feeds = feeds_for([("x", [2, 3, 4])], n=2)
+    ranges = quantize.calibrate(load_model(model), feeds)
+    ref = ReferenceEvaluator(model)
+    ys = np.stack([ref.run(None, f)[0] for f in feeds])
+    np.testing.assert_allclose([ranges["y"].lo, ranges["y"].hi], [ys.min(), ys.max()], rtol=1e-6)
