@@ -58,7 +58,8 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
         raise ValueError("calibration needs at least one input sample")
     run = _float_runner(model)
     norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
-    stats = _Stats(max(1, max_sample // len(feeds)))
+    producers = {out: f"{n.op_type} node {n.name!r}" for n in model.graph.node for out in n.output}
+    stats = _Stats(max(1, max_sample // len(feeds)), producers)
     chunk: list[dict[str, np.ndarray]] = []
     size = 0
     for i, feed in enumerate(feeds):
@@ -82,8 +83,9 @@ _CHUNK_VALUES = 1 << 26
 class _Stats:
     """Running extremes, per-column / per-row magnitudes and samples of every float tensor."""
 
-    def __init__(self, per_feed: int):
+    def __init__(self, per_feed: int, producers: dict[str, str]):
         self.per_feed = per_feed
+        self.producers = producers
         self.rng = np.random.default_rng(0)
         self.low: dict[str, float] = {}
         self.high: dict[str, float] = {}
@@ -110,8 +112,14 @@ class _Stats:
         if not v.size:
             return
         flat = v.ravel()
-        self.low[k] = min(self.low.get(k, math.inf), float(flat.min()))
-        self.high[k] = max(self.high.get(k, -math.inf), float(flat.max()))
+        lo, hi = float(flat.min()), float(flat.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            where = self.producers.get(k, "a graph input")
+            raise ValueError(f"calibration: tensor {k!r} ({where}) is not finite on the "
+                             f"calibration inputs (range {lo:g}..{hi:g}), e.g. the square root "
+                             f"or logarithm of a negative number; int8 has no NaN or inf")
+        self.low[k] = min(self.low.get(k, math.inf), lo)
+        self.high[k] = max(self.high.get(k, -math.inf), hi)
         take = self.per_feed * feeds
         self.seen[k].append(flat if flat.size <= take
                             else flat[self.rng.integers(0, flat.size, take)])

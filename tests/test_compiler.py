@@ -446,3 +446,9 @@ def test_calibration_falls_back_when_onnxruntime_refuses_to_run():
     ref = ReferenceEvaluator(model)
     ys = np.stack([ref.run(None, f)[0] for f in feeds])
     np.testing.assert_allclose([ranges["y"].lo, ranges["y"].hi], [ys.min(), ys.max()], rtol=1e-6)
+
+
+def test_calibration_names_a_tensor_that_is_not_finite():
+    model = make_model([node("Sqrt", ["x"], ["y"])], [("x", [1, 8])], ["y"])
+    with pytest.raises(ValueError, match=r"tensor 'y' \(Sqrt node .*\) is not finite"):
+        compile_model(model, CFG, calib_feeds=feeds_for([("x", [1, 8])], n=2))
