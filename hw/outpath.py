@@ -101,7 +101,8 @@ class OutputPath(wiring.Component):
         Accumulator rows: ``data`` (``cols`` int32), ``mode`` (:class:`~.isa.StoreMode`),
         ``table`` (PWL table of mode ``INT8_PWL``, 3 bits as in ``STORE``) and an opaque
         ``tag`` passed through to ``o``. ``i.ready`` is low in a cycle in which ``cfg`` is
-        accepted, so a row never sees half a configuration change.
+        accepted and in the next (when the configuration is written), so a row never sees
+        half a configuration change.
     o : Out(stream.Signature(outpath_layouts(config)["o"]))
         Results in order: ``data`` (``cols`` lanes, int8 sign-extended or int32), with ``mode``
         and ``tag`` of their row.
@@ -169,15 +170,23 @@ class OutputPath(wiring.Component):
         en = Signal()
         idle = Signal()
         cfg_take = Signal()
+        # An accepted configuration word is registered and written into the configuration
+        # state in the next cycle (its decode and write enables start from registers); rows
+        # wait during that cycle too.
+        cfg_word = Signal(isa.INSN_BITS, reset_less=True)
+        cfg_pending = Signal()
         m.d.comb += [
             en.eq(~self.o.valid | self.o.ready),
             idle.eq(~Cat(*valid).any()),
-            self.idle.eq(idle),
+            self.idle.eq(idle & ~cfg_pending),
             self.cfg.ready.eq(idle),
             cfg_take.eq(self.cfg.valid & idle),
-            self.i.ready.eq(en & ~cfg_take),
+            self.i.ready.eq(en & ~cfg_take & ~cfg_pending),
             self.o.valid.eq(valid[-1]),
         ]
+        m.d.sync += cfg_pending.eq(cfg_take)
+        with m.If(cfg_take):
+            m.d.sync += cfg_word.eq(self.cfg.payload)
         i_take = self.i.valid & self.i.ready
         with m.If(en):
             m.d.sync += valid[0].eq(i_take)
@@ -185,10 +194,10 @@ class OutputPath(wiring.Component):
                 m.d.sync += valid[d].eq(valid[d - 1])
 
         # -- configuration writes ---------------------------------------------------------------
-        word = self.cfg.payload
+        word = cfg_word
         req, seg, hh = req_l(word), seg_l(word), hdr_l(word)
         opcode = req.opcode
-        with m.If(cfg_take):
+        with m.If(cfg_pending):
             with m.Switch(opcode):
                 with m.Case(Opcode.CFG_REQUANT):
                     end = Signal(f_req["lane"].width + 1)
