@@ -128,6 +128,14 @@ def format_table(result: SynthResult):
     fmax = "n/a" if result.fmax_mhz is None else f"{result.fmax_mhz:.2f} MHz"
     table.add_section()
     table.add_row("Fmax", fmax, f"target {result.freq_mhz:g} MHz", "")
+    cp = result.critical_path
+    if cp is not None:
+        table.add_section()
+        table.add_row("critical path", f"{cp['delay_ns']:.2f} ns",
+                      f"logic {cp['logic_ns']:.2f} + routing {cp['routing_ns']:.2f} ns",
+                      f"{cp['logic_levels']} cells")
+        table.add_row("  from", cp["from_scope"] or "(top)", "", "")
+        table.add_row("  to", cp["to_scope"] or "(top)", "", "")
     return table
 
 
@@ -135,6 +143,9 @@ def format_notes(result: SynthResult) -> list[str]:
     """Lines printed under the table: seed, time per step, where the files are, the shim."""
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     lines = [f"seed {result.seed}; time: {steps}", f"files: {result.workdir}"]
+    cp = result.critical_path
+    if cp is not None:
+        lines.insert(0, f"critical path: {cp['from']} -> {cp['to']}")
     if result.io_shim is not None:
         lines.append(f"I/O shim: {result.io_shim['inputs']} input + {result.io_shim['outputs']} "
                      f"output bits, serialised; not in the counts above, in the Fmax")

@@ -40,6 +40,26 @@ SPRAM     --                                          SB_SPRAM256KA (up5k)
 ``SynthResult.utilization`` is each resource as a percentage of the device's capacity, the
 capacity as nextpnr states it (ECP5 LUT4/FF: the "Total LUT4s"/"Total DFFs" lines; iCE40
 LUT4/FF: ICESTORM_LC logic cells, each one LUT4 and one FF).
+
+``SynthResult.critical_path`` says *where* timing is limited: nextpnr's critical path after
+routing (of the slowest clock), from its ``--report`` JSON. Keys:
+
+=================  ===========================================================================
+``clock``          the clock domain, e.g. ``"clk"`` (launch and capture edge in ``edges``)
+``delay_ns``       total path delay; ``1000 / delay_ns`` is the Fmax
+``logic_ns``       delay in cells: clock-to-Q, LUT/carry/DSP/BRAM logic and the setup time
+``routing_ns``     delay in routing between cells
+``logic_levels``   cells passed through (``logic`` steps)
+``from``, ``to``   start and end point, ``cell.port`` (the start is a register or RAM output,
+                   the end a register or RAM input); cell names carry the hierarchy of the
+                   generated Verilog, e.g. ``compute.array.pe_3_2.psum_out_TRELLIS_FF_Q_20``
+``from_scope``,    the hierarchical prefix of those cells (e.g. ``compute.array.pe_3_2``):
+``to_scope``       the submodule in which the path starts and ends
+``nets``           the routed nets along the path, in order (names from the Verilog; the
+                   zero-delay links inside a carry chain are left out)
+``steps``          every step: ``type`` (``clk-to-q``, ``logic``, ``routing``, ``setup``),
+                   ``delay_ns``, ``cell`` (``cell.port`` reached) and ``net`` (routing only)
+=================  ===========================================================================
 """
 
 from __future__ import annotations
@@ -193,6 +213,9 @@ class SynthResult:
         ``100 * resources / capacity`` per resource, in percent (empty without P&R).
     fmax_mhz : float or None
         Achieved maximum clock frequency after routing (None without P&R).
+    critical_path : dict or None
+        nextpnr's critical path after routing (see the module docstring for its keys; None
+        without P&R or when nextpnr reports none).
     cells : dict
         Yosys cell counts of the top by cell type.
     device_usage : dict
@@ -223,6 +246,7 @@ class SynthResult:
     capacity: dict = field(default_factory=dict)
     utilization: dict = field(default_factory=dict)
     fmax_mhz: float | None = None
+    critical_path: dict | None = None
     cells: dict = field(default_factory=dict)
     device_usage: dict = field(default_factory=dict)
     io_shim: dict | None = None
@@ -247,6 +271,7 @@ class SynthResult:
             "capacity": dict(self.capacity),
             "utilization": dict(self.utilization),
             "fmax_mhz": self.fmax_mhz,
+            "critical_path": None if self.critical_path is None else dict(self.critical_path),
             "cells": dict(self.cells),
             "device_usage": {k: dict(v) for k, v in self.device_usage.items()},
             "io_shim": None if self.io_shim is None else dict(self.io_shim),
@@ -455,6 +480,7 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
             result.capacity[key] = cap
             result.utilization[key] = round(100.0 * result.resources[key] / cap, 2) if cap else 0.0
     result.fmax_mhz = _fmax(report, log)
+    result.critical_path = _critical_path(report)
     return result
 
 
@@ -565,6 +591,57 @@ def _fmax(report: Path, log: str) -> float | None:
     for clock, mhz in _FMAX_RE.findall(log):   # pre-route estimates come first
         last[clock] = float(mhz)
     return round(min(last.values()), 2) if last else None
+
+
+def _critical_path(report: Path) -> dict | None:
+    """The longest of nextpnr's reported critical paths, summarised (module docstring)."""
+    try:
+        paths = json.loads(report.read_text()).get("critical_paths", [])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    best, best_delay = None, -1.0
+    for path in paths:
+        delay = sum(step.get("delay", 0.0) for step in path.get("path", []))
+        if path.get("path") and delay > best_delay:
+            best, best_delay = path, delay
+    if best is None:
+        return None
+    return _summarise_path(best)
+
+
+def _endpoint(end: dict) -> str:
+    return f"{end.get('cell', '?')}.{end.get('port', '?')}"
+
+
+def _scope(cell: str) -> str:
+    """Hierarchical prefix of a netlist cell name ("" at the top level)."""
+    return cell.rpartition(".")[0]
+
+
+def _summarise_path(path: dict) -> dict:
+    steps = path["path"]
+    logic = sum(s["delay"] for s in steps if s.get("type") != "routing")
+    routing = sum(s["delay"] for s in steps if s.get("type") == "routing")
+    clocks = [path.get(k, "") for k in ("from", "to")]
+    clock = clocks[0].split()[-1] if clocks[0] else ""
+    first, last = steps[0]["from"], steps[-1]["to"]
+    return {
+        "clock": clock,
+        "edges": " -> ".join(c.split()[0] for c in clocks if c),
+        "delay_ns": round(logic + routing, 3),
+        "logic_ns": round(logic, 3),
+        "routing_ns": round(routing, 3),
+        "logic_levels": sum(1 for s in steps if s.get("type") == "logic"),
+        "from": _endpoint(first),
+        "to": _endpoint(last),
+        "from_scope": _scope(first.get("cell", "")),
+        "to_scope": _scope(last.get("cell", "")),
+        "nets": [s["net"] for s in steps
+                 if s.get("type") == "routing" and "net" in s and s.get("delay", 0.0) > 0],
+        "steps": [{"type": s.get("type", "?"), "delay_ns": round(s.get("delay", 0.0), 3),
+                   "cell": _endpoint(s.get("to", {})),
+                   **({"net": s["net"]} if "net" in s else {})} for s in steps],
+    }
 
 
 def _module_cells(stat: dict, module: str) -> dict[str, int]:

@@ -13,18 +13,28 @@ Configuration (raw ``CFG_REQUANT`` / ``CFG_PWL_SEG`` / ``CFG_PWL_HDR`` instructi
 is accepted only while no row is in the pipeline, so it never changes under a row in flight.
 
 Pipeline, one row per cycle; all stalls are global (the pipeline advances when ``o`` is empty
-or accepted)::
+or accepted). Every stage is one register level with at most one multiplier, one carry chain
+or one wide select in front of it, so that it meets 150 MHz on ECP5::
 
-    S1  p = acc * mult                              (48 bits; mult = 1 for INT32)
-    S2  v = sat16(round_shift(p, shift))            (v = acc for INT32, in 32 bits)
-    S3  s = segment of v[15:0] in the row's table   (breakpoint count or uniform clamp)
-    S4  z = k[s] * x + b[s]  (INT8_PWL), else v     (33 bits)
-    S5  o = sat8(round_shift(z, out_shift))         (out_shift = 0 unless INT8_PWL; raw for INT32)
+    S1   the row's lanes and m = mult (1 for INT32) registered
+    S2   p_lo = acc[15:0] * m, p_hi = acc[31:16] * m      (two 17x17 products: one DSP each)
+    S3   p = p_hi * 2**16 + p_lo                         (48 bits)
+    S4   t = (2 * p) >> shift                            (shift = 0 for INT32)
+    S5   r = (t + 1) >> 1                                (= round_shift(p, shift))
+    S6   v = sat16(r)                                    (v = acc for INT32, in 32 bits)
+    S7   x = v[15:0]: x >= bp[t] for every breakpoint, q = (x - x0) >> seg_shift
+    S8   s = segment of x in the row's table              (breakpoint count or clamped q)
+    S9   k[s], b[s] of the row's table
+    S10  k[s] * x                                         (one DSP)
+    S11  z = k[s] * x + b[s] (INT8_PWL), else v           (33 bits)
+    S12  t = (2 * z) >> out_shift                         (out_shift = 0 unless INT8_PWL)
+    S13  r = (t + 1) >> 1                                (= round_shift(z, out_shift))
+    S14  o = sat8(r) (INT8, INT8_PWL), r = z (INT32)
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -35,7 +45,7 @@ from .params import HwConfig
 
 __all__ = ["OutputPath", "outpath_layouts", "latency"]
 
-_STAGES = 5
+_STAGES = 14
 _TAG_BITS = 8
 
 
@@ -57,20 +67,6 @@ def outpath_layouts(config: HwConfig) -> dict[str, data.Layout]:
                                 "tag": _TAG_BITS}),
         "o": data.StructLayout({"data": lanes, "mode": store["mode"], "tag": _TAG_BITS}),
     }
-
-
-def _round_shift(m: Module, value, shift, name: str) -> Signal:
-    """``(value + 2**(shift-1)) >> shift`` (no rounding for ``shift == 0``), exact for any shift.
-
-    Computed as ``((2*value >> shift) + 1) >> 1``: for ``shift >= 1`` the floor of
-    ``value / 2**(shift-1)`` plus one, halved, is the floor of ``(value + 2**(shift-1)) / 2**shift``;
-    for ``shift == 0`` it is ``(2*value + 1) >> 1 = value``. This needs no adder as wide as
-    ``2**(max shift - 1)``.
-    """
-    width = value.shape().width
-    res = Signal(signed(width + 1), name=name)
-    m.d.comb += res.eq((((value << 1) >> shift) + 1) >> 1)
-    return res
 
 
 def _saturate(value, bits: int):
@@ -105,7 +101,8 @@ class OutputPath(wiring.Component):
         Accumulator rows: ``data`` (``cols`` int32), ``mode`` (:class:`~.isa.StoreMode`),
         ``table`` (PWL table of mode ``INT8_PWL``, 3 bits as in ``STORE``) and an opaque
         ``tag`` passed through to ``o``. ``i.ready`` is low in a cycle in which ``cfg`` is
-        accepted, so a row never sees half a configuration change.
+        accepted and in the next (when the configuration is written), so a row never sees
+        half a configuration change.
     o : Out(stream.Signature(outpath_layouts(config)["o"]))
         Results in order: ``data`` (``cols`` lanes, int8 sign-extended or int32), with ``mode``
         and ``tag`` of their row.
@@ -173,15 +170,23 @@ class OutputPath(wiring.Component):
         en = Signal()
         idle = Signal()
         cfg_take = Signal()
+        # An accepted configuration word is registered and written into the configuration
+        # state in the next cycle (its decode and write enables start from registers); rows
+        # wait during that cycle too.
+        cfg_word = Signal(isa.INSN_BITS, reset_less=True)
+        cfg_pending = Signal()
         m.d.comb += [
             en.eq(~self.o.valid | self.o.ready),
-            idle.eq(~valid[0] & ~valid[1] & ~valid[2] & ~valid[3] & ~valid[4]),
-            self.idle.eq(idle),
+            idle.eq(~Cat(*valid).any()),
+            self.idle.eq(idle & ~cfg_pending),
             self.cfg.ready.eq(idle),
             cfg_take.eq(self.cfg.valid & idle),
-            self.i.ready.eq(en & ~cfg_take),
+            self.i.ready.eq(en & ~cfg_take & ~cfg_pending),
             self.o.valid.eq(valid[-1]),
         ]
+        m.d.sync += cfg_pending.eq(cfg_take)
+        with m.If(cfg_take):
+            m.d.sync += cfg_word.eq(self.cfg.payload)
         i_take = self.i.valid & self.i.ready
         with m.If(en):
             m.d.sync += valid[0].eq(i_take)
@@ -189,10 +194,10 @@ class OutputPath(wiring.Component):
                 m.d.sync += valid[d].eq(valid[d - 1])
 
         # -- configuration writes ---------------------------------------------------------------
-        word = self.cfg.payload
+        word = cfg_word
         req, seg, hh = req_l(word), seg_l(word), hdr_l(word)
         opcode = req.opcode
-        with m.If(cfg_take):
+        with m.If(cfg_pending):
             with m.Switch(opcode):
                 with m.Case(Opcode.CFG_REQUANT):
                     end = Signal(f_req["lane"].width + 1)
@@ -239,55 +244,76 @@ class OutputPath(wiring.Component):
                         m.d.comb += sig.eq(item)
             return sig
 
-        # S1: p = acc * mult (mult = 1 for raw rows: p = acc).
-        p = [Signal(signed(48), name=f"s1_p_{l}", reset_less=True) for l in range(C)]
+        def stage(shape, name, value):
+            """One pipeline register per lane: ``value(l)`` registered (advances with ``en``)."""
+            regs = [Signal(shape, name=f"{name}_{l}", reset_less=True) for l in range(C)]
+            with m.If(en):
+                m.d.sync += [regs[l].eq(value(l)) for l in range(C)]
+            return regs
+
+        # Requantization. The side band of the row held in stage d's registers is sb[d - 1].
+        # round_shift(p, shift) = (p + 2**(shift-1)) >> shift is computed as
+        # ((2*p >> shift) + 1) >> 1: for shift >= 1 the floor of p / 2**(shift-1) plus one,
+        # halved, is the floor of (p + 2**(shift-1)) / 2**shift; for shift == 0 it is p. No
+        # adder as wide as 2**(max shift - 1) is needed.
         in_raw = self.i.payload.mode[1]
-        for l in range(C):
-            with m.If(en):
-                m.d.sync += p[l].eq(self.i.payload.data[l] * Mux(in_raw, 1, mult[l]))
+        d1 = stage(signed(32), "s1_acc", lambda l: self.i.payload.data[l])
+        m1 = stage(unsigned(MULT_BITS), "s1_mult", lambda l: Mux(in_raw, 1, mult[l]))
+        plo = stage(unsigned(32), "s2_plo", lambda l: d1[l][:16] * m1[l])
+        phi = stage(signed(33), "s2_phi", lambda l: d1[l][16:].as_signed() * m1[l])
+        p3 = stage(signed(48), "s3_p", lambda l: ((phi[l] << 16) + plo[l])[:48].as_signed())
+        t4 = stage(signed(49), "s4_t",
+                   lambda l: (p3[l] << 1) >> Mux(raw(2), 0, shift[l]))
+        r5 = stage(signed(49), "s5_r", lambda l: ((t4[l] + 1) >> 1)[:49].as_signed())
+        v6 = stage(signed(32), "s6_v",
+                   lambda l: Mux(raw(4), r5[l][:32].as_signed(), _saturate(r5[l], 16)))
 
-        # S2: v = sat16(round_shift(p, shift)); raw rows: shift 0, no saturation, v = acc.
-        v2 = [Signal(signed(32), name=f"s2_v_{l}", reset_less=True) for l in range(C)]
-        for l in range(C):
-            r = _round_shift(m, p[l], Mux(raw(0), 0, shift[l]), f"s2_round_{l}")
-            with m.If(en):
-                m.d.sync += v2[l].eq(Mux(raw(0), r[:32].as_signed(), _saturate(r, 16)))
-
-        # S3: segment index of x = v[15:0] in the row's table.
-        t3 = sb[1].table
-        h3 = select(hdr, t3, hdr_layout, "s3_hdr")
-        bp3 = [select([bp[t][s] for t in range(T)], t3, signed(16), f"s3_bp_{s}")
+        # S7: compares of x = v[15:0] with the breakpoints of the row's table, and the
+        # uniform segment before clamping.
+        h7 = select(hdr, sb[5].table, hdr_layout, "s7_hdr")
+        bp7 = [select([bp[t][s] for t in range(T)], sb[5].table, signed(16), f"s7_bp_{s}")
                for s in range(1, N)]
-        v3 = [Signal(signed(32), name=f"s3_v_{l}", reset_less=True) for l in range(C)]
-        s3 = [Signal(range(N), name=f"s3_seg_{l}", reset_less=True) for l in range(C)]
-        for l in range(C):
-            x = v2[l][:16].as_signed()
-            count = _popcount([x >= b for b in bp3])
-            q = Signal(signed(17), name=f"s3_q_{l}")
-            m.d.comb += q.eq((x - h3.x0) >> h3.seg_shift)
+        ge7 = stage(unsigned(max(N - 1, 1)), "s7_ge",
+                    lambda l: Cat(*[v6[l][:16].as_signed() >= b for b in bp7]))
+        q7 = stage(signed(17), "s7_q",
+                   lambda l: ((v6[l][:16].as_signed() - h7.x0) >> h7.seg_shift)[:17].as_signed())
+        v7 = stage(signed(32), "s7_v", lambda l: v6[l])
+
+        # S8: the segment.
+        h8 = select(hdr, sb[6].table, hdr_layout, "s8_hdr")
+
+        def segment(l):
+            count = _popcount([ge7[l][i] for i in range(N - 1)])
+            q = q7[l]
             uniform = Mux(q < 0, 0, Mux(q > N - 1, N - 1, q[:seg_bits]))
-            with m.If(en):
-                m.d.sync += [v3[l].eq(v2[l]), s3[l].eq(Mux(h3.mode, count, uniform))]
+            return Mux(h8.mode, count, uniform)
+        s8 = stage(range(N), "s8_seg", segment)
+        v8 = stage(signed(32), "s8_v", lambda l: v7[l])
 
-        # S4: z = k[s] * x + b[s] for PWL rows, else v.
-        t4 = sb[2].table
-        k4 = Array(select([kk[t][s] for t in range(T)], t4, signed(16), f"s4_k_{s}")
+        # S9: k[s], b[s] of the row's table.
+        t9 = sb[7].table
+        k9 = Array(select([kk[t][s] for t in range(T)], t9, signed(16), f"s9_ksel_{s}")
                    for s in range(N))
-        b4 = Array(select([bb[t][s] for t in range(T)], t4, signed(32), f"s4_b_{s}")
+        b9 = Array(select([bb[t][s] for t in range(T)], t9, signed(32), f"s9_bsel_{s}")
                    for s in range(N))
-        z4 = [Signal(signed(33), name=f"s4_z_{l}", reset_less=True) for l in range(C)]
-        for l in range(C):
-            x = v3[l][:16].as_signed()
-            with m.If(en):
-                m.d.sync += z4[l].eq(Mux(pwl(2), k4[s3[l]] * x + b4[s3[l]], v3[l]))
+        kr = stage(signed(16), "s9_k", lambda l: k9[s8[l]])
+        br = stage(signed(32), "s9_b", lambda l: b9[s8[l]])
+        v9 = stage(signed(32), "s9_v", lambda l: v8[l])
 
-        # S5 (the output register): sat8(round_shift(z, out_shift)) / sat8(z) / z.
-        h5 = select(hdr, sb[3].table, hdr_layout, "s5_hdr")
+        # S10: k[s] * x; S11: z.
+        kx = stage(signed(32), "s10_kx", lambda l: kr[l] * v9[l][:16].as_signed())
+        b10 = stage(signed(32), "s10_b", lambda l: br[l])
+        v10 = stage(signed(32), "s10_v", lambda l: v9[l])
+        z11 = stage(signed(33), "s11_z", lambda l: Mux(pwl(9), kx[l] + b10[l], v10[l]))
+
+        # S12..S14: sat8(round_shift(z, out_shift)) / sat8(z) / z.
+        h12 = select(hdr, sb[10].table, hdr_layout, "s12_hdr")
+        t12 = stage(signed(34), "s12_t",
+                    lambda l: (z11[l] << 1) >> Mux(pwl(10), h12.out_shift, 0))
+        r13 = stage(signed(34), "s13_r", lambda l: ((t12[l] + 1) >> 1)[:34].as_signed())
+        y14 = stage(signed(32), "s14_y",
+                    lambda l: Mux(raw(12), r13[l][:32].as_signed(), _saturate(r13[l], 8)))
         for l in range(C):
-            r = _round_shift(m, z4[l], Mux(pwl(3), h5.out_shift, 0), f"s5_round_{l}")
-            y = Signal(signed(32), name=f"s5_y_{l}", reset_less=True)
-            with m.If(en):
-                m.d.sync += y.eq(Mux(raw(3), z4[l][:32].as_signed(), _saturate(r, 8)))
-            m.d.comb += self.o.payload.data[l].eq(y)
-        m.d.comb += [self.o.payload.mode.eq(sb[4].mode), self.o.payload.tag.eq(sb[4].tag)]
+            m.d.comb += self.o.payload.data[l].eq(y14[l])
+        m.d.comb += [self.o.payload.mode.eq(sb[-1].mode), self.o.payload.tag.eq(sb[-1].tag)]
         return m

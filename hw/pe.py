@@ -1,4 +1,11 @@
-"""Processing elements of the systolic array: one int8 x int8 -> int32 MAC each."""
+"""Processing elements of the systolic array: one pipelined int8 x int8 -> int32 MAC each.
+
+Both PEs register the multiplier's operands and its product before the add
+(:data:`PRODUCT_STAGES` cycles from an operand arriving to its product entering the sum), so
+the multiplier (one MULT18X18D on ECP5) sits alone between two registers and the 32-bit adder
+gets a cycle of its own. The extra stages are the same in every PE, so the skew between
+neighbours is unchanged; only the array's latency grows (:func:`.systolic.latency`).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +15,21 @@ from amaranth.lib.wiring import In, Out
 
 from .params import Dataflow, HwConfig
 
-__all__ = ["WeightStationaryPE", "OutputStationaryPE", "make_pe"]
+__all__ = ["PRODUCT_STAGES", "WeightStationaryPE", "OutputStationaryPE", "make_pe"]
+
+#: Cycles from a PE's operands arriving (``a_in`` and the weight, or ``a_in``/``b_in``) to
+#: their product being added: operand registers, then the product register.
+PRODUCT_STAGES = 2
 
 
 class WeightStationaryPE(wiring.Component):
     """Weight-stationary PE with two weight banks.
 
-    Each cycle with ``en`` high: ``psum_out <= psum_in + a_in * w[bank_in]``; ``a_in`` and
-    ``bank_in`` move one PE to the right. Weights are loaded by shifting them down the column:
+    Each cycle with ``en`` high the PE takes ``a_in`` and ``w[bank_in]``; their product is added
+    :data:`PRODUCT_STAGES` advances later: ``psum_out <= psum_in + p`` with ``p`` the product
+    of the operands taken ``PRODUCT_STAGES`` advances before (so ``psum_in`` must arrive that
+    much after its ``a_in``, as it does in the array). ``a_in`` and ``bank_in`` move one PE to
+    the right, registered. Weights are loaded by shifting them down the column:
     when ``w_shift`` is high, bank ``w_bank`` takes ``w_in`` and ``w_out`` shows that bank, so
     ``rows`` shifts fill a column. The bank that ``bank_in`` selects may be in use while the other
     one is loaded, which is what lets weight tiles follow each other with no bubble.
@@ -57,10 +71,11 @@ class WeightStationaryPE(wiring.Component):
         ow, aw = self._config.operand_width, self._config.acc_width
         # Datapath registers need no reset: validity travels in the array's control bits.
         w = [Signal(signed(ow), name=f"w{i}", reset_less=True) for i in range(2)]
-        a = Signal(signed(ow), reset_less=True)
+        a = Signal(signed(ow), reset_less=True)         # operand register (also a_out)
+        weight = Signal(signed(ow), reset_less=True)    # operand register: w[bank_in]
         bank = Signal(reset_less=True)
+        product = Signal(signed(2 * ow), reset_less=True)
         psum = Signal(signed(aw), reset_less=True)
-        weight = Mux(self.bank_in, w[1], w[0])
         m.d.comb += [
             self.w_out.eq(Mux(self.w_bank, w[1], w[0])),
             self.a_out.eq(a), self.bank_out.eq(bank), self.psum_out.eq(psum),
@@ -68,9 +83,11 @@ class WeightStationaryPE(wiring.Component):
         with m.If(self.en):
             m.d.sync += [
                 a.eq(self.a_in),
+                weight.eq(Mux(self.bank_in, w[1], w[0])),
                 bank.eq(self.bank_in),
+                product.eq(a * weight),
                 # Truncation to acc_width is the two's-complement wrap of the contract.
-                psum.eq((self.psum_in + self.a_in * weight)[:aw]),
+                psum.eq((self.psum_in + product)[:aw]),
             ]
             with m.If(self.w_shift):
                 m.d.sync += w[0].eq(Mux(self.w_bank, w[0], self.w_in))
@@ -81,9 +98,12 @@ class WeightStationaryPE(wiring.Component):
 class OutputStationaryPE(wiring.Component):
     """Output-stationary PE: accumulates one element of the output tile.
 
-    Each cycle with ``en`` high: ``acc <= (first_in ? 0 : acc) + a_in * b_in``; ``a_in`` and the
-    flags move right, ``b_in`` moves down. When ``last_in`` is high the finished sum is also
-    copied into ``result``, which holds while the next tile accumulates.
+    Each cycle with ``en`` high the PE takes ``a_in``, ``b_in`` and the flags; their product is
+    added :data:`PRODUCT_STAGES` advances later: ``acc <= (first ? 0 : acc) + a * b``.
+    ``a_in`` and the flags move right, ``b_in`` moves down, registered. For the operands taken
+    with ``last_in`` high the finished sum is copied into ``result``, which holds while the
+    next tile accumulates; ``done`` is high in the cycle it appears there (``PRODUCT_STAGES``
+    advances after ``last_out``).
 
     Parameters
     ----------
@@ -101,6 +121,8 @@ class OutputStationaryPE(wiring.Component):
         Tile boundary flags, travelling with ``a``.
     result : Out(signed(acc_width))
         The last finished output element.
+    done : Out(1)
+        ``result`` was written by the last advance.
     """
 
     def __init__(self, config: HwConfig):
@@ -112,7 +134,7 @@ class OutputStationaryPE(wiring.Component):
             "b_in": In(signed(ow)), "b_out": Out(signed(ow)),
             "first_in": In(1), "first_out": Out(1),
             "last_in": In(1), "last_out": Out(1),
-            "result": Out(signed(aw)),
+            "result": Out(signed(aw)), "done": Out(1),
         })
 
     def elaborate(self, platform):
@@ -121,10 +143,14 @@ class OutputStationaryPE(wiring.Component):
         # Operand and sum registers need no reset: `first` restarts every accumulation.
         acc = Signal(signed(aw), reset_less=True)
         total = Signal(signed(aw))
+        # Operand registers (a and b are also a_out/b_out), then the product register; the
+        # flags are delayed to match the product.
         a, b = Signal(signed(ow), reset_less=True), Signal(signed(ow), reset_less=True)
+        product = Signal(signed(2 * ow), reset_less=True)
+        first_p, last_p = Signal(), Signal()
         result = Signal(signed(aw), reset_less=True)
         m.d.comb += [
-            total.eq((Mux(self.first_in, 0, acc) + self.a_in * self.b_in)[:aw]),
+            total.eq((Mux(first_p, 0, acc) + product)[:aw]),
             self.a_out.eq(a), self.b_out.eq(b), self.result.eq(result),
         ]
         with m.If(self.en):
@@ -133,9 +159,13 @@ class OutputStationaryPE(wiring.Component):
                 b.eq(self.b_in),
                 self.first_out.eq(self.first_in),
                 self.last_out.eq(self.last_in),
+                product.eq(a * b),
+                first_p.eq(self.first_out),
+                last_p.eq(self.last_out),
                 acc.eq(total),
+                self.done.eq(last_p),
             ]
-            with m.If(self.last_in):
+            with m.If(last_p):
                 m.d.sync += result.eq(total)
         return m
 

@@ -1,10 +1,10 @@
-"""A synchronous memory read port turned into a ready/valid stream."""
+"""A synchronous memory read port turned into a ready/valid stream, and a register slice."""
 
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal
 
-__all__ = ["ReadPipe"]
+__all__ = ["ReadPipe", "SkidBuffer"]
 
 
 class ReadPipe:
@@ -60,3 +60,45 @@ class ReadPipe:
     def taken(self):
         """A request is taken this cycle."""
         return self.req_valid & self.req_ready
+
+
+class SkidBuffer:
+    """A register slice for a ready/valid stream whose upstream ``ready`` is a register.
+
+    It cuts the combinational ``ready`` path from consumer to producer (and the data path
+    through it): the producer sees ``up_ready = ~full``; one beat of buffering absorbs the cycle
+    in which the consumer stops. Full throughput; one cycle of latency.
+
+    Parameters
+    ----------
+    m : Module
+    shape : shape of the payload
+    name : str
+
+    Attributes
+    ----------
+    up_valid, up_payload : Signal
+        Driven by the producer; ``up_ready`` is driven (a register output).
+    down_valid, down_payload : Signal
+        Driven (registers); ``down_ready`` is driven by the consumer.
+    """
+
+    def __init__(self, m: Module, shape, name: str):
+        self.up_valid = Signal(name=f"{name}_up_valid")
+        self.up_ready = Signal(name=f"{name}_up_ready")
+        self.up_payload = Signal(shape, name=f"{name}_up_payload")
+        self.down_valid = Signal(name=f"{name}_down_valid")
+        self.down_ready = Signal(name=f"{name}_down_ready")
+        self.down_payload = Signal(shape, name=f"{name}_down_payload", reset_less=True)
+        skid = Signal(shape, name=f"{name}_skid", reset_less=True)
+        full = Signal(name=f"{name}_full")
+        m.d.comb += self.up_ready.eq(~full)
+        take = self.up_valid & ~full
+        with m.If(~self.down_valid | self.down_ready):
+            # The output register is free: refill it from the skid register, else upstream.
+            with m.If(full):
+                m.d.sync += [self.down_payload.eq(skid), self.down_valid.eq(1), full.eq(0)]
+            with m.Else():
+                m.d.sync += [self.down_payload.eq(self.up_payload), self.down_valid.eq(take)]
+        with m.Elif(take):
+            m.d.sync += [skid.eq(self.up_payload), full.eq(1)]

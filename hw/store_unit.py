@@ -73,6 +73,8 @@ class StoreUnit(wiring.Component):
         beats = Signal(8)
         cfg_retire = Signal()
         cfg_push_prev = Signal()
+        ahead = Signal()            # req_rows > done_rows (a register, off the ready paths)
+        req_inc, done_inc = Signal(), Signal()
 
         # -- accept an instruction ---------------------------------------------------------
         m.d.comb += [
@@ -116,6 +118,7 @@ class StoreUnit(wiring.Component):
         ]
         with m.If(self.wr_req.valid & self.wr_req.ready):
             m.d.sync += [req_addr.eq(req_addr + cur.dram_stride), req_rows.eq(req_rows + 1)]
+            m.d.comb += req_inc.eq(1)
 
         # -- data: int8 rows are one beat; int32 rows `beats` beats ------------------------
         row_bytes = Signal(8 * B * beats_i32)
@@ -133,14 +136,15 @@ class StoreUnit(wiring.Component):
         last_beat = beat == beats - 1
         m.d.comb += [
             # Data for a row goes out only once its request was accepted.
-            self.wr_data.valid.eq(op.o.valid & (done_rows < req_rows)),
+            self.wr_data.valid.eq(op.o.valid & ahead),
             self.wr_data.payload.data.eq(row_bytes.word_select(beat, 8 * B)),
             self.wr_data.payload.strb.eq(strb),
-            op.o.ready.eq(self.wr_data.ready & (done_rows < req_rows) & last_beat),
+            op.o.ready.eq(self.wr_data.ready & ahead & last_beat),
         ]
         with m.If(self.wr_data.valid & self.wr_data.ready):
             with m.If(last_beat):
                 m.d.sync += [beat.eq(0), done_rows.eq(done_rows + 1)]
+                m.d.comb += done_inc.eq(1)
                 m.d.comb += [
                     self.bytes_written.eq(nbytes),
                     self.pwl_evals.eq(Mux(op.o.payload.mode == isa.StoreMode.INT8_PWL, cur.ncols, 0)),
@@ -148,6 +152,11 @@ class StoreUnit(wiring.Component):
             with m.Else():
                 m.d.sync += beat.eq(beat + 1)
 
+        # Both counts grow by at most one per cycle and restart together at 0.
+        with m.If(self.insn.valid & self.insn.ready & is_store):
+            m.d.sync += ahead.eq(0)
+        with m.Else():
+            m.d.sync += ahead.eq((req_rows + req_inc) != (done_rows + done_inc))
         store_retire = Signal()
         m.d.comb += store_retire.eq(active & (done_rows == cur.nrows) & (req_rows == cur.nrows)
                                     & (read_rows == cur.nrows))

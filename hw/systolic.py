@@ -33,7 +33,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import Dataflow, HwConfig
-from .pe import OutputStationaryPE, WeightStationaryPE
+from .pe import PRODUCT_STAGES, OutputStationaryPE, WeightStationaryPE
 
 __all__ = ["SystolicArray", "array_layouts", "ws_bank_drain", "os_tile_interval", "latency"]
 
@@ -73,10 +73,11 @@ def latency(config: HwConfig) -> int:
     """Cycles from accepting an input beat to its first output beat being valid.
 
     WS: from an activation vector to its result. OS: from a tile's last beat to its row 0.
+    Both include the PEs' :data:`~.pe.PRODUCT_STAGES`.
     """
     if config.dataflow is Dataflow.WS:
-        return config.rows + config.cols
-    return config.cols + 2
+        return config.rows + config.cols + PRODUCT_STAGES
+    return config.cols + 2 + PRODUCT_STAGES
 
 
 class SystolicArray(wiring.Component):
@@ -268,9 +269,9 @@ class SystolicArray(wiring.Component):
                     pe.b_in.eq(pes[i - 1][j].b_out if i else col_b[j]),
                 ]
 
-        # Row i of the tile is complete when `last` leaves the right edge of row i; rows finish
-        # on consecutive cycles, so one row is read out per cycle.
-        done = [pes[i][C - 1].last_out for i in range(R)]
+        # Row i of the tile is complete when the result of `last` is in the right edge PE of
+        # row i; rows finish on consecutive cycles, so one row is read out per cycle.
+        done = [pes[i][C - 1].done for i in range(R)]
         out_row = [Signal(signed(aw), name=f"out_row_{j}") for j in range(C)]
         out_data = Signal(C * aw, reset_less=True)
         for j in range(C):

@@ -580,8 +580,8 @@ CYCLE_COSTS: dict[str, int] = {
     "load_overhead": 2,        # accept + retire of a load (beyond dram_latency and beats)
     "load_fetch_share": 2,     # per load and instruction beat: fetch bursts share the read channel
     "compute_overhead": 1,     # per compute beyond its beats
-    "compute_latency": 3,      # operand read + writeback beyond the array fill (rows + cols)
-    "store_latency": 8,        # accumulator read + output path + write request
+    "compute_latency": 6,      # operand read + writeback beyond the array fill (rows + cols)
+    "store_latency": 17,       # accumulator read + output path + write request
     "cfg": 1,                  # CFG_* instructions
     "fence": 1,                # zero-sized instructions
     "halt": 1,                 # from the last completion to done

@@ -342,11 +342,13 @@ def test_latency_and_throughput():
     config = CONFIGS[2]
     dut = OutputPath(config)
     lat = latency(config)
-    assert lat == 5
+    assert lat == 14
 
     async def bench(ctx):
         ctx.set(dut.o.ready, 1)
         await _send_cfg(ctx, dut, _word(Opcode.CFG_REQUANT, lane=0, count=255, mult=1, shift=0))
+        assert not ctx.get(dut.i.ready)       # the configuration is being written
+        await ctx.tick()
         # A single row: valid on o exactly `lat` cycles after the cycle it was accepted in.
         _set_row(ctx, dut, [7] * config.cols, 0, 0, 0x5A)
         ctx.set(dut.i.valid, 1)
@@ -410,6 +412,9 @@ def test_cfg_only_when_idle():
         assert not ctx.get(dut.i.ready)
         await ctx.tick()
         ctx.set(dut.cfg.valid, 0)
+        assert not ctx.get(dut.i.ready)       # the configuration is being written
+        assert not ctx.get(dut.idle)
+        await ctx.tick()
         assert ctx.get(dut.i.ready)
         await ctx.tick()
         ctx.set(dut.i.valid, 0)

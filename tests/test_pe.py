@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from neuralmatrix.hw.arith import wrap_int32
 from neuralmatrix.hw.params import HwConfig
-from neuralmatrix.hw.pe import OutputStationaryPE, WeightStationaryPE, make_pe
+from neuralmatrix.hw.pe import PRODUCT_STAGES, OutputStationaryPE, WeightStationaryPE, make_pe
 
 EXTREMES = [-128, -127, -1, 0, 1, 126, 127]
 
@@ -31,6 +31,7 @@ def test_make_pe_follows_dataflow():
 def test_ws_pe_mac_banks_and_wrap():
     dut = WeightStationaryPE(HwConfig())
     rng = random.Random(0)
+    S = PRODUCT_STAGES
 
     async def bench(ctx):
         # Load bank 0 with -128 and bank 1 with 127 through the shift chain.
@@ -46,14 +47,22 @@ def test_ws_pe_mac_banks_and_wrap():
                  for p in (0, 2**31 - 1, -2**31, 12345)]
         cases += [(rng.randint(-128, 127), rng.randint(0, 1), rng.randint(-2**31, 2**31 - 1))
                   for _ in range(200)]
-        for a, bank, p in cases:
-            ctx.set(dut.a_in, a)
-            ctx.set(dut.bank_in, bank)
-            ctx.set(dut.psum_in, p)
+        # One case per cycle: its psum_in follows its a_in by PRODUCT_STAGES cycles, and its
+        # sum is on psum_out after that cycle's edge.
+        for c in range(len(cases) + S):
+            if c < len(cases):
+                a, bank, _ = cases[c]
+                ctx.set(dut.a_in, a)
+                ctx.set(dut.bank_in, bank)
+            if c >= S:
+                ctx.set(dut.psum_in, cases[c - S][2])
             await ctx.tick()
-            w = 127 if bank else -128
-            assert ctx.get(dut.psum_out) == wrap_int32(p + a * w), (a, bank, p)
-            assert ctx.get(dut.a_out) == a and ctx.get(dut.bank_out) == bank
+            if c < len(cases):
+                assert ctx.get(dut.a_out) == a and ctx.get(dut.bank_out) == bank
+            if c >= S:
+                a, bank, p = cases[c - S]
+                w = 127 if bank else -128
+                assert ctx.get(dut.psum_out) == wrap_int32(p + a * w), (a, bank, p)
         # en low freezes everything, including a requested weight shift.
         ctx.set(dut.en, 0)
         ctx.set(dut.psum_in, 1)
@@ -67,6 +76,39 @@ def test_ws_pe_mac_banks_and_wrap():
     _simulate(dut, bench)
 
 
+def test_ws_pe_product_latency():
+    """A product reaches psum_out PRODUCT_STAGES + 1 advances after its a_in; stalls (en low)
+    in between delay it without losing it."""
+    dut = WeightStationaryPE(HwConfig())
+
+    async def bench(ctx):
+        ctx.set(dut.en, 1)
+        ctx.set(dut.w_shift, 1)
+        ctx.set(dut.w_bank, 0)
+        ctx.set(dut.w_in, 7)
+        await ctx.tick()
+        ctx.set(dut.w_shift, 0)
+        ctx.set(dut.bank_in, 0)
+        ctx.set(dut.psum_in, 0)
+        ctx.set(dut.a_in, 0)
+        for _ in range(4):
+            await ctx.tick()
+        for stall in (False, True):
+            ctx.set(dut.a_in, 3)
+            await ctx.tick()
+            ctx.set(dut.a_in, 0)
+            seen = []
+            for cycle in range(6):
+                ctx.set(dut.en, not (stall and cycle == 1))
+                await ctx.tick()
+                seen.append(ctx.get(dut.psum_out))
+            ctx.set(dut.en, 1)
+            at = PRODUCT_STAGES - 1 + stall
+            assert seen[at] == 21 and seen[at - 1] == 0 and seen[at + 1] == 0, seen
+
+    _simulate(dut, bench)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_os_pe_accumulate_first_last(seed):
     dut = OutputStationaryPE(HwConfig(dataflow="os"))
@@ -74,27 +116,34 @@ def test_os_pe_accumulate_first_last(seed):
 
     async def bench(ctx):
         ctx.set(dut.en, 1)
+        beats, sums = [], []
         for _ in range(30):
             k = rng.randint(1, 12)
             pairs = [(rng.choice(EXTREMES + [rng.randint(-128, 127)]),
                       rng.choice(EXTREMES + [rng.randint(-128, 127)])) for _ in range(k)]
-            for t, (a, b) in enumerate(pairs):
-                ctx.set(dut.a_in, a)
-                ctx.set(dut.b_in, b)
-                ctx.set(dut.first_in, t == 0)
-                ctx.set(dut.last_in, t == k - 1)
-                await ctx.tick()
-                assert ctx.get(dut.a_out) == a and ctx.get(dut.b_out) == b
-            assert ctx.get(dut.result) == wrap_int32(sum(a * b for a, b in pairs))
-            # The result holds while the next tile accumulates.
-            held = ctx.get(dut.result)
-            ctx.set(dut.first_in, 1)
-            ctx.set(dut.last_in, 0)
-            ctx.set(dut.a_in, 3)
-            ctx.set(dut.b_in, 3)
+            beats += [(a, b, t == 0, t == k - 1) for t, (a, b) in enumerate(pairs)]
+            sums.append(wrap_int32(sum(a * b for a, b in pairs)))
+            # A gap beat (zeros) between some tiles: it must not disturb the held result.
+            if rng.random() < 0.5:
+                beats.append((0, 0, False, False))
+        results, held, last_at = [], None, []
+        for c in range(len(beats) + PRODUCT_STAGES + 1):
+            a, b, first, last = beats[c] if c < len(beats) else (0, 0, False, False)
+            ctx.set(dut.a_in, a)
+            ctx.set(dut.b_in, b)
+            ctx.set(dut.first_in, first)
+            ctx.set(dut.last_in, last)
             await ctx.tick()
-            assert ctx.get(dut.result) == held
-        ctx.set(dut.first_in, 0)
+            if c < len(beats):
+                assert ctx.get(dut.a_out) == a and ctx.get(dut.b_out) == b
+            if last:
+                last_at.append(c)
+            if ctx.get(dut.done):
+                assert c - last_at.pop(0) == PRODUCT_STAGES
+                held = ctx.get(dut.result)
+                results.append(held)
+            elif held is not None:
+                assert ctx.get(dut.result) == held      # holds while the next tile accumulates
+        assert results == sums
 
     _simulate(dut, bench)
-

