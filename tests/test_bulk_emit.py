@@ -17,10 +17,12 @@ import pytest
 from neuralmatrix.hw.isa import FieldProgram, Insn, Opcode as O, assemble_binary, field_matrix
 from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sw.gemm_program import (
-    MatrixLayout, Operand, ProgramBuilder, _matmul_program_reference, chunk_depths,
+    MatrixLayout, ProgramBuilder, _matmul_program_reference, chunk_depths,
     gemm_program, matmul_program, synchronize,
 )
 from neuralmatrix.sw.golden import GoldenModel, estimate_cycles
+
+from gemm_cases import random_gemm_case
 
 
 def _random_insn(rng) -> Insn:
@@ -68,28 +70,12 @@ def _case(rng):
     df = str(rng.choice(["ws", "os"]))
     sp, acc = int(rng.choice([64, 128, 512, 4096])), int(rng.choice([32, 64, 256]))
     cfg = HwConfig(rows, rows, df, sp_depth=sp, acc_depth=acc)
-    ws = df == "ws"
-    M, N = int(rng.integers(1, 70)), int(rng.integers(1, 40))
-    depths = [int(rng.integers(1, 60)) for _ in range(int(rng.integers(1, 4)))]
-    bus, pos = cfg.bus_bytes, [1 << 12]
-
-    def lay(r, c, elem=1):
-        m = MatrixLayout.tiled(pos[0], r, c, rows, bus, elem)
-        pos[0] = -(-m.end // 64) * 64
-        return m
-
-    parts = [Operand(lay(M, K) if ws else lay(K, M), lay(K, N)) for K in depths]
-    bias = lay(1, N, 4) if rng.random() < 0.5 else None
-    out = "int32" if rng.random() < 0.25 else "int8"
-    if rng.random() < 0.3:      # C over A: loads and stores ordered through external memory
-        a = parts[0].a
-        c = MatrixLayout.tiled(a.addr, M, N, rows, bus, 4 if out == "int32" else 1)
-    else:
-        c = lay(M, N, 4 if out == "int32" else 1)
-    n_chunks = len(chunk_depths(cfg, depths))
-    active = rng.random((n_chunks, -(-N // rows))) < rng.choice([0.3, 0.8, 1.0])
+    g = random_gemm_case(cfg, rng, base=1 << 12, max_m=70, max_n=40, max_k=60, max_terms=4,
+                         bias_p=0.5, active_p=[0.3, 0.8, 1.0], c_over_a_p=0.3)
+    N = g.c.cols
     mult = rng.integers(1, 4, N) if rng.random() < 0.5 else 7
-    return cfg, dict(parts=parts, c=c, mult=mult, shift=5, out=out, bias=bias, active=active)
+    return cfg, dict(parts=g.parts, c=g.c, mult=mult, shift=5, out=g.out, bias=g.bias,
+                     active=g.active)
 
 
 @pytest.mark.parametrize("seed", range(60))

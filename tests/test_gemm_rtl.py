@@ -8,8 +8,10 @@ import pytest
 from neuralmatrix.hw.isa import assemble_binary
 from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sim.harness import ProgramJob, run_programs
-from neuralmatrix.sw.gemm_program import MatrixLayout, Operand, chunk_depths, matmul_program
+from neuralmatrix.sw.gemm_program import matmul_program
 from neuralmatrix.sw.golden import GoldenModel
+
+from gemm_cases import random_gemm_case
 
 SIM_DRAM = 1 << 20
 
@@ -21,26 +23,14 @@ CONFIGS = {
 
 
 def _job(cfg: HwConfig, rng, index: int):
-    R, ws, bus = cfg.rows, cfg.dataflow.value == "ws", cfg.bus_bytes
-    M, N = int(rng.integers(1, 80)), int(rng.integers(1, 50))
-    depths = [int(rng.integers(1, 120)) for _ in range(int(rng.integers(1, 3)))]
-    pos = [64]
-
-    def lay(r, c, elem=1):
-        m = MatrixLayout.tiled(pos[0], r, c, R, bus, elem)
-        pos[0] = -(-m.end // 64) * 64
-        return m
-
-    parts = [Operand(lay(M, K) if ws else lay(K, M), lay(K, N)) for K in depths]
-    bias = lay(1, N, 4) if rng.random() < 0.6 else None
-    out = "int32" if rng.random() < 0.25 else "int8"
-    c = lay(M, N, 4 if out == "int32" else 1)
-    chunks = chunk_depths(cfg, depths)
-    active = rng.random((len(chunks), -(-N // R))) < rng.choice([0.5, 1.0])
+    g = random_gemm_case(cfg, rng, base=64, max_m=80, max_n=50, max_k=120, max_terms=3,
+                         bias_p=0.6, active_p=[0.5, 1.0])
+    parts, c, bias, out, active = g.parts, g.c, g.bias, g.out, g.active
+    M, K, N = g.shape
     program, plan = matmul_program(cfg, parts, c, mult=rng.integers(1, 8, N), shift=6, out=out,
                                    bias=bias, active=active)
     blob = np.frombuffer(assemble_binary(program), np.uint8)
-    insn_addr = pos[0]
+    insn_addr = g.end
     image = np.zeros(insn_addr + blob.size, np.uint8)
     for q in parts:
         q.a.write(image, rng.integers(-128, 128, (q.a.rows, q.a.cols)))
@@ -53,7 +43,7 @@ def _job(cfg: HwConfig, rng, index: int):
     counters = golden.run(program).counters()
     want = c.read(golden.dram)
     job = ProgramJob(image, insn_addr, [(c.addr, c.end - c.addr)], max_cycles=2_000_000,
-                     name=f"gemm{index} {M}x{sum(depths)}x{N} {plan}")
+                     name=f"gemm{index} {M}x{K}x{N} {plan}")
     return job, c, want, counters, plan
 
 
