@@ -156,13 +156,11 @@ def _float_runner(model: onnx.ModelProto):
     model it refuses (an op or broadcast it does not implement), which runs any standard graph,
     about ten times slower on MiniLM.
     """
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = {o.name for o in probe.graph.output}
-    inputs = {i.name for i in probe.graph.input}
-    extra = [out for node in probe.graph.node for out in node.output
+    names = {o.name for o in model.graph.output}
+    inputs = {i.name for i in model.graph.input}
+    extra = [out for node in model.graph.node for out in node.output
              if out and out not in names and out not in inputs]
-    fast = _ort_runner(probe, model, extra)
+    fast = _ort_runner(model, extra)
     slow = None
 
     def run(feed):
@@ -173,7 +171,7 @@ def _float_runner(model: onnx.ModelProto):
             except _ort_errors():
                 fast = None
         if slow is None:
-            slow = _reference_runner(probe, extra)
+            slow = _reference_runner(model, extra)
         return slow(feed)
 
     return run
@@ -187,17 +185,17 @@ def _ort_errors() -> tuple[type[Exception], ...]:
                  if hasattr(state, n))
 
 
-def _ort_runner(probe: onnx.ModelProto, model: onnx.ModelProto, extra: list[str]):
-    """onnxruntime on a copy of *probe* with the *extra* tensors as outputs, or None."""
-    typed = {v.name: v for v in probe.graph.value_info}      # the frontend inferred them
+def _ort_runner(model: onnx.ModelProto, extra: list[str]):
+    """onnxruntime on a copy of *model* with the *extra* tensors as outputs, or None."""
+    typed = {v.name: v for v in model.graph.value_info}      # the frontend inferred them
     if not all(n in typed for n in extra):
-        typed = {v.name: v for v in onnx.shape_inference.infer_shapes(probe).graph.value_info}
+        typed = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     if not all(n in typed for n in extra):
         return None
     import onnxruntime as ort
 
     m = onnx.ModelProto()
-    m.CopyFrom(probe)
+    m.CopyFrom(model)
     m.graph.output.extend(typed[n] for n in extra)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -219,13 +217,14 @@ def _ort_runner(probe: onnx.ModelProto, model: onnx.ModelProto, extra: list[str]
     return run
 
 
-def _reference_runner(probe: onnx.ModelProto, extra: list[str]):
+def _reference_runner(model: onnx.ModelProto, extra: list[str]):
+    """The ONNX reference evaluator on a copy of *model* with the *extra* tensors as outputs."""
     from onnx.reference import ReferenceEvaluator
 
     from .linearize import _double_ops
 
     m = onnx.ModelProto()
-    m.CopyFrom(probe)
+    m.CopyFrom(model)
     for n in extra:
         m.graph.output.append(onnx.ValueInfoProto(name=n))
     sess = ReferenceEvaluator(m, new_ops=_double_ops())   # a vectorized Erf
