@@ -241,23 +241,33 @@ def _main_network(args, sizes) -> int:
     for col in ("network", "config", "inf.", "bit-exact", "compile s", "golden s", "RTL s",
                 "RTL cycles", "sim cycles/s", "utilization", "est. error", "max layer err"):
         table.add_column(col, justify="right")
+    _each_config(nets, sizes, args, bench_network, table, lambda res: (
+        res["network"], res["config"], str(res["inferences"]),
+        "yes" if res["bit_exact"] else "NO", f"{res['compile_s']:.1f}",
+        f"{res['golden_s']:.1f}", f"{res['rtl_s']:.1f}", f"{res['cycles']:,}",
+        f"{res['sim_cycles_per_s']:,.0f}", f"{res['utilization_pct']:.1f}%",
+        f"{res['est_error_pct']:+.1f}%", f"{res['max_layer_est_error_pct']:.1f}%"),
+        console=console)
+    console.print(table)
+    return 0
+
+
+def _each_config(nets, sizes, args, bench, table, row, console=None) -> list[dict]:
+    """``bench(net, config)`` for every network, size and dataflow; one table row each
+    (``row(result)``), every result printed to *console* if given, and all results so far
+    rewritten to ``args.json`` after each one (an interrupted run keeps what it measured)."""
     results = []
     for net in nets:
         for r, c in sizes:
             for df in args.dataflows.split(","):
-                res = bench_network(net, HwConfig(r, c, df))
+                res = bench(net, HwConfig(r, c, df))
                 results.append(res)
-                console.print(res)
-                table.add_row(res["network"], res["config"], str(res["inferences"]),
-                              "yes" if res["bit_exact"] else "NO", f"{res['compile_s']:.1f}",
-                              f"{res['golden_s']:.1f}", f"{res['rtl_s']:.1f}",
-                              f"{res['cycles']:,}", f"{res['sim_cycles_per_s']:,.0f}",
-                              f"{res['utilization_pct']:.1f}%", f"{res['est_error_pct']:+.1f}%",
-                              f"{res['max_layer_est_error_pct']:.1f}%")
+                if console is not None:
+                    console.print(res)
+                table.add_row(*row(res))
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=1))
-    console.print(table)
-    return 0
+    return results
 
 
 def _main_compile(args, sizes) -> int:
@@ -271,18 +281,10 @@ def _main_compile(args, sizes) -> int:
     for col in ("network", "config", "compile s", "process s", "kernels", "instructions",
                 "program bytes", "est. cycles", "est. utilization"):
         table.add_column(col, justify="right")
-    results = []
-    for net in nets:
-        for r, c in sizes:
-            for df in args.dataflows.split(","):
-                res = bench_compile(net, HwConfig(r, c, df))
-                results.append(res)
-                table.add_row(res["network"], res["config"], f"{res['compile_s']:.2f}",
-                              f"{res['process_s']:.2f}", f"{res['kernels']:,}", f"{res['insns']:,}",
-                              f"{res['program_bytes']:,}", f"{res['est_cycles']:,}",
-                              f"{res['est_utilization_pct']:.1f}%")
-                if args.json:
-                    Path(args.json).write_text(json.dumps(results, indent=1))
+    _each_config(nets, sizes, args, bench_compile, table, lambda res: (
+        res["network"], res["config"], f"{res['compile_s']:.2f}", f"{res['process_s']:.2f}",
+        f"{res['kernels']:,}", f"{res['insns']:,}", f"{res['program_bytes']:,}",
+        f"{res['est_cycles']:,}", f"{res['est_utilization_pct']:.1f}%"))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
 
