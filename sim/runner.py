@@ -201,7 +201,7 @@ def build(verilog: str, toplevel: str, *, simulator: str = "verilator", extra_so
             args += ["--trace-fst", "--trace-structs"]
     key = hashlib.sha256()
     parts = [verilog, simulator, toplevel, json.dumps(args), json.dumps(list(public)), str(waves),
-             _tool_version(simulator)]
+             _tool_version(simulator), _cocotb_libs()]
     if waves:
         parts.append(_BUILD_RECIPE)
     for part in parts:
@@ -284,6 +284,17 @@ def _get_runner(simulator: str):
             return cmds
 
     return _Verilator()
+
+
+def _cocotb_libs() -> str:
+    """cocotb's version and where its VPI libraries are: a Verilator model links
+    ``libcocotbvpi_verilator.so`` by an absolute run path, so a build made from another
+    environment (another venv, a removed worktree, a copied cache) cannot be loaded here."""
+    from importlib.metadata import version
+
+    from cocotb_tools.config import libs_dir
+
+    return f"cocotb {version('cocotb')} {Path(libs_dir).resolve()}"
 
 
 def _tool_version(simulator: str) -> str:

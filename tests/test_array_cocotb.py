@@ -36,3 +36,16 @@ def test_os_accumulator_wraps(rows, cols):
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
 def test_array_icarus(dataflow):
     _run(HwConfig(3, 4, dataflow), "icarus", TESTS, seed=7)
+
+
+def test_build_from_another_environment_is_not_reused(tmp_path, monkeypatch):
+    """A Verilator model links cocotb's VPI library by an absolute run path: a cached build made
+    by another venv (a removed worktree, a copied cache) must be rebuilt, not loaded and fail."""
+    from neuralmatrix.sim import runner
+
+    verilog = sim_verilog(HwConfig(1, 1, "ws"), "array")
+    first = build(verilog, top_module_name("array"), root=tmp_path)
+    assert build(verilog, top_module_name("array"), root=tmp_path).directory == first.directory
+    monkeypatch.setattr(runner, "_cocotb_libs", lambda: "cocotb 2.1.0 /gone/.venv/cocotb/libs")
+    other = build(verilog, top_module_name("array"), root=tmp_path)
+    assert not other.reused and other.directory != first.directory
