@@ -12,7 +12,8 @@ from pathlib import Path
 
 from neuralmatrix.hw.params import ConfigError, HwConfig
 
-from .synth import (DEFAULT_DEVICE, DEFAULT_FREQ_MHZ, DEVICES, DoesNotFit, SynthError,
+from .synth import (DEFAULT_DEVICE, DEFAULT_FREQ_MHZ, DEFAULT_ROUTER, DEVICES, ROUTERS,
+                    DoesNotFit, SynthError,
                     SynthResult, check_parameters, synthesize)
 
 __all__ = ["add_parser", "format_table", "format_notes", "format_sweep_table"]
@@ -65,6 +66,7 @@ def _add_synth_parser(subparsers) -> None:
                         + ", ".join(f"{v:g} on {t}" for t, v in DEFAULT_FREQ_MHZ.items())
                         + "); the achieved Fmax is reported either way")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    _add_router_option(p)
     p.add_argument("--json", metavar="FILE", default=None,
                    help="also write every figure as JSON to FILE ('-' for standard output; "
                         "the table then goes to standard error)")
@@ -76,9 +78,17 @@ def _add_synth_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+def _add_router_option(p) -> None:
+    p.add_argument("--router", default=DEFAULT_ROUTER, choices=ROUTERS,
+                   help=f"nextpnr router (default {DEFAULT_ROUTER}, nextpnr's own); router2 "
+                        f"routes large, congested designs (an 8x8 accelerator and up) much "
+                        f"faster, with a different result")
+
+
 def _cmd_synth(args) -> int:
     config = HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
-    check_parameters(config, args.target, args.device, args.top, args.freq, args.seed, args.timeout)
+    check_parameters(config, args.target, args.device, args.top, args.freq, args.seed,
+                     args.timeout, args.router)
     out = None
     if args.json not in (None, "-"):
         out = Path(args.json)
@@ -87,7 +97,7 @@ def _cmd_synth(args) -> int:
     try:
         result = synthesize(config, target=args.target, device=args.device, top=args.top,
                             freq_mhz=args.freq, workdir=args.workdir, seed=args.seed,
-                            timeout_s=args.timeout)
+                            timeout_s=args.timeout, router=args.router)
     except DoesNotFit as exc:
         print(f"neuralmatrix synth: {exc}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
@@ -142,7 +152,7 @@ def format_table(result: SynthResult):
 def format_notes(result: SynthResult) -> list[str]:
     """Lines printed under the table: seed, time per step, where the files are, the shim."""
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
-    lines = [f"seed {result.seed}; time: {steps}", f"files: {result.workdir}"]
+    lines = [f"seed {result.seed}, {result.router}; time: {steps}", f"files: {result.workdir}"]
     cp = result.critical_path
     if cp is not None:
         lines.insert(0, f"critical path: {cp['from']} -> {cp['to']}")
@@ -190,6 +200,7 @@ def _add_sweep_parser(subparsers) -> None:
     p.add_argument("--freq", type=float, default=None, metavar="MHZ",
                    help="target clock for timing-driven placement (default as for synth)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    _add_router_option(p)
     p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="wall-time budget of each configuration's flow (default 3600)")
     p.add_argument("--workload", default=DEFAULT_WORKLOAD, metavar="SPEC",
@@ -226,7 +237,7 @@ def _cmd_sweep(args) -> int:
     configs = plan_configs(rows, cols, parse_name_list(args.dataflow, "dataflow"),
                            square=args.square)
     dev, _ = check_parameters(configs[0], args.target, args.device, args.top, args.freq,
-                              args.seed, args.timeout)
+                              args.seed, args.timeout, args.router)
     check_workload(args.workload)
     plots = parse_name_list(args.plots, "plots")
     if plots == ["none"]:
@@ -244,7 +255,7 @@ def _cmd_sweep(args) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     try:
         report = run_sweep(configs, out_dir=out, target=args.target, device=args.device,
-                           top=args.top, seed=args.seed, freq_mhz=args.freq,
+                           top=args.top, seed=args.seed, router=args.router, freq_mhz=args.freq,
                            timeout_s=args.timeout, workload=args.workload, jobs=args.jobs,
                            scheduler=args.scheduler, retry_errors=not args.no_retry_errors,
                            plots=plots, power=power, log=console.print)

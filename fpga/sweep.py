@@ -12,8 +12,9 @@ Files in the output directory:
 ``results.jsonl``
     One JSON line per finished configuration, appended and synced to disk as each finishes.
     A line's ``key`` hashes every parameter of the run that produced it (all of HwConfig,
-    target, device, top, seed, target clock, yowasp tool versions); a configuration whose key
-    is already there is not run again. The last line for a key wins. A half-written last line
+    target, device, top, seed, router, target clock, yowasp tool versions) and the hardware
+    generator itself (:func:`~neuralmatrix.hw.generate.generator_digest`: a changed design is
+    run again); a configuration whose key is already there is not run again. The last line for a key wins. A half-written last line
     (the process was killed while writing) is dropped and its configuration runs again. Error
     lines are retried on the next run unless ``retry_errors=False``. The workload is not part
     of the key: a finished configuration whose workload differs gets only its workload figures
@@ -33,6 +34,7 @@ CSV columns:
 ``dataflow``           ``ws`` or ``os``
 ``target, device``     FPGA family and device short name; ``top``: ``array`` or ``accelerator``
 ``seed``               nextpnr placement seed
+``router``             nextpnr router
 ``luts, ffs, dsps,     LUT4, FF, DSP and BRAM of the top (Yosys; also known when it does not
 brams``                fit)
 ``*_pct``              the same as a percentage of the device's capacity
@@ -70,11 +72,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from neuralmatrix.hw.generate import top_module_name
+from neuralmatrix.hw.generate import generator_digest, top_module_name
 from neuralmatrix.hw.params import ConfigError, HwConfig
 
 from . import synth as _synth
-from .synth import DoesNotFit, check_parameters, check_tools, synthesize
+from .synth import DEFAULT_ROUTER, DoesNotFit, check_parameters, check_tools, synthesize
 
 __all__ = [
     "CSV_COLUMNS", "DEFAULT_WORKLOAD", "PLOT_FORMATS", "SweepError", "SweepReport",
@@ -87,7 +89,7 @@ DEFAULT_WORKLOAD = "gemm:256x256x256"
 PLOT_FORMATS = ("png", "svg", "pdf")
 
 CSV_COLUMNS = (
-    "rows", "cols", "dataflow", "target", "device", "top", "seed",
+    "rows", "cols", "dataflow", "target", "device", "top", "seed", "router",
     "luts", "ffs", "dsps", "brams", "luts_pct", "ffs_pct", "dsps_pct", "brams_pct",
     "fits", "overflow", "fmax_mhz", "workload", "macs", "cycles", "gops",
     "power_w", "gops_per_w", "synth_seconds", "error",
@@ -255,10 +257,11 @@ def config_key(params: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _params(config: HwConfig, target: str, device: str, top: str, seed: int, freq_mhz: float,
-            tools: dict) -> dict:
+def _params(config: HwConfig, target: str, device: str, top: str, seed: int, router: str,
+            freq_mhz: float, tools: dict, design: str) -> dict:
     return {"config": config.as_dict(), "target": target, "device": device, "top": top,
-            "seed": seed, "freq_mhz": freq_mhz, "tools": dict(sorted(tools.items()))}
+            "seed": seed, "router": router, "freq_mhz": freq_mhz,
+            "tools": dict(sorted(tools.items())), "design": design}
 
 
 def _load_results(path: Path) -> tuple[dict[str, dict], int]:
@@ -379,7 +382,7 @@ def _synth_figures(task: _Task) -> dict:
     try:
         r = task.synth(task.config, target=p["target"], device=p["device"], top=p["top"],
                        freq_mhz=p["freq_mhz"], workdir=work, seed=p["seed"],
-                       timeout_s=task.timeout_s)
+                       router=p["router"], timeout_s=task.timeout_s)
         out.update(resources=dict(r.resources), capacity=dict(r.capacity),
                    utilization=dict(r.utilization), fmax_mhz=r.fmax_mhz,
                    seconds=dict(r.seconds))
@@ -566,7 +569,8 @@ class SweepReport:
 
 def run_sweep(configs: Sequence[HwConfig], *, out_dir: str | Path, target: str = "ecp5",
               device: str | None = None, top: str = "array", seed: int = 1,
-              freq_mhz: float | None = None, timeout_s: float | None = 3600.0,
+              router: str = DEFAULT_ROUTER, freq_mhz: float | None = None,
+              timeout_s: float | None = 3600.0,
               workload: str = DEFAULT_WORKLOAD, jobs: int | None = None,
               scheduler: str | None = None, retry_errors: bool = True,
               plots: Sequence[str] = ("png",), synth: Callable = synthesize,
@@ -580,7 +584,7 @@ def run_sweep(configs: Sequence[HwConfig], *, out_dir: str | Path, target: str =
     out_dir : path
         Where ``results.jsonl``, ``results.csv``, the plots and the per-run work directories go
         (created). Running again with the same directory resumes.
-    target, device, top, seed, freq_mhz, timeout_s
+    target, device, top, seed, router, freq_mhz, timeout_s
         As for :func:`~neuralmatrix.fpga.synth.synthesize`, the same for every configuration.
     workload : str
         ``KIND:ARGS`` (:func:`workload_cycles`), e.g. ``"gemm:256x256x256"``.
@@ -616,7 +620,8 @@ def run_sweep(configs: Sequence[HwConfig], *, out_dir: str | Path, target: str =
     for c in configs:
         if not isinstance(c, HwConfig):
             raise TypeError(f"configs must be HwConfig, got {type(c).__name__}")
-    dev, freq = check_parameters(configs[0], target, device, top, freq_mhz, seed, timeout_s)
+    dev, freq = check_parameters(configs[0], target, device, top, freq_mhz, seed, timeout_s,
+                                 router)
     check_workload(workload)
     plots = list(dict.fromkeys(plots))
     for fmt in plots:
@@ -644,8 +649,9 @@ def run_sweep(configs: Sequence[HwConfig], *, out_dir: str | Path, target: str =
     restore = _sigterm_as_interrupt()
     try:
         try:
-            records = _sweep(report, configs, dev.name, target, top, seed, freq, timeout_s,
-                             workload, jobs, scheduler, retry_errors, synth, tools, log)
+            records = _sweep(report, configs, dev.name, target, top, seed, router, freq,
+                             timeout_s, workload, jobs, scheduler, retry_errors, synth, tools,
+                             log)
         finally:
             restore()
         report.rows = _csv_rows(records, power)
@@ -679,10 +685,12 @@ def _nothing():
     yield from ()
 
 
-def _sweep(report, configs, device, target, top, seed, freq, timeout_s, workload, jobs,
+def _sweep(report, configs, device, target, top, seed, router, freq, timeout_s, workload, jobs,
            scheduler, retry_errors, synth, tools, log) -> list[dict]:
     """Run what is not in the results file yet; the records of *configs* that are done."""
-    params = {c: _params(c, target, device, top, seed, freq, tools) for c in configs}
+    design = generator_digest()
+    params = {c: _params(c, target, device, top, seed, router, freq, tools, design)
+              for c in configs}
     keys = {c: config_key(params[c]) for c in configs}
     known, dropped = _load_results(report.jsonl)
     if dropped:
@@ -707,6 +715,7 @@ def _sweep(report, configs, device, target, top, seed, freq, timeout_s, workload
     where = (f"Dask scheduler {scheduler}" if scheduler is not None
              else f"{min(jobs, max(1, len(tasks)))} local process(es)")
     log(f"sweep: {len(configs)} configuration(s), {target} {device}, top {top}, seed {seed}, "
+        f"{router}, "
         f"workload {workload}; results in {report.jsonl}")
     if done:
         extra = (f"; recomputing the workload figures of {workload_only} ({workload})"
@@ -774,6 +783,7 @@ def _csv_rows(records: list[dict], power: PowerModel | None) -> list[dict]:
         row = {
             "rows": cfg["rows"], "cols": cfg["cols"], "dataflow": cfg["dataflow"],
             "target": p["target"], "device": p["device"], "top": p["top"], "seed": p["seed"],
+            "router": p.get("router", DEFAULT_ROUTER),
             **{col: res.get(key) for col, key in _RESOURCE_COLUMNS.items()},
             **{f"{col}_pct": util.get(key) for col, key in _RESOURCE_COLUMNS.items()},
             "fits": {"ok": "yes", "does_not_fit": "no"}.get(status, ""),

@@ -80,7 +80,8 @@ from neuralmatrix.hw.generate import TOPS, generate_verilog, top_module_name
 from neuralmatrix.hw.params import ConfigError, HwConfig
 
 __all__ = [
-    "TARGETS", "DEVICES", "DEFAULT_DEVICE", "DEFAULT_FREQ_MHZ", "RESOURCE_KEYS",
+    "TARGETS", "DEVICES", "DEFAULT_DEVICE", "DEFAULT_FREQ_MHZ", "RESOURCE_KEYS", "ROUTERS",
+    "DEFAULT_ROUTER",
     "Device", "SynthResult", "SynthError", "DoesNotFit", "ToolMissing", "ToolTimeout",
     "resolve_device", "check_parameters", "check_tools", "synthesize",
 ]
@@ -132,6 +133,10 @@ DEFAULT_DEVICE = {"ecp5": "85k", "ice40": "up5k"}
 # Target clock for nextpnr's timing-driven placement; the achieved Fmax is reported whatever
 # it is (timing failure is allowed).
 DEFAULT_FREQ_MHZ = {"ecp5": 100.0, "ice40": 50.0}
+
+#: nextpnr routers (``--router``); the first is nextpnr's own default.
+ROUTERS = ("router1", "router2")
+DEFAULT_ROUTER = "router1"
 
 RESOURCE_KEYS = ("LUT4", "FF", "DSP", "BRAM", "LUTRAM", "SPRAM")
 
@@ -205,6 +210,8 @@ class SynthResult:
         Target clock given to nextpnr.
     seed : int
         nextpnr placement seed.
+    router : str
+        nextpnr router (``router1`` or ``router2``).
     resources : dict
         Resource counts of the top (keys of :data:`RESOURCE_KEYS` that apply to the target).
     capacity : dict
@@ -242,6 +249,7 @@ class SynthResult:
     top_module: str
     freq_mhz: float
     seed: int
+    router: str = DEFAULT_ROUTER
     resources: dict = field(default_factory=dict)
     capacity: dict = field(default_factory=dict)
     utilization: dict = field(default_factory=dict)
@@ -267,6 +275,7 @@ class SynthResult:
             "top_module": self.top_module,
             "freq_mhz": self.freq_mhz,
             "seed": self.seed,
+            "router": self.router,
             "resources": dict(self.resources),
             "capacity": dict(self.capacity),
             "utilization": dict(self.utilization),
@@ -308,7 +317,7 @@ def resolve_device(target: str, device: str | None = None) -> Device:
 
 
 def check_parameters(config, target, device=None, top="array", freq_mhz=None, seed=1,
-                     timeout_s=None) -> tuple[Device, float]:
+                     timeout_s=None, router=DEFAULT_ROUTER) -> tuple[Device, float]:
     """Validate the parameters of :func:`synthesize` without running anything.
 
     Returns the :class:`Device` and the target frequency in MHz (the default filled in).
@@ -333,6 +342,8 @@ def check_parameters(config, target, device=None, top="array", freq_mhz=None, se
     if timeout_s is not None and (isinstance(timeout_s, bool)
                                   or not isinstance(timeout_s, (int, float)) or timeout_s <= 0):
         raise ConfigError(f"timeout must be a positive number of seconds, got {timeout_s!r}")
+    if router not in ROUTERS:
+        raise ConfigError(f"router must be one of {', '.join(ROUTERS)}, got {router!r}")
     return dev, float(freq_mhz)
 
 
@@ -364,7 +375,8 @@ def check_tools(target: str) -> dict[str, str]:
 def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = None,
                top: str = "array", freq_mhz: float | None = None,
                workdir: str | Path | None = None, seed: int = 1,
-               timeout_s: float | None = 3600.0, place_and_route: bool = True) -> SynthResult:
+               timeout_s: float | None = 3600.0, place_and_route: bool = True,
+               router: str = DEFAULT_ROUTER) -> SynthResult:
     """Synthesize *top* for *config* and place and route it on an FPGA.
 
     Parameters
@@ -392,6 +404,10 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
         :class:`ToolTimeout` names it. None: no limit.
     place_and_route : bool
         False: stop after Yosys (resources only; no utilisation, no Fmax).
+    router : {"router1", "router2"}
+        nextpnr's router. ``router1`` (nextpnr's default) routes arc by arc with rip-up;
+        ``router2`` negotiates congestion over all nets at once and is much faster on large,
+        congested designs (an accelerator of 8x8 and up). Results differ between them.
 
     Returns
     -------
@@ -400,8 +416,8 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
     Raises
     ------
     ConfigError
-        Unknown target, device or top, or a bad frequency, seed or timeout (before any file is
-        written).
+        Unknown target, device, top or router, or a bad frequency, seed or timeout (before
+        any file is written).
     ToolMissing
         A yowasp tool is not installed.
     DoesNotFit
@@ -412,7 +428,7 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
     SynthError
         A tool failed for another reason; the message quotes its errors and names its log.
     """
-    dev, freq = check_parameters(config, target, device, top, freq_mhz, seed, timeout_s)
+    dev, freq = check_parameters(config, target, device, top, freq_mhz, seed, timeout_s, router)
     tools = check_tools(target)
 
     work = Path(tempfile.mkdtemp(prefix=f"nm-synth-{config.tag}-{top}-")) if workdir is None \
@@ -422,7 +438,7 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
     module = top_module_name(top)
     result = SynthResult(config=config, target=target, device=dev.name, part=dev.part,
                          package=dev.package, top=top, top_module=module, freq_mhz=freq,
-                         seed=seed, workdir=work, tools=tools)
+                         seed=seed, router=router, workdir=work, tools=tools)
 
     # 1. Verilog (synthesis flavour).
     t0 = time.monotonic()
@@ -454,7 +470,8 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
     # 3. nextpnr.
     step = f"nextpnr-{target}"
     args = [*dev.nextpnr_args, "--package", dev.package, "--json", "netlist.json",
-            "--freq", _fmt_freq(freq), "--seed", str(seed), "--timing-allow-fail",
+            "--freq", _fmt_freq(freq), "--seed", str(seed), "--router", router,
+            "--timing-allow-fail",
             "--report", "report.json", "--log", "nextpnr.log", "-q"]
     if target == "ecp5":
         args.append("--out-of-context")

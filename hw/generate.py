@@ -21,7 +21,7 @@ def _accelerator(config: HwConfig):
 
     return Accelerator(config)
 
-__all__ = ["TOPS", "top_module_name", "build_top", "generate_verilog"]
+__all__ = ["TOPS", "top_module_name", "build_top", "generate_verilog", "generator_digest"]
 
 # Top name -> (HDL module name, constructor).
 TOPS = {
@@ -37,6 +37,21 @@ opt -fast
 opt_clean -purge
 write_verilog -norename -noattr
 """
+
+
+def generator_digest(*extra_sources) -> str:
+    """A hash of everything the generated hardware depends on besides its parameters: the
+    Amaranth version and the source of every module of ``neuralmatrix.hw`` (and of
+    *extra_sources*, paths). Caches of generated Verilog, and results derived from it, key on
+    it, so a change of the generator is never answered with an old design."""
+    import hashlib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    digest = hashlib.sha256(f"amaranth {version('amaranth')}".encode())
+    for source in [*sorted(Path(__file__).parent.glob("*.py")), *map(Path, extra_sources)]:
+        digest.update(b"\0" + source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
 
 
 def top_module_name(top: str) -> str:

@@ -57,16 +57,11 @@ def cached_generation(name: str, key_parts: Sequence[str], produce):
     Amaranth version and the source of every module that generates hardware: all of
     ``neuralmatrix.hw`` and the simulation top (``neuralmatrix.sim.dram_model``). Any change
     to them regenerates; testbench and tool changes do not."""
-    from importlib.metadata import version
-
-    from neuralmatrix import hw
+    from neuralmatrix.hw.generate import generator_digest
 
     from . import dram_model
 
-    key = hashlib.sha256("\0".join([*key_parts, version("amaranth")]).encode())
-    sources = [*sorted(Path(hw.__file__).parent.glob("*.py")), Path(dram_model.__file__)]
-    for source in sources:
-        key.update(source.name.encode() + b"\0" + source.read_bytes())
+    key = hashlib.sha256("\0".join([*key_parts, generator_digest(dram_model.__file__)]).encode())
     path = cache_root() / "verilog" / f"{name}-{key.hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())

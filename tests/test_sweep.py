@@ -22,6 +22,7 @@ from neuralmatrix.fpga import sweep as sweep_mod
 from neuralmatrix.fpga.synth import DoesNotFit, SynthError, SynthResult, ToolMissing, check_tools
 from neuralmatrix.fpga.sweep import (CSV_COLUMNS, plan_configs, register_power_model, run_sweep,
                                      workload_cycles)
+from neuralmatrix.hw.generate import generator_digest
 from neuralmatrix.hw.params import ConfigError, HwConfig
 from neuralmatrix.sw.cli import main
 
@@ -30,7 +31,7 @@ WORKLOAD = "gemm:8x8x8"
 
 
 def fake_synth(config, *, target, device, top, freq_mhz, workdir, seed, timeout_s,
-               calls=None, crash=(), max_pes=None, sleep=0.0, tool=False):
+               router="router1", calls=None, crash=(), max_pes=None, sleep=0.0, tool=False):
     """Stands in for synthesize(): figures that grow with the array, a DoesNotFit above
     *max_pes* PEs, a SynthError for the tags in *crash*; one file in *calls* per call (holding
     the worker's pid). With *tool*, the *sleep* runs in a child process, as a tool would."""
@@ -55,7 +56,8 @@ def fake_synth(config, *, target, device, top, freq_mhz, workdir, seed, timeout_
     capacity = {"LUT4": 24288, "FF": 24288, "DSP": 28, "BRAM": 56, "LUTRAM": 12144}
     return SynthResult(
         config=config, target=target, device=device, part="LFE5U-25F", package="CABGA381",
-        top=top, top_module="nm_array", freq_mhz=freq_mhz, seed=seed, resources=resources,
+        top=top, top_module="nm_array", freq_mhz=freq_mhz, seed=seed, router=router,
+        resources=resources,
         capacity=capacity,
         utilization={k: round(100.0 * v / capacity[k], 2) for k, v in resources.items()},
         fmax_mhz=round(200.0 / (1 + pes / 4), 2), seconds={"yosys": 0.0, "nextpnr": 0.0})
@@ -194,24 +196,37 @@ def test_resume_runs_only_what_is_missing(tmp_path, calls):
     assert "resuming: 4 of 4 done" in log and not _calls(calls) and report.ran == 0
 
 
-def test_key_covers_the_parameters(tmp_path, calls):
+def test_key_covers_the_parameters(tmp_path, calls, monkeypatch):
     out = tmp_path / "out"
     synth = functools.partial(fake_synth, calls=str(calls))
     cfg = [HwConfig(1, 1)]
     _sweep(out, cfg, synth)
     _sweep(out, cfg, synth, seed=2)                       # another seed: runs again
     _sweep(out, [HwConfig(1, 1, queue_depth=4)], synth)   # any HwConfig field: runs again
-    assert len(_calls(calls)) == 3
+    _sweep(out, cfg, synth, router="router2")             # another router: runs again
+    assert len(_calls(calls)) == 4
+    # A changed hardware generator (its source or Amaranth's version) runs again; the
+    # original design is still there.
+    from neuralmatrix.fpga import sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod, "generator_digest", lambda: "another design")
+    _sweep(out, cfg, synth)
+    assert len(_calls(calls)) == 5
+    monkeypatch.undo()
+    _sweep(out, cfg, synth)
+    assert len(_calls(calls)) == 5
     # Another workload reuses the synthesis and recomputes only the workload figures.
     report = run_sweep(cfg, out_dir=out, target="ecp5", device="25k", workload="gemm:4x4x4",
                        synth=synth, jobs=1, log=lambda s: None)
-    assert len(_calls(calls)) == 3
+    assert len(_calls(calls)) == 5
     assert report.rows[0]["workload"] == "gemm:4x4x4" and report.rows[0]["macs"] == 64
     key = _jsonl(out)[0]["key"]
     assert set(key) <= set("0123456789abcdef") and len(key) == 16
     params = _jsonl(out)[0]["params"]
     assert params["tools"] == check_tools("ecp5")
     assert params["config"]["rows"] == 1 and params["device"] == "25k" and params["seed"] == 1
+    assert params["router"] == "router1" and params["design"] == generator_digest()
+    assert report.rows[0]["router"] == "router1"
 
 
 def test_error_row_and_does_not_fit_row_do_not_stop_the_sweep(tmp_path, calls):

@@ -7,6 +7,7 @@ default suite; 8x8, 16x16 and the accelerator are marked slow.
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,7 @@ def no_tools(monkeypatch):
     ({"freq_mhz": 0}, "freq must be a clock in MHz, 0 < freq <= 1000, got 0"),
     ({"seed": -1}, "seed must be an integer"),
     ({"timeout_s": 0}, "timeout must be a positive number of seconds, got 0"),
+    ({"router": "router3"}, "router must be one of router1, router2, got 'router3'"),
 ])
 def test_bad_parameters_raise_before_anything_runs(tmp_path, no_tools, kwargs, message):
     work = tmp_path / "work"
@@ -98,7 +100,7 @@ def test_help_explains_every_option():
     add_parser(parser.add_subparsers(dest="command"))
     text = parser._subparsers._group_actions[0].choices["synth"].format_help()
     for option in ("--rows", "--cols", "--dataflow", "--target", "--device", "--top", "--freq",
-                   "--json", "--seed", "--workdir", "--timeout"):
+                   "--json", "--seed", "--router", "--workdir", "--timeout"):
         assert option in text
     assert "85k" in text and "up5k" in text and "ice40" in text
 
@@ -204,6 +206,15 @@ def test_ecp5_run_is_deterministic(ecp5_cli_run, tmp_path):
     again = synthesize(SMALL, target="ecp5", device="25k", workdir=tmp_path).as_dict()
     for key in ("resources", "cells", "device_usage", "utilization", "fmax_mhz"):
         assert again[key] == ecp5_cli_run[key], key
+
+
+def test_router2_is_used_when_asked(ecp5_cli_run, tmp_path):
+    r = synthesize(SMALL, target="ecp5", device="25k", workdir=tmp_path, router="router2")
+    assert r.router == "router2" and ecp5_cli_run["router"] == "router1"
+    assert "Running router2" in r.logs["nextpnr"].read_text()
+    assert "Running router2" not in Path(ecp5_cli_run["logs"]["nextpnr"]).read_text()
+    assert r.resources == ecp5_cli_run["resources"]          # the same netlist
+    assert 20 < r.fmax_mhz < 500
 
 
 def test_ice40_array_through_io_shim(tools, tmp_path):
