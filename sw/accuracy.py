@@ -51,8 +51,10 @@ def _limit_threads():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def digits(config: HwConfig | None = None, limit: int | None = None) -> dict:
-    """Float vs golden top-1 of the digits CNN on the test split (first *limit* images)."""
+def digits(config: HwConfig | None = None, limit: int | None = None,
+           segments: int = 16) -> dict:
+    """Float vs golden top-1 of the digits CNN on the test split (first *limit* images),
+    nonlinear functions with *segments* PWL segments."""
     from onnx.reference import ReferenceEvaluator
 
     from .compiler import builtin, compile_model
@@ -61,7 +63,7 @@ def digits(config: HwConfig | None = None, limit: int | None = None) -> dict:
 
     config = config or HwConfig()
     src, feeds, shapes = builtin("digits")
-    comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes)
+    comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes, segments=segments)
     x, y = load_split("test")
     if limit:
         x, y = x[:limit], y[:limit]
@@ -78,13 +80,15 @@ def digits(config: HwConfig | None = None, limit: int | None = None) -> dict:
             "drop_points": round(100 * (f_top1 - q_top1), 3),
             "agreement": float(np.mean(fl.argmax(1) == q.argmax(1))),
             "extra_macs_pct": tot["extra_macs_pct"], "compile_seconds": round(comp.seconds, 2),
-            "golden_seconds": round(run_s, 2),
+            "golden_seconds": round(run_s, 2), "segments": segments,
             "config": f"{config.rows}x{config.cols} {config.dataflow.value}"}
 
 
 def minilm(config: HwConfig | None = None, sentences: int = 66, seq_len: int = 48,
-           calibration: str = "max") -> dict:
-    """Golden vs float sentence embeddings of all-MiniLM-L6-v2 over *sentences* sentences."""
+           calibration: str = "max", segments: int = 16) -> dict:
+    """Golden vs float sentence embeddings of all-MiniLM-L6-v2 over *sentences* sentences,
+    every nonlinear function fitted with *segments* PWL segments (at most
+    ``config.pwl_segments``)."""
     from .compiler import builtin, compile_model
     from .models import minilm as mm
     from .runtime import run_golden
@@ -93,7 +97,7 @@ def minilm(config: HwConfig | None = None, sentences: int = 66, seq_len: int = 4
     src, _, shapes = builtin("minilm", seq_len=seq_len)
     feeds = mm.calibration_feeds(seq_len)
     comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes,
-                         calibration=calibration)
+                         calibration=calibration, segments=segments)
     sents = list(mm.SENTENCES[:sentences])
     toks = mm.tokenize(sents, seq_len)
     ref = mm.float_embeddings(sents, seq_len=seq_len)
@@ -117,7 +121,7 @@ def minilm(config: HwConfig | None = None, sentences: int = 66, seq_len: int = 4
             "extra_macs_pct": tot["extra_macs_pct"], "macs_linear": tot["macs_linear"],
             "macs_linearization": tot["macs_linearization"], "kernels": tot["kernels"],
             "compile_seconds": round(comp.seconds, 2), "golden_seconds": round(run_s, 1),
-            "calibration": calibration,
+            "calibration": calibration, "segments": segments,
             "config": f"{config.rows}x{config.cols} {config.dataflow.value}",
             "cosines": [round(float(c), 5) for c in cos]}
 
@@ -196,7 +200,8 @@ def pwl_table() -> dict:
 def _print_digits(r, console):
     from rich.table import Table
 
-    t = Table(title=f"digits CNN, {r['images']} test images ({r['config']})")
+    t = Table(title=f"digits CNN, {r['images']} test images ({r['config']}, "
+                    f"{r['segments']} PWL segments)")
     for c in ("float top-1", "int8+PWL top-1 (golden)", "drop (points)", "argmax agreement",
               "extra MACs", "compile"):
         t.add_column(c, justify="right")
@@ -210,8 +215,8 @@ def _print_minilm(r, console):
     from rich.table import Table
 
     t = Table(title=f"all-MiniLM-L6-v2, {r['sentences']} sentences, seq {r['seq_len']} "
-                    f"({r['config']}, calibration {r['calibration']} on "
-                    f"{r['calibration_sentences']} other sentences)")
+                    f"({r['config']}, {r['segments']} PWL segments, calibration "
+                    f"{r['calibration']} on {r['calibration_sentences']} other sentences)")
     for c in ("mean cosine", "median", "min cosine",
               f"mean of the {r['short_sentences']} sentences of <= 8 tokens",
               "extra MACs", "kernels", "compile", "golden run"):
@@ -273,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sentences", type=int, default=66, help="minilm: sentences (default 66)")
     p.add_argument("--seq-len", type=int, default=48, help="minilm: tokens (default 48)")
     p.add_argument("--calibration", default="max", help="minilm: calibration method")
+    p.add_argument("--segments", type=int, default=16,
+                   help="digits, minilm: PWL segments per nonlinear function (default 16; the "
+                        "hardware's tables are sized to match when larger)")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = p.parse_args(argv)
     console = Console()
@@ -282,15 +290,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def cfg(default):
         r = args.rows or default
-        return HwConfig(rows=r, cols=args.cols or r)
+        tables = HwConfig().pwl_segments
+        while tables < args.segments:
+            tables *= 2
+        return HwConfig(rows=r, cols=args.cols or r, pwl_segments=tables)
 
     try:
         if "digits" in what:
-            out["digits"] = digits(cfg(8))
+            out["digits"] = digits(cfg(8), segments=args.segments)
             _print_digits(out["digits"], console)
         if "minilm" in what:
             # 32x32 by default: the same integers as 8x8, 16x fewer instructions to run.
-            out["minilm"] = minilm(cfg(32), args.sentences, args.seq_len, args.calibration)
+            out["minilm"] = minilm(cfg(32), args.sentences, args.seq_len, args.calibration,
+                                   args.segments)
             _print_minilm(out["minilm"], console)
         if "onnx-cases" in what:
             out["onnx_cases"] = onnx_cases(cfg(8))

@@ -59,6 +59,7 @@ from neuralmatrix.hw.params import HwConfig
 
 from . import pwl as pwl_lib
 from .ir import FILL_MIN, FILL_ZERO, Kernel, Lookup, Network, Tensor, Term, Transfer
+from .patterns import LayerNormPattern, find_layer_norms
 from .quantize import Range, bias_int32, quantize_weights, requant_params, threshold
 
 __all__ = ["LinearizeError", "ELEMENTWISE", "linearize"]
@@ -213,6 +214,12 @@ class _Lowering:
                 if i:
                     self.consumers[i].append(node)
         self.graph_outputs = {o.name for o in g.output}
+        # Decomposed LayerNorms, by their first node; and by each chain node reading the input.
+        self.layer_norms: dict[int, LayerNormPattern] = {}
+        self._ln_reads: dict[int, LayerNormPattern] = {}
+        for p in find_layer_norms(model, self.shapes):
+            self.layer_norms[id(p.nodes[0])] = p
+            self._ln_reads.update((id(n), p) for n in p.nodes if p.x in n.input)
         self.vals: dict[str, Tensor] = {}
         self.done: set[int] = set()
         self.steps: list = []
@@ -249,6 +256,9 @@ class _Lowering:
         self._find_percol()
         for node in g.node:
             if id(node) in self.done:
+                continue
+            if id(node) in self.layer_norms:
+                self._layer_norm_chain(node)
                 continue
             handler = getattr(self, f"_op_{node.op_type}", None)
             if handler is None:
@@ -301,6 +311,9 @@ class _Lowering:
 
     def _absorbs(self, node, name) -> bool:
         op, ins = node.op_type, list(node.input)
+        if id(node) in self._ln_reads:
+            p = self._ln_reads[id(node)]
+            return name == p.x and p.axis == len(self._shape(name)) - 1
         if op == "MatMul":
             return ins[0] == name and ins[1] in self.consts and self.consts[ins[1]].ndim == 2
         if op == "Gemm":
@@ -1571,30 +1584,45 @@ class _Lowering:
     # -- layer normalization -------------------------------------------------------------------
 
     def _op_LayerNormalization(self, node):
-        """LayerNorm over the axes from ``axis`` on, as the module doc describes: mean by GEMM
-        with a ones vector, centering by a rank-1 term (the sign of gamma folded in), per-row
-        sums of squares by GEMM of row blocks with their transposes, a PWL rsqrt on the
-        output path, and the per-row scaling as a GEMM with a diagonal block; |gamma| goes
-        into the per-column requantization and beta into the bias."""
-        x = self._val(node.input[0], node, percol=True)
+        """LayerNormalization: :meth:`_layer_norm` with the node's attributes."""
         if len(node.output) > 1 and any(node.output[1:]):
             raise LinearizeError(f"LayerNormalization (node {node.name!r}): only the Y output "
                                  f"is supported")
-        rank = len(x.shape)
-        axis = _attr(node, "axis", -1) % rank
-        eps = float(_attr(node, "epsilon", 1e-5))
-        axes = list(range(axis, rank))
-        D = _prod([x.shape[a] for a in axes])
         gamma = self.consts.get(node.input[1])
         beta = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if gamma is None or (len(node.input) > 2 and node.input[2] and beta is None):
             raise LinearizeError(f"LayerNormalization (node {node.name!r}): scale and bias "
                                  f"must be constant")
+        self._layer_norm(node, node.name, node.input[0], node.output[0], _attr(node, "axis", -1),
+                         float(_attr(node, "epsilon", 1e-5)), gamma, beta)
+
+    def _layer_norm_chain(self, node):
+        """A decomposed LayerNorm (:mod:`~neuralmatrix.sw.patterns`) at its first node: the
+        same lowering as LayerNormalization, the chain's other nodes marked done."""
+        p = self.layer_norms[id(node)]
+        for n in p.nodes:
+            self.done.add(id(n))
+        gamma = np.ones(1) if p.gamma is None else p.gamma
+        self.notes.append(f"{p.name}: decomposed LayerNorm ({len(p.nodes)} nodes, "
+                          f"{p.nodes[0].op_type}..{p.nodes[-1].op_type}) lowered as one")
+        self._layer_norm(node, p.name, p.x, p.output, p.axis, p.epsilon, gamma, p.beta)
+
+    def _layer_norm(self, node, name, x_name, out_name, axis, eps, gamma, beta):
+        """LayerNorm of *x_name* over the axes from *axis* on into *out_name* (kernel names
+        from *name*), as the module doc describes: mean by GEMM with a ones vector, centering
+        by a rank-1 term (the sign of gamma folded in), per-row sums of squares by GEMM of row
+        blocks with their transposes, a PWL rsqrt on the output path, and the per-row scaling
+        as a GEMM with a diagonal block; |gamma| goes into the per-column requantization and
+        beta (None: zero) into the bias."""
+        x = self._val(x_name, node, percol=True)
+        rank = len(x.shape)
+        axis = axis % rank
+        axes = list(range(axis, rank))
+        D = _prod([x.shape[a] for a in axes])
         gamma = np.broadcast_to(gamma.astype(np.float64).reshape(-1), (D,))
         beta = np.zeros(D) if beta is None else np.broadcast_to(beta.astype(np.float64).reshape(-1), (D,))
-        out_name = node.output[0]
-        xr = self._rows_by(x, axes, node.name) if len(axes) > 1 or x.perm[-1] != rank - 1 \
-            else self._relayout(x, tuple(range(rank)), node.name)
+        xr = self._rows_by(x, axes, name) if len(axes) > 1 or x.perm[-1] != rank - 1 \
+            else self._relayout(x, tuple(range(rank)), name)
         M = xr.rows
         sgn = np.where(gamma < 0, -1, 1)
         # Input columns have scales xr.scale * w[j] (w = 1 for a per-tensor scale; then 127
@@ -1606,7 +1634,7 @@ class _Lowering:
         r_mean = self._range(f"{out_name}#mean")
         qm = int(min(INT8_MAX, max(1, math.ceil(max(r_mean.absmax, 1e-12) / INT8_MAX / u))))
         mean = Tensor(self._uniq(f"{out_name}.mean"), M, 1, qm * u)
-        self._kernel(f"{node.name}.mean", node.name,
+        self._kernel(f"{name}.mean", name,
                      [Term(xr, self._const(f"{out_name}.w", w[:, None], 1.0))], mean,
                      u / D, role="linearization")
         # centered (times sign(gamma)): x * w - mean * qm, in units of u; once per tensor
@@ -1625,14 +1653,14 @@ class _Lowering:
                 c.colscale = None
             else:
                 reps = np.repeat(np.arange(D), c.colscale * c.colscale)
-        self._kernel(f"{node.name}.center", node.name, terms, c, u, role="linearization")
+        self._kernel(f"{name}.center", name, terms, c, u, role="linearization")
         cp = c
         if cm is not None and cm.size == D and float(cm.max()) > 4 * float(np.median(cm)):
             sc = np.maximum(cm, 1e-8 * float(cm.max())) / INT8_MAX
             uc = float(sc.max()) / INT8_MAX
             cp = Tensor(self._uniq(f"{out_name}.centered_pc"), M, D, uc)
             cp.colscale = np.clip(np.ceil(sc / uc - 1e-9), 1, INT8_MAX).astype(np.int64)
-            self._kernel(f"{node.name}.center_pc", node.name, terms, cp, u, role="linearization")
+            self._kernel(f"{name}.center_pc", name, terms, cp, u, role="linearization")
         # per row block: sum of squares -> rsqrt (PWL) -> diagonal block -> scaled rows
         rss = self._range(f"{out_name}#sumsq")
         r_inv = self._range(f"{out_name}#inv")
@@ -1668,7 +1696,7 @@ class _Lowering:
                 top = float(inv_rows[big].max()) * 1.5
                 row_gain[big] = (top / (inv_scale * INT8_MAX)) ** 2
                 hi_ss = 2 * max(float(ss_rows[~big].max()), float(np.max(row_gain * ss_rows)))
-                self.notes.append(f"{node.name}: rows {np.nonzero(big)[0].tolist()} with rsqrt "
+                self.notes.append(f"{name}: rows {np.nonzero(big)[0].tolist()} with rsqrt "
                                   f"input gain {row_gain[big][0]:.3g}")
 
         def rsqrt(v, D=D, eps=eps):
@@ -1679,35 +1707,35 @@ class _Lowering:
             n = min(R, M - r0)
             cb = self._view(c, r0, n)
             if reps is None:
-                ct = self._gather(f"{out_name}.cT{r0}", node.name, [cb], lambda i: i.T)
+                ct = self._gather(f"{out_name}.cT{r0}", name, [cb], lambda i: i.T)
             else:
                 # Column j (scale c.scale * k_j) repeated k_j**2 times on both sides: every
                 # product then has the unit c.scale**2.
-                cr = self._raw_gather(f"{out_name}.cR{r0}", node.name, cb,
+                cr = self._raw_gather(f"{out_name}.cR{r0}", name, cb,
                                       np.arange(n)[:, None] * D + reps[None, :], c.scale)
-                ct = self._raw_gather(f"{out_name}.cT{r0}", node.name, cb,
+                ct = self._raw_gather(f"{out_name}.cT{r0}", name, cb,
                                       reps[:, None] + np.arange(n)[None, :] * D, c.scale)
                 cb = cr
             inv = Tensor(self._uniq(f"{out_name}.inv{r0}"), n, n, inv_scale)
             a = row_gain[r0:r0 + n]
-            self._kernel(f"{node.name}.rsqrt{r0}", node.name, [Term(cb, ct)], inv,
+            self._kernel(f"{name}.rsqrt{r0}", name, [Term(cb, ct)], inv,
                          c.scale * c.scale * a, func=rsqrt, pre=(lo_ss, hi_ss),
                          role="linearization", kind="rsqrt")
-            dg = self._gather(f"{out_name}.diag{r0}", node.name, [inv],
+            dg = self._gather(f"{out_name}.diag{r0}", name, [inv],
                               lambda i: np.where(np.eye(n, dtype=bool), i, FILL_ZERO))
             # Rows of one input gain share a scaling kernel (its output scale).
             cuts = [0] + [k for k in range(1, n) if a[k] != a[k - 1]] + [n]
             for k0, k1 in zip(cuts[:-1], cuts[1:]):
-                self._kernel(f"{node.name}.scale{r0 + k0}", node.name,
+                self._kernel(f"{name}.scale{r0 + k0}", name,
                              [Term(self._view(dg, k0, k1 - k0), self._view(cp, r0, n))],
                              self._view(out, r0 + k0, k1 - k0),
                              inv_scale * math.sqrt(a[k0]) * cp.scale * cp.colw * mag,
                              bias=beta, role="linearization")
         if out.rows * out.cols != M * D or out.cols != D:
-            raise AssertionError(f"{node.name}: LayerNorm output storage {out.rows}x{out.cols}")
+            raise AssertionError(f"{name}: LayerNorm output storage {out.rows}x{out.cols}")
         if tuple(out.shape) != tuple(x.shape):
             shape = tuple(x.shape)
-            res = self._gather(out_name, node.name, [out], lambda i: i.reshape(shape))
+            res = self._gather(out_name, name, [out], lambda i: i.reshape(shape))
         else:
             res = out
         self.vals[out_name] = res

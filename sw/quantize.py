@@ -57,7 +57,7 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     if not feeds:
         raise ValueError("calibration needs at least one input sample")
     run = _float_runner(model)
-    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    norms = _layer_norms(model)
     producers = {out: f"{n.op_type} node {n.name!r}" for n in model.graph.node for out in n.output}
     stats = _Stats(max(1, max_sample // len(feeds)), producers)
     chunk: list[dict[str, np.ndarray]] = []
@@ -65,8 +65,8 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     for i, feed in enumerate(feeds):
         values = dict(feed)
         values.update(run(feed))
-        for n in norms:
-            values.update(layer_norm_parts(n, values[n.input[0]]))
+        for x, out, axis, eps in norms:
+            values.update(layer_norm_parts(out, values[x], axis, eps))
         chunk.append(values)
         size += sum(np.size(v) for v in values.values())
         if size >= _CHUNK_VALUES or i == len(feeds) - 1:
@@ -232,22 +232,35 @@ def _reference_runner(model: onnx.ModelProto, extra: list[str]):
     return lambda feed: dict(zip(outs, sess.run(None, feed)))
 
 
-def layer_norm_parts(node: onnx.NodeProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The intermediate values of a LayerNormalization *node* on input *x*, named
-    ``OUT#mean``, ``OUT#centered``, ``OUT#sumsq`` (sum of squares of the centered rows) and
-    ``OUT#inv`` (``1 / sqrt(variance + epsilon)``): the tensors its lowering creates."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+def layer_norm_parts(out: str, x: np.ndarray, axis: int = -1,
+                     eps: float = 1e-5) -> dict[str, np.ndarray]:
+    """The intermediate values of a LayerNorm over the axes from *axis* on, whose output is
+    the tensor *out*, on input *x*: ``OUT#mean``, ``OUT#centered``, ``OUT#sumsq`` (sum of
+    squares of the centered rows) and ``OUT#inv`` (``1 / sqrt(variance + epsilon)``), the
+    tensors its lowering creates."""
     x = np.asarray(x, dtype=np.float64)
-    axis = attrs.get("axis", -1) % x.ndim
-    eps = attrs.get("epsilon", 1e-5)
-    axes = tuple(range(axis, x.ndim))
+    axes = tuple(range(axis % x.ndim, x.ndim))
     count = int(np.prod([x.shape[a] for a in axes]))
     mean = x.mean(axis=axes, keepdims=True)
     c = x - mean
     ss = np.sum(c * c, axis=axes, keepdims=True)
-    out = node.output[0]
     return {f"{out}#mean": mean, f"{out}#centered": c, f"{out}#sumsq": ss,
             f"{out}#inv": 1.0 / np.sqrt(ss / count + eps)}
+
+
+def _layer_norms(model: onnx.ModelProto) -> list[tuple[str, str, int, float]]:
+    """``(input, output, axis, epsilon)`` of every LayerNorm the linearizer lowers: the
+    LayerNormalization nodes and the decomposed chains of :mod:`~neuralmatrix.sw.patterns`."""
+    from .patterns import find_layer_norms
+
+    norms = []
+    for n in model.graph.node:
+        if n.op_type == "LayerNormalization":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            norms.append((n.input[0], n.output[0], attrs.get("axis", -1),
+                          attrs.get("epsilon", 1e-5)))
+    norms += [(p.x, p.output, p.axis, p.epsilon) for p in find_layer_norms(model)]
+    return norms
 
 
 def threshold(r: Range, method: str = "max") -> float:
