@@ -13,7 +13,9 @@ This is the NeuralMatrix step. Every ONNX node is lowered onto :mod:`neuralmatri
   linear layer, the table sits on that layer's output (no extra kernel).
 * **Element-wise sums** of tensors accumulate into the int32 accumulator (each operand times a
   diagonal int8 weight that aligns the scales); products with constants are diagonal
-  weights; products of two tensors are ``((x+y)^2 - (x-y)^2) / 4`` with a PWL square.
+  weights; products of two tensors are ``A B ((x/A + y/B)^2 - (x/A - y/B)^2) / 4`` with a
+  PWL square (``A``, ``B`` their calibrated magnitudes); ``a / b`` of two tensors is ``a``
+  times a PWL reciprocal of ``b`` (whose calibrated range must not reach 0).
 * **Reductions** are GEMMs with a ones vector (ReduceSum/ReduceMean, GlobalAveragePool,
   softmax denominators); AveragePool sums shifted views; MaxPool is a tree of
   ``max(a, b) = a + relu(b - a)``.
@@ -1095,8 +1097,7 @@ class _Lowering:
         if a in self.vals and b in self.vals and not div:
             return self._product(node, self._val(a, node), self._val(b, node), shape)
         if div and b in self.vals:
-            raise LinearizeError(f"Div (node {node.name!r}): division by a tensor is lowered "
-                                 f"only inside LayerNorm/softmax patterns")
+            return self._quotient(node, a, b, shape)
         x_name, c_name = (a, b) if a in self.vals else (b, a)
         x = self._val(x_name, node, percol=True)
         c = self.consts[c_name].astype(np.float64)
@@ -1121,27 +1122,52 @@ class _Lowering:
     def _op_Div(self, node):
         self._op_Mul(node, div=True)
 
-    def _product(self, node, ta, tb, shape):
-        """``x * y = ((x + y)^2 - (x - y)^2) / 4`` with two PWL squares."""
+    def _product(self, node, ta, tb, shape, absmax=None):
+        """``x * y = A B ((x/A + y/B)^2 - (x/A - y/B)^2) / 4`` with two PWL squares, ``A, B``
+        the magnitudes of ``x`` and ``y`` (*absmax*; default: the calibrated ranges of the
+        node's two inputs): both operands enter the squares at full int8 resolution, however
+        different their sizes."""
         perm = ta.perm if tuple(ta.shape) == tuple(shape) else tb.perm
         ta = self._broadcast_to(ta, shape, perm, node.name)
         tb = self._broadcast_to(tb, shape, perm, node.name)
         n = ta.cols
-        ra, rb = self._range(node.input[0]), self._range(node.input[1])
-        lim = ra.absmax + rb.absmax
+        if absmax is None:
+            absmax = (self._range(node.input[0]).absmax, self._range(node.input[1]).absmax)
+        A, B = (max(float(v), 1e-12) for v in absmax)
         sq = []
         for tag, sgn in (("sum", 1.0), ("diff", -1.0)):
-            w = np.array([ta.scale, sgn * tb.scale])
+            w = np.array([ta.scale / A, sgn * tb.scale / B])
             top = np.max(np.abs(w))
             q = np.round(w / top * INT8_MAX).astype(np.int64)
-            o = self._new(f"{node.output[0]}.{tag}2", shape, perm, lim * lim / INT8_MAX)
+            o = self._new(f"{node.output[0]}.{tag}2", shape, perm, 4.0 / INT8_MAX)
             self._kernel(f"{node.name}.{tag}2", node.name,
                          [Term(ta, self._diag(n, q[0])), Term(tb, self._diag(n, q[1]))], o,
-                         top / INT8_MAX, func=lambda v: np.asarray(v) ** 2, pre=(-lim, lim),
+                         top / INT8_MAX, func=lambda v: np.asarray(v) ** 2, pre=(-2.0, 2.0),
                          role="linearization", kind="square")
             sq.append(o)
-        self._sum(node, [(sq[0], 0.25 * np.ones(n)), (sq[1], -0.25 * np.ones(n))],
+        self._sum(node, [(sq[0], 0.25 * A * B * np.ones(n)), (sq[1], -0.25 * A * B * np.ones(n))],
                   node.output[0], shape, perm)
+
+    def _quotient(self, node, a, b, shape):
+        """``a / b`` of two tensors: a PWL reciprocal of *b* on its calibrated range (which
+        must not reach 0; the table's range reduction covers one that spans decades), then
+        the product :meth:`_product`."""
+        ta, tb = self._val(a, node), self._val(b, node)
+        rb = self._range(b)
+        if rb.lo <= 0.0 <= rb.hi:
+            raise LinearizeError(
+                f"Div (node {node.name!r}): the divisor {b!r} takes values in "
+                f"[{rb.lo:.4g}, {rb.hi:.4g}] on the calibration inputs, which reach 0: a "
+                f"reciprocal needs a divisor of one sign, bounded away from 0")
+        small, big = sorted((abs(rb.lo), abs(rb.hi)))
+        recip = self._new(f"{node.output[0]}.recip", tb.shape, tb.perm, 1.0 / small / INT8_MAX)
+        self._kernel(f"{node.name or 'Div'}.recip", node.name,
+                     [Term(tb, self._diag(tb.cols, 1))], recip, tb.scale * tb.colw,
+                     func=lambda v: 1.0 / np.asarray(v, dtype=np.float64), pre=(rb.lo, rb.hi),
+                     role="linearization", kind="reciprocal")
+        self.notes.append(f"{node.name or 'Div'}: a / b as a * (1/b), a PWL reciprocal of "
+                          f"{b} on [{rb.lo:.4g}, {rb.hi:.4g}]")
+        self._product(node, ta, recip, shape, absmax=(self._range(a).absmax, 1.0 / small))
 
     # -- reductions, pooling ----------------------------------------------------------------
 

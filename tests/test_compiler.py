@@ -157,6 +157,40 @@ def test_add_and_mul_of_tensors_and_constants():
     assert {k.func for k in comp.compiled.network.kernels} >= {"square"}
 
 
+def test_product_of_tensors_of_very_different_sizes():
+    """Each operand enters the squares normalized by its own magnitude: a 100x smaller factor
+    keeps its resolution (with one weight scale for both, it rounded to a few levels)."""
+    model = make_model([node("Mul", ["x", "z"], ["y"])], [("x", [4, 16]), ("z", [4, 16])], ["y"])
+    cal = [{"x": f["x"] * 100, "z": f["z"] * 0.5} for f in feeds_for([("x", [4, 16]),
+                                                                      ("z", [4, 16])])]
+    test = {"x": cal[0]["x"][::-1].copy(), "z": cal[1]["z"]}
+    comp = compile_model(model, CFG, calib_feeds=cal)
+    got = run_golden(comp.compiled, test).outputs["y"]
+    ref = test["x"] * test["z"]
+    assert np.max(np.abs(got - ref)) / comp.compiled.network.outputs["y"].scale <= 2 * TOL
+
+
+@pytest.mark.parametrize("shape_b", [[4, 16], [4, 1]], ids=["elementwise", "per-row"])
+def test_div_by_a_tensor(shape_b):
+    """``a / b``: a PWL reciprocal of b on its calibrated range, then the product (an L2
+    normalization divides by a per-row norm: the per-row case)."""
+    model = make_model([node("Relu", ["z"], ["zr"]),
+                        node("Add", ["zr", "one"], ["d"]), node("Div", ["x", "d"], ["y"])],
+                       [("x", [4, 16]), ("z", shape_b)], ["y"], [("one", np.float32(0.5))])
+    worst, comp = steps_off(model, [("x", [4, 16]), ("z", shape_b)])
+    assert worst <= 2 * TOL
+    assert {k.func for k in comp.compiled.network.kernels} >= {"reciprocal", "square"}
+
+
+def test_div_by_a_tensor_that_reaches_zero_is_an_error():
+    model = make_model([node("Div", ["x", "z"], ["y"])], [("x", [4, 16]), ("z", [4, 16])], ["y"])
+    from neuralmatrix.sw.linearize import LinearizeError
+
+    with pytest.raises(LinearizeError, match=r"Div \(node .*the divisor 'z' takes values in .* "
+                                             r"which reach 0"):
+        compile_model(model, CFG, calib_feeds=feeds_for([("x", [4, 16]), ("z", [4, 16])]))
+
+
 # -- element-wise functions ----------------------------------------------------------------------
 
 ACTIVATIONS = {
