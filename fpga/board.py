@@ -370,15 +370,21 @@ def _build_only(platform_class):
 
 
 def build_bitstream(config: HwConfig, out_dir, *, board: str = "ulx3s", device: str = "85F",
-                    mem_bytes: int = 64 * 1024, baud: int = 115200, seed: int = 1):
+                    mem_bytes: int = 64 * 1024, baud: int = 115200, seed: int = 1,
+                    router: str = "router1"):
     """Build the ULX3S bitstream of *config* into *out_dir* with the yowasp tools; returns the
-    path of the ``.bit`` file. Uses ``amaranth-boards``' ULX3S platform."""
+    path of the ``.bit`` file. Uses ``amaranth-boards``' ULX3S platform; *seed* and *router*
+    go to nextpnr (see :func:`~neuralmatrix.fpga.synth.synthesize`)."""
     from pathlib import Path
 
     from neuralmatrix.sim.runner import patched_environ
 
+    from .synth import ROUTERS
+
     if board != "ulx3s":
         raise ConfigError(f"board must be ulx3s, got {board!r}")
+    if router not in ROUTERS:
+        raise ConfigError(f"router must be one of {', '.join(ROUTERS)}, got {router!r}")
     from amaranth_boards import ulx3s
 
     platforms = {"12F": ulx3s.ULX3S_12F_Platform, "25F": ulx3s.ULX3S_25F_Platform,
@@ -392,7 +398,7 @@ def build_bitstream(config: HwConfig, out_dir, *, board: str = "ulx3s", device: 
     with patched_environ(env):
         platform.build(ULX3STop(config, mem_bytes=mem_bytes, baud=baud), name="nm_ulx3s",
                        build_dir=str(out), do_program=False,
-                       nextpnr_opts=f"--seed {seed} --timing-allow-fail")
+                       nextpnr_opts=f"--seed {seed} --router {router} --timing-allow-fail")
     bit = out / "nm_ulx3s.bit"
     if not bit.exists():
         raise RuntimeError(f"the build finished without {bit}")

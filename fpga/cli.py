@@ -525,6 +525,7 @@ def _add_bitstream_parser(subparsers) -> None:
                    help="on-chip memory for program and data, KiB, a power of two (default 64)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    _add_router_option(p)
     p.add_argument("--out", default="build-ulx3s", metavar="DIR",
                    help="build directory (default build-ulx3s)")
     p.set_defaults(func=_cmd_bitstream)
@@ -537,7 +538,8 @@ def _cmd_bitstream(args) -> int:
     config = HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
     try:
         bit = build_bitstream(config, args.out, board=args.board, device=args.device,
-                              mem_bytes=args.mem_kib * 1024, baud=args.baud, seed=args.seed)
+                              mem_bytes=args.mem_kib * 1024, baud=args.baud, seed=args.seed,
+                              router=args.router)
     except ToolMissing as exc:
         print(f"neuralmatrix bitstream: error: {exc}", file=sys.stderr)
         return EXIT_TOOL_FAILED

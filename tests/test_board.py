@@ -220,6 +220,28 @@ def test_build_does_not_need_the_board_programmer():
     assert {"yosys", "nextpnr-ecp5", "ecppack"} <= set(tools)
 
 
+def test_bitstream_passes_seed_and_router_to_nextpnr(tmp_path, monkeypatch):
+    from neuralmatrix.fpga import board
+    from neuralmatrix.hw.params import ConfigError
+
+    seen = {}
+
+    class Recording:
+        def build(self, top, **kwargs):
+            seen.update(kwargs)
+            (tmp_path / "b" / "nm_ulx3s.bit").write_bytes(b"bit")
+
+    monkeypatch.setattr(board, "_build_only", lambda platform: Recording)
+    bit = board.build_bitstream(HwConfig(2, 2), tmp_path / "b", mem_bytes=16 * 1024, seed=7,
+                                router="router2")
+    assert bit.name == "nm_ulx3s.bit" and not seen["do_program"]
+    assert seen["nextpnr_opts"].split() == ["--seed", "7", "--router", "router2",
+                                            "--timing-allow-fail"]
+    with pytest.raises(ConfigError, match="router must be one of router1, router2"):
+        board.build_bitstream(HwConfig(2, 2), tmp_path / "c", router="fast")
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.slow
 def test_ulx3s_bitstream(tmp_path):
     """The whole flow: amaranth-boards' ULX3S 85F platform, Yosys, nextpnr-ecp5 and ecppack
