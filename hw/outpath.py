@@ -244,6 +244,16 @@ class OutputPath(wiring.Component):
                         m.d.comb += sig.eq(item)
             return sig
 
+        def held(items, d, shape, name):
+            """items[table of the row held in stage d's registers], as a register: selected
+            from the row's side band one stage earlier and registered with it, so the stage
+            after d starts from a register instead of a table select that fans out to every
+            lane. (The configuration changes only while the pipeline is idle.)"""
+            reg = Signal(shape, name=name, reset_less=True)
+            with m.If(en):
+                m.d.sync += reg.eq(select(items, sb[d - 2].table, shape, f"{name}_sel"))
+            return reg
+
         def stage(shape, name, value):
             """One pipeline register per lane: ``value(l)`` registered (advances with ``en``)."""
             regs = [Signal(shape, name=f"{name}_{l}", reset_less=True) for l in range(C)]
@@ -270,8 +280,8 @@ class OutputPath(wiring.Component):
 
         # S7: compares of x = v[15:0] with the breakpoints of the row's table, and the
         # uniform segment before clamping.
-        h7 = select(hdr, sb[5].table, hdr_layout, "s7_hdr")
-        bp7 = [select([bp[t][s] for t in range(T)], sb[5].table, signed(16), f"s7_bp_{s}")
+        h7 = held(hdr, 6, hdr_layout, "s7_hdr")
+        bp7 = [held([bp[t][s] for t in range(T)], 6, signed(16), f"s7_bp_{s}")
                for s in range(1, N)]
         ge7 = stage(unsigned(max(N - 1, 1)), "s7_ge",
                     lambda l: Cat(*[v6[l][:16].as_signed() >= b for b in bp7]))
@@ -280,7 +290,7 @@ class OutputPath(wiring.Component):
         v7 = stage(signed(32), "s7_v", lambda l: v6[l])
 
         # S8: the segment.
-        h8 = select(hdr, sb[6].table, hdr_layout, "s8_hdr")
+        h8 = held(hdr, 7, hdr_layout, "s8_hdr")
 
         def segment(l):
             count = _popcount([ge7[l][i] for i in range(N - 1)])
@@ -291,10 +301,9 @@ class OutputPath(wiring.Component):
         v8 = stage(signed(32), "s8_v", lambda l: v7[l])
 
         # S9: k[s], b[s] of the row's table.
-        t9 = sb[7].table
-        k9 = Array(select([kk[t][s] for t in range(T)], t9, signed(16), f"s9_ksel_{s}")
+        k9 = Array(held([kk[t][s] for t in range(T)], 8, signed(16), f"s9_ksel_{s}")
                    for s in range(N))
-        b9 = Array(select([bb[t][s] for t in range(T)], t9, signed(32), f"s9_bsel_{s}")
+        b9 = Array(held([bb[t][s] for t in range(T)], 8, signed(32), f"s9_bsel_{s}")
                    for s in range(N))
         kr = stage(signed(16), "s9_k", lambda l: k9[s8[l]])
         br = stage(signed(32), "s9_b", lambda l: b9[s8[l]])
@@ -307,7 +316,7 @@ class OutputPath(wiring.Component):
         z11 = stage(signed(33), "s11_z", lambda l: Mux(pwl(9), kx[l] + b10[l], v10[l]))
 
         # S12..S14: sat8(round_shift(z, out_shift)) / sat8(z) / z.
-        h12 = select(hdr, sb[10].table, hdr_layout, "s12_hdr")
+        h12 = held(hdr, 11, hdr_layout, "s12_hdr")
         t12 = stage(signed(34), "s12_t",
                     lambda l: (z11[l] << 1) >> Mux(pwl(10), h12.out_shift, 0))
         r13 = stage(signed(34), "s13_r", lambda l: ((t12[l] + 1) >> 1)[:34].as_signed())
