@@ -19,6 +19,7 @@ model take as it is).
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
@@ -392,8 +393,41 @@ def _latest_conflicts(fields, units, config, dram) -> np.ndarray | None:
     return out
 
 
+#: :func:`_token_structure` results by the digest of their inputs: kernels of one shape (the
+#: heads of an attention layer, the layers of a transformer) share one token structure.
+#: Bounded; the oldest entry goes first.
+_TOKEN_CACHE: dict[bytes, tuple] = {}
+_TOKEN_CACHE_SIZE = 4096
+
+
 def _tokens(fields: np.ndarray, units: np.ndarray, latest: np.ndarray) -> tuple[np.ndarray, int]:
-    """:meth:`ProgramBuilder.emit` of every row, given each row's latest conflicts.
+    """:meth:`ProgramBuilder.emit` of every row, given each row's latest conflicts: the
+    token structure (:func:`_token_structure`, a function of *units* and *latest* only,
+    cached) applied to *fields*."""
+    key = hashlib.blake2b(np.ascontiguousarray(units, dtype=np.int64).tobytes()
+                          + np.ascontiguousarray(latest, dtype=np.int64).tobytes(),
+                          digest_size=32).digest()
+    structure = _TOKEN_CACHE.get(key)
+    if structure is None:
+        structure = _token_structure(units, latest)
+        if len(_TOKEN_CACHE) >= _TOKEN_CACHE_SIZE:
+            del _TOKEN_CACHE[next(iter(_TOKEN_CACHE))]
+        _TOKEN_CACHE[key] = structure
+    src, pushers, poppers, nexts, relays = structure
+    out = fields[np.maximum(src, 0)]
+    out[src < 0] = 0
+    out[src < 0, 0] = int(Opcode.COMPUTE)
+    if len(pushers):
+        out[poppers, np.where(nexts, 1, 2)] = 1         # pop_prev / pop_next
+        out[pushers, np.where(nexts, 4, 3)] = 1         # push_next / push_prev
+    return out, relays
+
+
+def _token_structure(units: np.ndarray, latest: np.ndarray) -> tuple:
+    """What :meth:`ProgramBuilder.emit` makes of rows of *units* with the latest conflicts
+    *latest*: ``(src, pushers, poppers, nexts, relays)``: per output row the input row it
+    copies (-1: a zero-sized COMPUTE relay); per token its pushing and popping output rows
+    and whether it goes to the next unit; the number of relays.
 
     The builder's steps, inline: a row pops each conflict its unit's vector clock does not
     cover yet; LOAD and STORE reach each other through a COMPUTE (the last one when it covers
@@ -485,18 +519,14 @@ def _tokens(fields: np.ndarray, units: np.ndarray, latest: np.ndarray) -> tuple[
         members[u].append(index)
         clocks.append(clock)
     src = np.array(source, dtype=np.int64)
-    out = fields[np.maximum(src, 0)]
-    out[src < 0] = 0
-    out[src < 0, 0] = int(Opcode.COMPUTE)
-    if pushers:
-        pushers, poppers = np.array(pushers), np.array(poppers)
-        nexts = np.array(nexts, dtype=bool)
-        push_col = np.where(nexts, 4, 3)                # push_next / push_prev
-        # Every instruction pushes at most one token each way.
-        assert len(np.unique(pushers * 8 + push_col)) == len(pushers)
-        out[poppers, np.where(nexts, 1, 2)] = 1         # pop_prev / pop_next
-        out[pushers, push_col] = 1
-    return out, relays
+    pushers = np.array(pushers, dtype=np.int64)
+    poppers = np.array(poppers, dtype=np.int64)
+    nexts = np.array(nexts, dtype=bool)
+    # Every instruction pushes at most one token each way.
+    assert len(np.unique(pushers * 8 + np.where(nexts, 4, 3))) == len(pushers)
+    for a in (src, pushers, poppers, nexts):
+        a.flags.writeable = False
+    return src, pushers, poppers, nexts, relays
 
 
 # -- matrices in external memory -------------------------------------------------------------

@@ -20,6 +20,7 @@ State semantics (see also :mod:`neuralmatrix.hw.isa`)
 from __future__ import annotations
 
 import gc
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -736,12 +737,43 @@ def _estimate_in_order(program: list[Insn], config: HwConfig, costs: dict[str, i
         idx = np.flatnonzero(unit == u)
         if len(idx) > qd:
             wait[idx[qd:]] = idx[:len(idx) - qd]
+    dispatch = costs["dispatch"]
+    fetch0 = config.dram_latency + costs["fetch_start"] - interval
+    key = hashlib.blake2b(b"".join(np.ascontiguousarray(a, dtype=np.int64).tobytes()
+                                   for a in (unit, wait, src, occ, lat))
+                          + repr((n, interval, dispatch, fetch0)).encode(),
+                          digest_size=32).digest()
+    schedule = _SCHEDULE_CACHE.get(key)
+    if schedule is None:
+        schedule = _in_order_schedule(n, stop, unit, wait, src, occ, lat, interval, dispatch,
+                                      fetch0)
+        if len(_SCHEDULE_CACHE) >= _SCHEDULE_CACHE_SIZE:
+            del _SCHEDULE_CACHE[next(iter(_SCHEDULE_CACHE))]
+        _SCHEDULE_CACHE[key] = schedule
+    start_a, end_a, fetch_t = schedule
+    computes = m[:stop][ops[:stop] == Opcode.COMPUTE]
+    macs = int((computes[:, field_column(Opcode.COMPUTE, "m")]
+                * computes[:, field_column(Opcode.COMPUTE, "k")]
+                * computes[:, field_column(Opcode.COMPUTE, "n")]).sum())
+    total = int(max(int(end_a.max(initial=0)), int(fetch_t))) + costs["halt"]
+    busy = {u.name: int(occ[unit == u].sum()) for u in Unit}
+    return CycleEstimate(total=total, start=start_a.copy(), end=end_a.copy(), busy=busy,
+                         macs=macs, peak_macs_per_cycle=config.rows * config.cols)
+
+
+#: :func:`_in_order_schedule` results by the digest of their inputs (kernels of one shape share
+#: one schedule). Bounded; the oldest entry goes first.
+_SCHEDULE_CACHE: dict[bytes, tuple] = {}
+_SCHEDULE_CACHE_SIZE = 4096
+
+
+def _in_order_schedule(n, stop, unit, wait, src, occ, lat, interval, dispatch, fetch_t):
+    """The pass of :func:`_estimate_in_order` over the first *stop* of *n* instructions (unit,
+    fetch wait, token sources, occupancy and latency of each): ``(start, end, fetch time)``."""
     start = [-1] * n
     end = [-1] * n
     free = [0, 0, 0]
     last_end = [0, 0, 0]
-    dispatch = costs["dispatch"]
-    fetch_t = config.dram_latency + costs["fetch_start"] - interval
     for i, u, w, s1, s2, o, extra in zip(range(stop), unit.tolist(), wait.tolist(),
                                           src[:, 0].tolist(), src[:, 1].tolist(), occ.tolist(),
                                           lat.tolist()):
@@ -764,15 +796,9 @@ def _estimate_in_order(program: list[Insn], config: HwConfig, costs: dict[str, i
         free[u] = t + o
     if stop < n:
         fetch_t += interval                 # HALT is fetched too
-    computes = m[:stop][ops[:stop] == Opcode.COMPUTE]
-    macs = int((computes[:, field_column(Opcode.COMPUTE, "m")]
-                * computes[:, field_column(Opcode.COMPUTE, "k")]
-                * computes[:, field_column(Opcode.COMPUTE, "n")]).sum())
     start_a, end_a = np.array(start, dtype=np.int64), np.array(end, dtype=np.int64)
-    total = int(max(int(end_a.max(initial=0)), int(fetch_t))) + costs["halt"]
-    busy = {u.name: int(occ[unit == u].sum()) for u in Unit}
-    return CycleEstimate(total=total, start=start_a, end=end_a, busy=busy, macs=macs,
-                         peak_macs_per_cycle=config.rows * config.cols)
+    start_a.flags.writeable = end_a.flags.writeable = False
+    return start_a, end_a, fetch_t
 
 
 def _estimate_any_order(program: list[Insn], config: HwConfig,

@@ -43,6 +43,50 @@ def _random_insn(rng) -> Insn:
     return Insn(O.CFG_REQUANT, lane=0, count=1, mult=r(100), shift=r(8))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_cached_structure_serves_another_kernel_of_the_same_shape(seed, monkeypatch):
+    """A second program whose instructions differ only in values that do not decide tokens
+    or timing (configuration payloads; every external address moved by one offset) takes
+    the token structure and the schedule from the caches, and still equals the builder's
+    program and a fresh estimate."""
+    from neuralmatrix.hw.isa import field_column
+    from neuralmatrix.sw import gemm_program, golden
+
+    monkeypatch.setattr(gemm_program, "_TOKEN_CACHE", {})
+    monkeypatch.setattr(golden, "_SCHEDULE_CACHE", {})
+    rng = np.random.default_rng(100 + seed)
+    config = HwConfig(4, 4, "ws" if seed % 2 else "os")
+    flat = field_matrix([_random_insn(rng) for _ in range(200)])
+    other = flat.copy()
+    for op, name in ((O.LOAD_SP, "dram_addr"), (O.LOAD_ACC, "dram_addr"), (O.STORE, "dram_addr")):
+        rows = other[:, 0] == op
+        other[rows, field_column(op, name)] += 4096
+    rows = other[:, 0] == O.CFG_REQUANT
+    other[rows, field_column(O.CFG_REQUANT, "mult")] = rng.integers(1, 1000, int(rows.sum()))
+    assert not np.array_equal(flat, other)
+    first, _ = synchronize(flat, config)
+    cached = len(gemm_program._TOKEN_CACHE)
+    got, relays = synchronize(other, config)
+    assert len(gemm_program._TOKEN_CACHE) == cached            # a hit
+    builder = ProgramBuilder(config)
+    for insn in FieldProgram(other):
+        builder.emit(insn)
+    assert relays == builder.relays
+    np.testing.assert_array_equal(got, field_matrix(builder.program))
+    est_first = estimate_cycles(FieldProgram(first), config)
+    est = estimate_cycles(FieldProgram(got), config)
+    assert len(golden._SCHEDULE_CACHE) == 1                     # a hit
+    golden._SCHEDULE_CACHE.clear()
+    fresh = estimate_cycles(FieldProgram(got), config)
+    assert (est.total, est.busy, est.macs) == (fresh.total, fresh.busy, fresh.macs)
+    np.testing.assert_array_equal(est.start, fresh.start)
+    np.testing.assert_array_equal(est.end, fresh.end)
+    assert est_first.total > 0
+    start0 = int(fresh.start[0])
+    fresh.start[0] = -5                             # a result is the caller's: the cache keeps
+    assert estimate_cycles(FieldProgram(got), config).start[0] == start0  # its own arrays
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_synchronize_equals_the_builder(seed):
     rng = np.random.default_rng(seed)
