@@ -80,9 +80,9 @@ def _add_synth_parser(subparsers) -> None:
 
 def _add_router_option(p) -> None:
     p.add_argument("--router", default=DEFAULT_ROUTER, choices=ROUTERS,
-                   help=f"nextpnr router (default {DEFAULT_ROUTER}, nextpnr's own); router2 "
-                        f"routes large, congested designs (an 8x8 accelerator and up) much "
-                        f"faster, with a different result")
+                   help=f"nextpnr router (default {DEFAULT_ROUTER}, nextpnr's own, "
+                        f"timing-driven); router2 routes large designs faster, to a slower "
+                        f"clock")
 
 
 def _cmd_synth(args) -> int:

@@ -14,11 +14,11 @@ Files in the output directory:
     A line's ``key`` hashes every parameter of the run that produced it (all of HwConfig,
     target, device, top, seed, router, target clock, yowasp tool versions) and the hardware
     generator itself (:func:`~neuralmatrix.hw.generate.generator_digest`: a changed design is
-    run again); a configuration whose key is already there is not run again. The last line for a key wins. A half-written last line
-    (the process was killed while writing) is dropped and its configuration runs again. Error
-    lines are retried on the next run unless ``retry_errors=False``. The workload is not part
-    of the key: a finished configuration whose workload differs gets only its workload figures
-    recomputed.
+    run again); a configuration whose key is already there is not run again. The last line
+    for a key wins. A half-written last line (the process was killed while writing) is
+    dropped and its configuration runs again. Error lines are retried on the next run unless
+    ``retry_errors=False``. The workload is not part of the key: a finished configuration
+    whose workload differs gets only its workload figures recomputed.
 ``results.csv``
     One row per configuration of this sweep (columns: :data:`CSV_COLUMNS`), rewritten from the
     JSON lines at the end.
