@@ -127,7 +127,7 @@ def report(c: Compiled) -> dict:
         row = {"name": s.name, "layer": s.origin, "role": s.role, "M": s.out.rows, "K": K,
                "N": s.out.cols, "terms": len(s.terms), "macs_dense": s.macs,
                "macs": kc.macs, "pwl": s.func if s.pwl is not None else "",
-               "segments": int(s.pwl.segments) if s.pwl is not None else 0,
+               "segments": int(s.pwl.fitted_segments) if s.pwl is not None else 0,
                "est_cycles": kc.est_cycles, "insns": len(kc.program),
                "est_utilization": round(kc.macs / max(1, kc.est_cycles * peak), 4)}
         kernels.append(row)
@@ -297,6 +297,19 @@ def _load_feeds(path: str, model_path) -> list[dict]:
     raise CompileError(f"calibration data must be .npy or .npz, got {path}")
 
 
+def _parse_func_segments(text: str | None) -> dict[str, int] | None:
+    """``"exp=16,gelu=8"`` -> ``{"exp": 16, "gelu": 8}`` (kinds are checked by the linearizer)."""
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        kind, sep, n = item.strip().partition("=")
+        if not sep or not kind or not n.strip().isdigit():
+            raise CompileError(f"--func-segments: expected KIND=N[,KIND=N...], got {item!r}")
+        out[kind.strip().lower()] = int(n)
+    return out
+
+
 def _parse_shapes(items) -> dict:
     out = {}
     for item in items or []:
@@ -321,6 +334,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     _add_hw_options(p)
     p.add_argument("--segments", type=int, default=16,
                    help="PWL segments per nonlinear function (1..pwl_segments; default 16)")
+    p.add_argument("--func-segments", default=None, metavar="KIND=N[,KIND=N...]",
+                   help="segments for some function kinds instead of --segments, e.g. "
+                        "exp=16,gelu=8 (kinds: activation op names in lower case, and exp, log, "
+                        "rsqrt, square, reciprocal, relu of softmax, LayerNorm, products, "
+                        "division and max trees)")
     p.add_argument("--calibration", default="max", choices=METHODS,
                    help="activation threshold method (default max)")
     p.add_argument("--pwl-method", default="curvature", choices=("uniform", "curvature", "error"),
@@ -354,7 +372,8 @@ def _cmd_compile(args) -> int:
             feeds = _load_feeds(args.calib_data, src)
         comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes,
                              segments=args.segments, calibration=args.calibration,
-                             pwl_method=args.pwl_method)
+                             pwl_method=args.pwl_method,
+                             func_segments=_parse_func_segments(args.func_segments))
         out = write_output(comp, args.output)
     except (FrontendError, LinearizeError, CompileError) as exc:
         print(f"neuralmatrix compile: error: {exc}", file=sys.stderr)

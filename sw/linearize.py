@@ -64,7 +64,7 @@ from .ir import FILL_MIN, FILL_ZERO, Kernel, Lookup, Network, Tensor, Term, Tran
 from .patterns import LayerNormPattern, find_layer_norms
 from .quantize import Range, bias_int32, quantize_weights, requant_params, threshold
 
-__all__ = ["LinearizeError", "ELEMENTWISE", "linearize"]
+__all__ = ["LinearizeError", "ELEMENTWISE", "FUNCTION_KINDS", "linearize"]
 
 
 class LinearizeError(ValueError):
@@ -78,6 +78,11 @@ ELEMENTWISE = frozenset({
     "Mul", "Div", "Identity", "Dropout", "Cast",
 })
 _ACTIVATIONS = ELEMENTWISE - {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Cast", "Neg"}
+#: Function kinds of the PWL tables, the keys of ``func_segments``: each activation op by its
+#: lower-case name, and the functions of the lowerings (softmax exp and log, LayerNorm rsqrt,
+#: the square of tensor products, the reciprocal of a division, the relu of max trees).
+FUNCTION_KINDS = frozenset({op.lower() for op in _ACTIVATIONS}
+                           | {"gelu", "exp", "log", "rsqrt", "square", "reciprocal", "relu"})
 #: Most column groups a layer's PWL output is split into (:meth:`_Lowering._emit_grouped`).
 PWL_GROUPS = 4
 #: Most GEMM depth of a LayerNorm sum of squares, in multiples of the row length
@@ -192,6 +197,10 @@ class _Lowering:
         if not 1 <= segments <= config.pwl_segments:
             raise LinearizeError(f"segments must be 1..{config.pwl_segments} (the hardware "
                                  f"table size), got {segments}")
+        unknown = sorted(set(func_segments) - FUNCTION_KINDS)
+        if unknown:
+            raise LinearizeError(f"func_segments: unknown function kind(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(sorted(FUNCTION_KINDS))}")
         for k, v in func_segments.items():
             if not 1 <= v <= config.pwl_segments:
                 raise LinearizeError(f"segments for {k} must be 1..{config.pwl_segments}, got {v}")

@@ -526,10 +526,17 @@ class PwlTable:
     hi: float
     name: str = ""
     func: Callable | None = field(default=None, repr=False)
+    fitted: int = 0
 
     @property
     def segments(self) -> int:
+        """Entries of the hardware table (the fit padded by repeating its last segment)."""
         return len(self.k)
+
+    @property
+    def fitted_segments(self) -> int:
+        """Segments of the fit itself, before the padding (``fitted``; else the table size)."""
+        return self.fitted or self.segments
 
     def evaluate(self, x_int16) -> np.ndarray:
         """int8 outputs of int16 inputs: :func:`neuralmatrix.hw.arith.pwl_eval` (bit-exact)."""
@@ -688,7 +695,7 @@ def quantize(fit: PwlFit, *, in_scale: float, out_scale: float, mode="auto",
     hi = min(fit.hi, INT16_MAX * in_scale)
     return PwlTable(pmode, x0 if pmode == PWL_UNIFORM else 0,
                     seg_shift if pmode == PWL_UNIFORM else 0, S, bp.astype(np.int64), k, b,
-                    float(in_scale), float(out_scale), lo, hi, fit.name, fit.func)
+                    float(in_scale), float(out_scale), lo, hi, fit.name, fit.func, nk)
 
 
 def default_scales(func, lo: float, hi: float) -> tuple[float, float]:

@@ -486,3 +486,31 @@ def test_calibration_names_a_tensor_that_is_not_finite():
     model = make_model([node("Sqrt", ["x"], ["y"])], [("x", [1, 8])], ["y"])
     with pytest.raises(ValueError, match=r"tensor 'y' \(Sqrt node .*\) is not finite"):
         compile_model(model, CFG, calib_feeds=feeds_for([("x", [1, 8])], n=2))
+
+
+def test_segments_per_function_kind(tmp_path, capsys):
+    """``--func-segments`` (``func_segments``): a kind gets its own segment count, the others
+    keep ``--segments``; an unknown kind or a malformed list is an error, nothing written."""
+    from neuralmatrix.sw.linearize import LinearizeError
+
+    model = make_model([node("Sigmoid", ["x"], ["s"]), node("MatMul", ["s", "w"], ["m"]),
+                        node("Tanh", ["m"], ["t"]), node("MatMul", ["t", "w"], ["u"]),
+                        node("Exp", ["u"], ["y"])],
+                       [("x", [4, 16])], ["y"], [("w", _w(16, 16, s=0.2))])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    out = tmp_path / "out"
+    assert cli.main(["compile", str(path), "--func-segments", "sigmoid=4, exp=8",
+                     "-o", str(out)]) == 0
+    kernels = json.loads((out / "report.json").read_text())["kernels"]
+    assert {k["pwl"]: k["segments"] for k in kernels if k["pwl"]} == \
+        {"sigmoid": 4, "tanh": 16, "exp": 8}
+    with pytest.raises(LinearizeError, match="unknown function kind.*softmax.*known: .*rsqrt"):
+        compile_model(model, CFG, calib_feeds=feeds_for([("x", [4, 16])]),
+                      func_segments={"softmax": 8})
+    capsys.readouterr()
+    for bad in ("sigmoid", "sigmoid=four", "=3"):
+        assert cli.main(["compile", str(path), "--func-segments", bad,
+                         "-o", str(tmp_path / "bad")]) == 2
+        assert "--func-segments: expected KIND=N" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
