@@ -126,6 +126,39 @@ def minilm(config: HwConfig | None = None, sentences: int = 66, seq_len: int = 4
             "cosines": [round(float(c), 5) for c in cos]}
 
 
+def minilm_layers(config: HwConfig | None = None, sentence: int = 0, seq_len: int = 48,
+                  segments: int = 16, func_segments: dict | None = None) -> dict:
+    """Where MiniLM goes wrong on one sentence: the encoder cut after each layer, compiled
+    (calibration as :func:`minilm`) and run on the golden model; per layer the hidden-state
+    cosine against float over the sentence's tokens (mean, min and the worst token)."""
+    import onnxruntime as ort
+
+    from .compiler import compile_model
+    from .models import minilm as mm
+    from .runtime import run_golden
+
+    config = config or HwConfig()
+    toks = mm.tokenize([mm.SENTENCES[sentence]], seq_len)
+    feed = {k: v[:1] for k, v in toks.items()}
+    keep = feed["attention_mask"][0].astype(bool)
+    calib = mm.calibration_feeds(seq_len)
+    rows = []
+    for layers in range(1, 7):
+        m = mm.load_encoder_layers(layers, seq_len)
+        out = m.graph.output[0].name
+        ref = ort.InferenceSession(m.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, feed)[0][0]
+        comp = compile_model(m, config, calib_feeds=calib, segments=segments,
+                             func_segments=func_segments)
+        got = run_golden(comp.compiled, feed).outputs[out][0]
+        cos = np.sum(got * ref, -1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+        cos = np.where(keep, cos, np.inf)
+        rows.append({"layer": layers, "cosine_mean": float(cos[keep].mean()),
+                     "cosine_min": float(cos.min()), "worst_token": int(cos.argmin())})
+    return {"sentence": mm.SENTENCES[sentence], "seq_len": seq_len, "segments": segments,
+            "func_segments": func_segments or {}, "layers": rows}
+
+
 def _case_feeds(case, inputs, n: int = 8, seed: int = 0) -> list[dict]:
     import onnx
 
@@ -272,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m neuralmatrix.sw.accuracy",
                                 description="Accuracy of compiled networks on the golden model.")
-    p.add_argument("what", choices=("digits", "minilm", "onnx-cases", "pwl", "all"))
+    p.add_argument("what", choices=("digits", "minilm", "minilm-layers", "onnx-cases", "pwl",
+                                    "all"))
     p.add_argument("--rows", type=int, default=None, help="array rows (default: per benchmark)")
     p.add_argument("--cols", type=int, default=None)
     p.add_argument("--sentences", type=int, default=66, help="minilm: sentences (default 66)")
@@ -281,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segments", type=int, default=16,
                    help="digits, minilm: PWL segments per nonlinear function (default 16; the "
                         "hardware's tables are sized to match when larger)")
+    p.add_argument("--sentence", type=int, default=0,
+                   help="minilm-layers: index of the test sentence (default 0)")
+    p.add_argument("--func-segments", default=None, metavar="KIND=N[,KIND=N...]",
+                   help="minilm-layers: segments of some function kinds (as for compile)")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = p.parse_args(argv)
     console = Console()
@@ -304,6 +342,18 @@ def main(argv: list[str] | None = None) -> int:
             out["minilm"] = minilm(cfg(32), args.sentences, args.seq_len, args.calibration,
                                    args.segments)
             _print_minilm(out["minilm"], console)
+        if "minilm-layers" in what:
+            from .compiler import _parse_func_segments
+
+            r = minilm_layers(cfg(32), args.sentence, args.seq_len, args.segments,
+                              _parse_func_segments(args.func_segments))
+            out["minilm_layers"] = r
+            console.print(f"{r['sentence']!r}, {r['seq_len']} tokens, {r['segments']} segments "
+                          f"{r['func_segments'] or ''}")
+            for row in r["layers"]:
+                console.print(f"  after layer {row['layer']}: hidden-state cosine mean "
+                              f"{row['cosine_mean']:.4f}, min {row['cosine_min']:.4f} "
+                              f"(token {row['worst_token']})")
         if "onnx-cases" in what:
             out["onnx_cases"] = onnx_cases(cfg(8))
             _print_cases(out["onnx_cases"], console)

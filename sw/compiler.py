@@ -93,18 +93,25 @@ def compile_model(src, config: HwConfig, *, calib_feeds: list[dict] | None = Non
     that does not fit the hardware).
     """
     t0 = time.perf_counter()
+    marks = [t0]
     model = load_model(src, input_shapes=input_shapes)
+    marks.append(time.perf_counter())
     feeds = calib_feeds if calib_feeds else _random_feeds(model)
     ranges = calibrate(model, feeds)
+    marks.append(time.perf_counter())
     net = linearize(model, config, ranges, segments=segments, calibration=calibration,
                     pwl_method=pwl_method, func_segments=func_segments)
+    marks.append(time.perf_counter())
     try:
         compiled = codegen(net, config)
     except (ValueError, ConfigError) as exc:
         raise CompileError(f"code generation failed: {exc}") from exc
-    seconds = time.perf_counter() - t0
+    marks.append(time.perf_counter())
+    seconds = marks[-1] - t0
     rep = report(compiled)
     rep["compile_seconds"] = round(seconds, 3)
+    rep["phase_seconds"] = {phase: round(b - a, 3) for phase, a, b in zip(
+        ("frontend", "calibration", "linearization", "codegen"), marks, marks[1:])}
     rep["calibration"] = {"method": calibration, "samples": len(feeds),
                           "data": "given" if calib_feeds else "random normal (no data given)"}
     return Compilation(compiled, rep, seconds, model)

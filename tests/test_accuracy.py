@@ -87,3 +87,15 @@ def test_pwl_error_table_non_uniform_wins():
         assert by[(f, 16, "curvature")]["int8_max_lsb"] <= 1.5
     assert np.mean([by[(f, 8, "curvature")]["int8_rms_lsb"] for f in ("gelu", "sigmoid", "exp")]) \
         <= np.mean([by[(f, 8, "uniform")]["int8_rms_lsb"] for f in ("gelu", "sigmoid", "exp")])
+
+
+@pytest.mark.slow
+def test_minilm_layers_trace():
+    """The per-layer trace README quotes for the 32-segment outlier: with 16 segments every
+    layer of sentence 17 stays close to float; with 32 its token 5 breaks from layer 3 on."""
+    cfg = HwConfig(rows=32, cols=32, pwl_segments=32)
+    base = accuracy.minilm_layers(cfg, 17, 48, 16)["layers"]
+    bad = accuracy.minilm_layers(cfg, 17, 48, 32)["layers"]
+    assert [r["layer"] for r in base] == list(range(1, 7))
+    assert min(r["cosine_min"] for r in base) > 0.98
+    assert bad[2]["worst_token"] == 5 and bad[2]["cosine_min"] < 0.9

@@ -378,7 +378,11 @@ def test_report_extra_macs_percentage():
     assert extra > 0
     assert rep["totals"]["extra_macs_pct"] == round(100 * extra / lin, 3)
     assert rep == {**report(comp.compiled), "compile_seconds": rep["compile_seconds"],
-                   "calibration": rep["calibration"]}
+                   "phase_seconds": rep["phase_seconds"], "calibration": rep["calibration"]}
+    phases = rep["phase_seconds"]
+    assert list(phases) == ["frontend", "calibration", "linearization", "codegen"]
+    assert all(v >= 0 for v in phases.values())
+    assert sum(phases.values()) == pytest.approx(rep["compile_seconds"], abs=0.005)
 
 
 # -- errors ----------------------------------------------------------------------------------------
