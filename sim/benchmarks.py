@@ -105,7 +105,6 @@ def bench_compile(name: str, config: HwConfig) -> dict:
     the compile time it reports (import, calibration, linearization, code generation), the
     whole process's wall time (Python start-up and imports, writing the outputs included),
     and the size of what it emitted."""
-    import re
     import subprocess
     import time
 
@@ -121,10 +120,9 @@ def bench_compile(name: str, config: HwConfig) -> dict:
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
         rep = json.loads((out / "report.json").read_text())
-    said = re.search(r"compiled in ([0-9.]+) s", proc.stderr)
     tot = rep["totals"]
     return {"network": name, "config": config.tag, "compile_s": rep["compile_seconds"],
-            "reported": said.group(0) if said else "", "process_s": process_s,
+            "phase_s": rep["phase_seconds"], "process_s": process_s,
             "kernels": tot["kernels"], "insns": sum(k["insns"] for k in rep["kernels"]),
             "program_bytes": tot["program_bytes"], "est_cycles": tot["est_cycles"],
             "est_utilization_pct": 100 * tot["est_utilization"]}
@@ -185,18 +183,12 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="8x8,16x16")
     p.add_argument("--dataflows", default="ws,os")
     p.add_argument("--gemm", default="256,256,256", help="M,K,N (default 256,256,256)")
-    p = sub.add_parser("network", help="whole networks on the RTL: wall time, cycles, utilization")
-    p.add_argument("--nets", default=",".join(NETWORKS),
-                   help=f"comma-separated, of {', '.join(NETWORKS)} (default all)")
-    p.add_argument("--sizes", default="8x8,16x16")
-    p.add_argument("--dataflows", default="ws")
-    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    p = sub.add_parser("compile", help="compile time of built-in networks (neuralmatrix compile)")
-    p.add_argument("--nets", default=",".join(COMPILE_NETWORKS),
-                   help=f"comma-separated, of {', '.join(COMPILE_NETWORKS)} (default all)")
-    p.add_argument("--sizes", default="8x8")
-    p.add_argument("--dataflows", default="ws")
-    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    _add_net_options(sub.add_parser(
+        "network", help="whole networks on the RTL: wall time, cycles, utilization"),
+        NETWORKS, "8x8,16x16")
+    _add_net_options(sub.add_parser(
+        "compile", help="compile time of built-in networks (neuralmatrix compile)"),
+        COMPILE_NETWORKS, "8x8")
     args = parser.parse_args(argv)
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")]
     if args.which == "network":
@@ -230,18 +222,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def _add_net_options(p, known, sizes: str) -> None:
+    p.add_argument("--nets", default=",".join(known),
+                   help=f"comma-separated, of {', '.join(known)} (default all)")
+    p.add_argument("--sizes", default=sizes)
+    p.add_argument("--dataflows", default="ws")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
+
 def _main_network(args, sizes) -> int:
-    nets = args.nets.split(",")
-    unknown = [n for n in nets if n not in NETWORKS]
-    if unknown:
-        raise SystemExit(f"unknown network(s) {', '.join(unknown)}; known: {', '.join(NETWORKS)}")
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title="Whole networks on the accelerator RTL (Verilator; wall times without "
                         "the one-time build)")
     for col in ("network", "config", "inf.", "bit-exact", "compile s", "golden s", "RTL s",
                 "RTL cycles", "sim cycles/s", "utilization", "est. error", "max layer err"):
         table.add_column(col, justify="right")
-    _each_config(nets, sizes, args, bench_network, table, lambda res: (
+    _each_config(NETWORKS, sizes, args, bench_network, table, lambda res: (
         res["network"], res["config"], str(res["inferences"]),
         "yes" if res["bit_exact"] else "NO", f"{res['compile_s']:.1f}",
         f"{res['golden_s']:.1f}", f"{res['rtl_s']:.1f}", f"{res['cycles']:,}",
@@ -252,10 +248,15 @@ def _main_network(args, sizes) -> int:
     return 0
 
 
-def _each_config(nets, sizes, args, bench, table, row, console=None) -> list[dict]:
-    """``bench(net, config)`` for every network, size and dataflow; one table row each
-    (``row(result)``), every result printed to *console* if given, and all results so far
-    rewritten to ``args.json`` after each one (an interrupted run keeps what it measured)."""
+def _each_config(known, sizes, args, bench, table, row, console=None) -> list[dict]:
+    """``bench(net, config)`` for every network of ``args.nets`` (names of *known*), size and
+    dataflow; one table row each (``row(result)``), every result printed to *console* if
+    given, and all results so far rewritten to ``args.json`` after each one (an interrupted
+    run keeps what it measured)."""
+    nets = args.nets.split(",")
+    unknown = [n for n in nets if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown network(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = []
     for net in nets:
         for r, c in sizes:
@@ -271,17 +272,12 @@ def _each_config(nets, sizes, args, bench, table, row, console=None) -> list[dic
 
 
 def _main_compile(args, sizes) -> int:
-    nets = args.nets.split(",")
-    unknown = [n for n in nets if n not in COMPILE_NETWORKS]
-    if unknown:
-        raise SystemExit(f"unknown network(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(COMPILE_NETWORKS)}")
     table = Table(title="neuralmatrix compile (fresh process each; compile s = the time the "
                         "command reports, process s = its whole run)")
     for col in ("network", "config", "compile s", "process s", "kernels", "instructions",
                 "program bytes", "est. cycles", "est. utilization"):
         table.add_column(col, justify="right")
-    _each_config(nets, sizes, args, bench_compile, table, lambda res: (
+    _each_config(COMPILE_NETWORKS, sizes, args, bench_compile, table, lambda res: (
         res["network"], res["config"], f"{res['compile_s']:.2f}", f"{res['process_s']:.2f}",
         f"{res['kernels']:,}", f"{res['insns']:,}", f"{res['program_bytes']:,}",
         f"{res['est_cycles']:,}", f"{res['est_utilization_pct']:.1f}%"))

@@ -19,7 +19,6 @@ model take as it is).
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
@@ -27,12 +26,13 @@ import numpy as np
 
 from neuralmatrix.hw.arith import matmul_int32, requantize, saturate
 from neuralmatrix.hw.isa import (
-    _COL, _NCOLS, _UNIT_CODE, INSN_BYTES, UNIT_OF, FieldProgram, Insn, Opcode, StoreMode, Unit,
+    _COL, _NCOLS, _UNIT_CODE, UNIT_OF, FieldProgram, Insn, Opcode, StoreMode, Unit,
     assemble_binary, field_matrix, validate,
 )
 from neuralmatrix.hw.params import Dataflow, HwConfig
 
-from .golden import _ACC, _DRAM, _SP, _SPACES, CYCLE_COSTS, _gc_paused, _spans
+from .golden import (_ACC, _DRAM, _SP, _SPACES, CYCLE_COSTS, DigestCache, _cost, _gc_paused,
+                     _spans)
 
 __all__ = ["ProgramBuilder", "synchronize", "MatrixLayout", "Operand", "GemmProgram", "matmul_program",
            "chunk_depths", "gemm_program", "random_gemm_image"]
@@ -393,27 +393,17 @@ def _latest_conflicts(fields, units, config, dram) -> np.ndarray | None:
     return out
 
 
-#: :func:`_token_structure` results by the digest of their inputs: kernels of one shape (the
-#: heads of an attention layer, the layers of a transformer) share one token structure.
-#: Bounded; the oldest entry goes first.
-_TOKEN_CACHE: dict[bytes, tuple] = {}
-_TOKEN_CACHE_SIZE = 4096
+#: :func:`_token_structure` results: kernels of one shape (the heads of an attention layer,
+#: the layers of a transformer) share one token structure.
+_TOKEN_CACHE = DigestCache()
 
 
 def _tokens(fields: np.ndarray, units: np.ndarray, latest: np.ndarray) -> tuple[np.ndarray, int]:
     """:meth:`ProgramBuilder.emit` of every row, given each row's latest conflicts: the
     token structure (:func:`_token_structure`, a function of *units* and *latest* only,
     cached) applied to *fields*."""
-    key = hashlib.blake2b(np.ascontiguousarray(units, dtype=np.int64).tobytes()
-                          + np.ascontiguousarray(latest, dtype=np.int64).tobytes(),
-                          digest_size=32).digest()
-    structure = _TOKEN_CACHE.get(key)
-    if structure is None:
-        structure = _token_structure(units, latest)
-        if len(_TOKEN_CACHE) >= _TOKEN_CACHE_SIZE:
-            del _TOKEN_CACHE[next(iter(_TOKEN_CACHE))]
-        _TOKEN_CACHE[key] = structure
-    src, pushers, poppers, nexts, relays = structure
+    src, pushers, poppers, nexts, relays = _TOKEN_CACHE.get(
+        (units, latest), (), lambda: _token_structure(units, latest))
     out = fields[np.maximum(src, 0)]
     out[src < 0] = 0
     out[src < 0, 0] = int(Opcode.COMPUTE)
@@ -692,13 +682,6 @@ class _Plan:
     a_slots: int = 0    # A streamed: ring slots (each A tile serves the steps of one group)
 
 
-def _load_cycles(cfg: HwConfig, rows: int) -> int:
-    """What a scratchpad load of *rows* rows occupies the load unit (as the estimate has it)."""
-    costs = CYCLE_COSTS
-    return (cfg.dram_latency + rows + costs["load_overhead"]
-            + costs["load_fetch_share"] * max(1, INSN_BYTES // cfg.bus_bytes))
-
-
 def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Plan:
     """ws with several A blocks: *resident* (each block's A stays while every N tile streams
     its B tiles, so B is loaded once per block), or A tiles streamed once per group of N
@@ -714,10 +697,14 @@ def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Pl
     mb = -(-M // n_blocks)
     group = max(1, min(nt, cfg.acc_depth // (2 * mb)))
 
+    def occupancy(insn):                         # as the estimate has it
+        return _cost(insn, cfg, CYCLE_COSTS)[0]
+
     def busy(n_blocks, mb, a_loads):
         steps = n_blocks * kt * nt
-        load = steps * _load_cycles(cfg, R) + n_blocks * a_loads * _load_cycles(cfg, mb)
-        compute = steps * (max(mb, R) + CYCLE_COSTS["compute_overhead"])
+        load = (steps * occupancy(Insn(Opcode.LOAD_SP, nrows=R, ncols=1))
+                + n_blocks * a_loads * occupancy(Insn(Opcode.LOAD_SP, nrows=mb, ncols=1)))
+        compute = steps * occupancy(Insn(Opcode.COMPUTE, m=mb, k=R, n=R))
         return max(load, compute)
 
     mine = busy(n_blocks, mb, kt * -(-nt // group))

@@ -739,18 +739,10 @@ def _estimate_in_order(program: list[Insn], config: HwConfig, costs: dict[str, i
             wait[idx[qd:]] = idx[:len(idx) - qd]
     dispatch = costs["dispatch"]
     fetch0 = config.dram_latency + costs["fetch_start"] - interval
-    key = hashlib.blake2b(b"".join(np.ascontiguousarray(a, dtype=np.int64).tobytes()
-                                   for a in (unit, wait, src, occ, lat))
-                          + repr((n, interval, dispatch, fetch0)).encode(),
-                          digest_size=32).digest()
-    schedule = _SCHEDULE_CACHE.get(key)
-    if schedule is None:
-        schedule = _in_order_schedule(n, stop, unit, wait, src, occ, lat, interval, dispatch,
-                                      fetch0)
-        if len(_SCHEDULE_CACHE) >= _SCHEDULE_CACHE_SIZE:
-            del _SCHEDULE_CACHE[next(iter(_SCHEDULE_CACHE))]
-        _SCHEDULE_CACHE[key] = schedule
-    start_a, end_a, fetch_t = schedule
+    start_a, end_a, fetch_t = _SCHEDULE_CACHE.get(
+        (unit, wait, src, occ, lat), (n, interval, dispatch, fetch0),
+        lambda: _in_order_schedule(n, stop, unit, wait, src, occ, lat, interval, dispatch,
+                                   fetch0))
     computes = m[:stop][ops[:stop] == Opcode.COMPUTE]
     macs = int((computes[:, field_column(Opcode.COMPUTE, "m")]
                 * computes[:, field_column(Opcode.COMPUTE, "k")]
@@ -761,10 +753,40 @@ def _estimate_in_order(program: list[Insn], config: HwConfig, costs: dict[str, i
                          macs=macs, peak_macs_per_cycle=config.rows * config.cols)
 
 
-#: :func:`_in_order_schedule` results by the digest of their inputs (kernels of one shape share
-#: one schedule). Bounded; the oldest entry goes first.
-_SCHEDULE_CACHE: dict[bytes, tuple] = {}
-_SCHEDULE_CACHE_SIZE = 4096
+class DigestCache:
+    """Results of a pure function of integer arrays (and a few scalars), by a digest of them:
+    the kernels of one shape share their token structure and their schedule. Bounded; the
+    oldest entry goes first. Cached values must not be changed (return copies, or read-only
+    arrays)."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.entries: dict[bytes, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def get(self, arrays, scalars, compute):
+        h = hashlib.blake2b(repr(tuple(scalars)).encode(), digest_size=32)
+        for a in arrays:
+            a = np.ascontiguousarray(a, dtype=np.int64)
+            h.update(repr(a.shape).encode())
+            h.update(a.tobytes())
+        key = h.digest()
+        value = self.entries.get(key)
+        if value is None:
+            value = compute()
+            if len(self.entries) >= self.size:
+                del self.entries[next(iter(self.entries))]
+            self.entries[key] = value
+        return value
+
+
+#: :func:`_in_order_schedule` results (kernels of one shape share one schedule).
+_SCHEDULE_CACHE = DigestCache()
 
 
 def _in_order_schedule(n, stop, unit, wait, src, occ, lat, interval, dispatch, fetch_t):

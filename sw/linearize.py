@@ -1168,7 +1168,7 @@ class _Lowering:
                 f"Div (node {node.name!r}): the divisor {b!r} takes values in "
                 f"[{rb.lo:.4g}, {rb.hi:.4g}] on the calibration inputs, which reach 0: a "
                 f"reciprocal needs a divisor of one sign, bounded away from 0")
-        small, big = sorted((abs(rb.lo), abs(rb.hi)))
+        small = min(abs(rb.lo), abs(rb.hi))
         recip = self._new(f"{node.output[0]}.recip", tb.shape, tb.perm, 1.0 / small / INT8_MAX)
         self._kernel(f"{node.name or 'Div'}.recip", node.name,
                      [Term(tb, self._diag(tb.cols, 1))], recip, tb.scale * tb.colw,

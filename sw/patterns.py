@@ -190,19 +190,15 @@ def find_layer_norms(model: onnx.ModelProto, shapes: dict[str, tuple] | None = N
         else:
             continue
         chain.append(norm)
-        out, gamma, beta = norm.output[0], None, None
-        nxt = only_user(out, ("Mul",))
-        if nxt is not None:
-            gamma = per_axis(const(other_input(nxt, out)), shape, axis)
-            if gamma is not None:
+        out, affine = norm.output[0], {}
+        for op in ("Mul", "Add"):                   # optional gamma, then optional beta
+            nxt = only_user(out, (op,))
+            c = None if nxt is None else per_axis(const(other_input(nxt, out)), shape, axis)
+            if c is not None:
+                affine[op] = c
                 chain.append(nxt)
                 out = nxt.output[0]
-        nxt = only_user(out, ("Add",))
-        if nxt is not None:
-            beta = per_axis(const(other_input(nxt, out)), shape, axis)
-            if beta is not None:
-                chain.append(nxt)
-                out = nxt.output[0]
+        gamma, beta = affine.get("Mul"), affine.get("Add")
         if shapes.get(out, shape) != shape:
             continue
         found.append(LayerNormPattern(x, out, axis, eps, gamma, beta,

@@ -131,11 +131,11 @@ class _Stats:
         self.cols[k] = cm if prev is None or prev.shape != cm.shape else np.maximum(prev, cm)
         if v.ndim >= 3:
             r3 = m.reshape(-1, v.shape[-2], v.shape[-1])
-            hi = r3.max(axis=2).max(axis=0).astype(np.float64)
-            lo = r3.min(axis=2).min(axis=0).astype(np.float64)
+            rmax = r3.max(axis=2).max(axis=0).astype(np.float64)
+            rmin = r3.min(axis=2).min(axis=0).astype(np.float64)
             prev = self.rows.get(k)
-            self.rows[k] = [hi, lo] if prev is None or prev[0].shape != hi.shape else \
-                [np.maximum(prev[0], hi), np.minimum(prev[1], lo)]
+            self.rows[k] = [rmax, rmin] if prev is None or prev[0].shape != rmax.shape else \
+                [np.maximum(prev[0], rmax), np.minimum(prev[1], rmin)]
 
     def ranges(self, max_sample: int) -> dict[str, Range]:
         out = {}

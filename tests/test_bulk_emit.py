@@ -52,8 +52,8 @@ def test_cached_structure_serves_another_kernel_of_the_same_shape(seed, monkeypa
     from neuralmatrix.hw.isa import field_column
     from neuralmatrix.sw import gemm_program, golden
 
-    monkeypatch.setattr(gemm_program, "_TOKEN_CACHE", {})
-    monkeypatch.setattr(golden, "_SCHEDULE_CACHE", {})
+    monkeypatch.setattr(gemm_program, "_TOKEN_CACHE", golden.DigestCache())
+    monkeypatch.setattr(golden, "_SCHEDULE_CACHE", golden.DigestCache())
     rng = np.random.default_rng(100 + seed)
     config = HwConfig(4, 4, "ws" if seed % 2 else "os")
     flat = field_matrix([_random_insn(rng) for _ in range(200)])
