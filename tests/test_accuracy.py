@@ -1,4 +1,4 @@
-"""Accuracy regressions: each figure README quotes, with its bound.
+"""Accuracy regressions: each figure sw/ACCURACY.md quotes, with its bound.
 
 The default suite runs the digits CNN on all 450 test images (about 20 s) and MiniLM on a
 short sequence (22 sentences, about 1 minute); the whole MiniLM figure (66 sentences, about
