@@ -480,39 +480,15 @@ def _stop_groups(procs: list, grace_s: float = 10.0) -> None:
     signal_groups(signal.SIGKILL)
 
 
-def _probe_scheduler(address: str, timeout_s: float = 5.0) -> None:
-    """Fail at once when nothing listens at a ``tcp://host:port`` address (Dask's client
-    retries a refused connection until its time-out); other address forms go to Dask as is."""
-    from urllib.parse import urlsplit
-
-    if "://" not in address:
-        address = "tcp://" + address
-    url = urlsplit(address)
-    try:
-        port = url.port
-    except ValueError:                      # not a number: Dask reports it
-        return
-    if url.scheme != "tcp" or not url.hostname or port is None:
-        return
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
-    except OSError as exc:
-        raise SweepError(f"scheduler: cannot reach the Dask scheduler at {address}: {exc}") \
-            from None
-
-
 def _run_dask(tasks: list[_Task], address: str) -> Iterator[tuple[_Task, dict]]:
+    from neuralmatrix.sim.cluster import ClusterError, connect
+
     try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise SweepError("scheduler: the Dask distributed package is not installed "
-                         "(pip install 'dask[distributed]')") from None
-    _probe_scheduler(address)
-    try:
-        client = Client(address, timeout=30)
-    except (OSError, TimeoutError) as exc:
-        raise SweepError(f"scheduler: cannot reach the Dask scheduler at {address}: {exc}") \
-            from None
+        client = connect(address)
+    except ClusterError as exc:
+        raise SweepError(f"scheduler: {exc}") from None
+    from distributed import as_completed
+
     futures = {}
     try:
         for t in tasks:

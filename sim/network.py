@@ -42,7 +42,8 @@ from .harness import CLOCK_NS, DEFAULT_DRAM_BYTES, ENV_DIR, SimulationTimeout, d
 from .runner import SimulationFailed
 
 __all__ = ["KernelRun", "NetworkRun", "Difference", "dram_size_for", "run_network_rtl",
-           "first_difference", "kernel_budget", "dump_compiled", "load_compiled"]
+           "first_difference", "kernel_budget", "compiled_bytes", "compiled_from_bytes",
+           "dump_compiled", "load_compiled"]
 
 TB_MODULE = "neuralmatrix.sim.tb_network"
 
@@ -127,8 +128,8 @@ class _Portable(pickle.Pickler):
         return NotImplemented
 
 
-def dump_compiled(compiled: Compiled, path: Path) -> None:
-    """Pickle *compiled* for the simulator process (see :func:`load_compiled`)."""
+def compiled_bytes(compiled: Compiled) -> bytes:
+    """*compiled* as the pickle the simulator process loads (see :func:`compiled_from_bytes`)."""
     # Layouts and programs are keyed by id(); ship them as (object, value) pairs.
     tensors = [t for t in _tensors(compiled.steps, compiled.network) if id(t) in compiled.layouts]
     kernels = [s for s in compiled.steps if isinstance(s, Kernel)]
@@ -136,20 +137,29 @@ def dump_compiled(compiled: Compiled, path: Path) -> None:
              [(k, compiled.code[id(k)]) for k in kernels])
     buf = io.BytesIO()
     _Portable(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
-    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
 
 
-def load_compiled(path: Path) -> Compiled:
-    compiled, layouts, code = pickle.loads(Path(path).read_bytes())
+def compiled_from_bytes(blob: bytes) -> Compiled:
+    compiled, layouts, code = pickle.loads(blob)
     compiled.layouts = {id(t): lay for t, lay in layouts}
     compiled.code = {id(k): kc for k, kc in code}
     return compiled
 
 
+def dump_compiled(compiled: Compiled, path: Path) -> None:
+    """Pickle *compiled* for the simulator process (see :func:`load_compiled`)."""
+    Path(path).write_bytes(compiled_bytes(compiled))
+
+
+def load_compiled(path: Path) -> Compiled:
+    return compiled_from_bytes(Path(path).read_bytes())
+
+
 def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=None,
                     progress: Callable[[int, int], None] | None = None,
                     kernel_filter: Sequence[int] | None = None,
-                    max_cycles: int | None = None) -> list[NetworkRun]:
+                    max_cycles: int | None = None, first_index: int = 0) -> list[NetworkRun]:
     """Run *compiled* on the RTL once per entry of *feeds* (ONNX input name -> array).
 
     Parameters
@@ -163,6 +173,9 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
         others run on the golden model, so a trace covers just those kernels.
     max_cycles : int, optional
         Cycle budget of every kernel (default :func:`kernel_budget` of its estimate).
+    first_index : int
+        The index of ``feeds[0]`` in the whole run (a shard's offset), used in failure
+        messages.
 
     Raises
     ------
@@ -207,7 +220,7 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
         except (SimulationFailed, RuntimeError) as exc:
             failure = tmp / "failure.json"
             if failure.exists():
-                raise _failure(json.loads(failure.read_text())) from None
+                raise _failure(json.loads(failure.read_text()), first_index) from None
             tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
             raise SimulationFailed(f"{exc}\n--- simulator log (tail) ---\n{tail}") from None
         finally:
@@ -220,11 +233,12 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
                 for i in range(len(feeds))]
 
 
-def _failure(f: dict) -> SimulationFailed:
+def _failure(f: dict, first_index: int = 0) -> SimulationFailed:
+    run = f["run"] + first_index
     if f.get("stray"):
-        return SimulationFailed(f"inference {f['run']}: the RTL changed the constants or programs "
+        return SimulationFailed(f"inference {run}: the RTL changed the constants or programs "
                                 f"in external memory (a store outside the activation region)")
-    where = f"kernel {f['index']} ({f['kernel']}, layer {f['layer']!r}) of inference {f['run']}"
+    where = f"kernel {f['index']} ({f['kernel']}, layer {f['layer']!r}) of inference {run}"
     if f["timed_out"]:
         busy = {k: v for k, v in f["counters"].items() if v}
         return SimulationTimeout(

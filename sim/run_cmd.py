@@ -272,6 +272,12 @@ def add_parser(sub) -> None:
                         "kernels back to back (default 0)")
     p.add_argument("--to-cycle", type=int, default=None, metavar="B",
                    help="last cycle of the trace window (default: A + 10,000)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run the inferences in N parallel simulator processes (contiguous "
+                        "shards; the cached Verilator build is shared; default 1). With "
+                        "--scheduler: the number of shards (default: one per worker thread)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run the shards on the workers of a Dask distributed scheduler")
     p.add_argument("--report", metavar="FILE",
                    help="write the per-layer report as CSV and JSON (FILE.csv / FILE.json)")
     p.add_argument("--batch", type=int, default=50,
@@ -306,6 +312,18 @@ def _cmd_run(args) -> int:
         print(f"neuralmatrix run: error: --waves must name an .fst file, got {args.waves}",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.jobs < 1:
+        print(f"neuralmatrix run: error: --jobs must be at least 1, got {args.jobs}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.scheduler and not args.golden_only:
+        from .cluster import ClusterError, probe
+
+        try:
+            probe(args.scheduler)
+        except ClusterError as exc:
+            print(f"neuralmatrix run: error: --scheduler: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     to_cycle = args.to_cycle if args.to_cycle is not None else args.from_cycle + 10_000
     if args.from_cycle < 0 or to_cycle < args.from_cycle:
         print(f"neuralmatrix run: error: the trace window must have 0 <= --from-cycle <= "
@@ -332,9 +350,10 @@ def _run(args, config, console, to_cycle: int) -> int:
     from neuralmatrix.sw.runtime import run_golden
 
     from .harness import simulation_build
-    from .network import KernelRun, dram_size_for, first_difference, run_network_rtl
+    from .network import KernelRun, dram_size_for, first_difference
     from .report import layer_rows, rich_table, write_report
     from .runner import SimulationFailed
+    from .shards import ShardError, run_sharded
 
     t_all = time.perf_counter()
     work = load_workload(args)
@@ -378,14 +397,18 @@ def _run(args, config, console, to_cycle: int) -> int:
             task = prog.add_task("RTL simulation (kernels)", total=n_k * len(work.feeds))
             t0 = time.perf_counter()
             try:
-                rtl = run_network_rtl(c, work.feeds,
-                                      progress=lambda d, t: prog.update(task, completed=d))
+                rtl = run_sharded(c, work.feeds, jobs=args.jobs, scheduler=args.scheduler,
+                                  progress=lambda d, t: prog.update(task, completed=d))
+            except ShardError as exc:
+                raise RunError(str(exc)) from None
             except SimulationFailed as exc:
                 console.print(f"[red]simulation failed[/]: {exc}")
                 return EXIT_SIM_FAILED
             rtl_s = time.perf_counter() - t0
         cycles = sum(r.cycles for r in rtl)
-        console.print(f"RTL: {len(rtl)} inference(s), {cycles:,} cycles in {rtl_s:.1f} s "
+        where = (f" on the Dask scheduler {args.scheduler}" if args.scheduler
+                 else f" in {min(args.jobs, len(work.feeds))} processes" if args.jobs > 1 else "")
+        console.print(f"RTL: {len(rtl)} inference(s){where}, {cycles:,} cycles in {rtl_s:.1f} s "
                       f"({cycles / max(rtl_s, 1e-9):,.0f} simulated cycles/s, start-up included)")
         diffs = [(i, first_difference(c, g, r)) for i, (g, r) in enumerate(zip(golden, rtl))]
         diffs = [(i, d) for i, d in diffs if d is not None]
