@@ -31,7 +31,7 @@ from neuralmatrix.hw.params import ConfigError, HwConfig
 from .codegen import Compiled, codegen
 from .frontend import FrontendError, load_model
 from .ir import Kernel, Lookup, Transfer
-from .linearize import LinearizeError, linearize
+from .lower import LinearizeError, linearize
 from .quantize import METHODS, calibrate
 
 __all__ = ["CompileError", "Compilation", "BUILTIN_MODELS", "compile_model", "report",
