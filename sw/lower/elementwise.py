@@ -51,7 +51,7 @@ def _elementwise_chain(ctx, node) -> bool:
         else:
             o = ctx.new(out, t.shape, t.perm, ctx.scale_of(out), percol=True)
             ctx.kernel(f"{nodes[0].name or nodes[0].op_type}.affine", names,
-                         [Term(t, ctx.diag(t.cols, 1 if a >= 0 else -1))], o,
+                       [Term(t, ctx.diag(t.cols, 1 if a >= 0 else -1))], o,
                        t.scale * t.colw * max(abs(a), 1e-30), bias=np.full(t.cols, b) if b else None,
                        role="linearization")
             ctx.notes.append(f"{names}: x * {a:g} + {b:g}, one GEMM with a bias")
@@ -59,7 +59,7 @@ def _elementwise_chain(ctx, node) -> bool:
         return True
     o = ctx.new(out, t.shape, t.perm, ctx.scale_of(out))
     ctx.kernel(f"{nodes[0].name or nodes[0].op_type}.pwl", ",".join(n.name for n in nodes),
-                 [Term(t, ctx.diag(t.cols, 1))], o, t.scale * t.colw, func=f, pre=(r.lo, r.hi),
+               [Term(t, ctx.diag(t.cols, 1))], o, t.scale * t.colw, func=f, pre=(r.lo, r.hi),
                role="linearization", kind=kind)
     ctx.notes.append(f"{', '.join(n.name or n.op_type for n in nodes)}: one PWL ({kind})")
     ctx.vals[out] = o
@@ -68,8 +68,6 @@ def _elementwise_chain(ctx, node) -> bool:
 
 @rule("Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
       "Softplus", "Gelu", "Erf", "Exp", "Sqrt", "Reciprocal", "Clip", "Neg", "Pow")
-
-
 def unary(ctx, node):
     """An element-wise function and the chain it starts: one PWL kernel."""
     if not _elementwise_chain(ctx, node):
@@ -233,7 +231,7 @@ def _product(ctx, node, ta, tb, shape, absmax=None):
         q = np.round(w / top * INT8_MAX).astype(np.int64)
         o = ctx.new(f"{node.output[0]}.{tag}2", shape, perm, 4.0 / INT8_MAX)
         ctx.kernel(f"{node.name}.{tag}2", node.name,
-                     [Term(ta, ctx.diag(n, q[0])), Term(tb, ctx.diag(n, q[1]))], o,
+                   [Term(ta, ctx.diag(n, q[0])), Term(tb, ctx.diag(n, q[1]))], o,
                    top / INT8_MAX, func=lambda v: np.asarray(v) ** 2, pre=(-2.0, 2.0),
                    role="linearization", kind="square")
         sq.append(o)
@@ -255,7 +253,7 @@ def _quotient(ctx, node, a, b, shape):
     small = min(abs(rb.lo), abs(rb.hi))
     recip = ctx.new(f"{node.output[0]}.recip", tb.shape, tb.perm, 1.0 / small / INT8_MAX)
     ctx.kernel(f"{node.name or 'Div'}.recip", node.name,
-                 [Term(tb, ctx.diag(tb.cols, 1))], recip, tb.scale * tb.colw,
+               [Term(tb, ctx.diag(tb.cols, 1))], recip, tb.scale * tb.colw,
                func=lambda v: 1.0 / np.asarray(v, dtype=np.float64), pre=(rb.lo, rb.hi),
                role="linearization", kind="reciprocal")
     ctx.notes.append(f"{node.name or 'Div'}: a / b as a * (1/b), a PWL reciprocal of "

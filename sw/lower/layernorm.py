@@ -90,7 +90,7 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta):
     qm = int(min(INT8_MAX, max(1, math.ceil(max(r_mean.absmax, 1e-12) / INT8_MAX / u))))
     mean = Tensor(ctx.uniq(f"{out_name}.mean"), M, 1, qm * u)
     ctx.kernel(f"{name}.mean", name,
-                 [Term(xr, ctx.const(f"{out_name}.w", w[:, None], 1.0))], mean,
+               [Term(xr, ctx.const(f"{out_name}.w", w[:, None], 1.0))], mean,
                u / D, role="linearization")
     # centered (times sign(gamma)): x * w - mean * qm, in units of u; once per tensor
     # (for the variance) and once per column (for the output).
@@ -182,7 +182,7 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta):
         cuts = [0] + [k for k in range(1, n) if a[k] != a[k - 1]] + [n]
         for k0, k1 in zip(cuts[:-1], cuts[1:]):
             ctx.kernel(f"{name}.scale{r0 + k0}", name,
-                         [Term(ctx.view(dg, k0, k1 - k0), ctx.view(cp, r0, n))],
+                       [Term(ctx.view(dg, k0, k1 - k0), ctx.view(cp, r0, n))],
                        ctx.view(out, r0 + k0, k1 - k0),
                        inv_scale * math.sqrt(a[k0]) * cp.scale * cp.colw * mag,
                        bias=beta, role="linearization")

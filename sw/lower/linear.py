@@ -195,7 +195,7 @@ def _gemm_activations(ctx, node, x, alpha, beta, bias):
         raise LinearizeError(f"Gemm (node {node.name!r}): alpha must be positive with an "
                              f"activation B")
     emit_linear(ctx, node, [Term(x, y)], x.scale * y.scale * alpha, bf, node.output[0],
-                      (x.shape[0], N), (0, 1))
+                (x.shape[0], N), (0, 1))
 
 
 def _linear_const(ctx, node, x, w, bf, shape):

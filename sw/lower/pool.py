@@ -158,12 +158,12 @@ def max_pool(ctx, node):
             a, b = views[i], views[i + 1]
             d = Tensor(ctx.uniq(f"{node.name}.d{level}.{i}"), a.rows, C, a.scale * dk)
             ctx.kernel(f"{node.name}.relu{level}.{i}", node.name,
-                         [Term(a, ctx.diag(C, -1)), Term(b, ctx.diag(C, 1))], d, a.scale,
+                       [Term(a, ctx.diag(C, -1)), Term(b, ctx.diag(C, 1))], d, a.scale,
                        func=pwl_lib.relu, pre=(-255 * a.scale, 255 * a.scale),
                        role="linearization", kind="relu")
             m = Tensor(ctx.uniq(f"{node.name}.max{level}.{i}"), a.rows, C, a.scale)
             ctx.kernel(f"{node.name}.max{level}.{i}", node.name,
-                         [Term(a, ctx.diag(C, 1)), Term(d, ctx.diag(C, dk))], m, a.scale,
+                       [Term(a, ctx.diag(C, 1)), Term(d, ctx.diag(C, dk))], m, a.scale,
                        role="linearization")
             nxt.append(m)
         if len(views) % 2:
@@ -191,7 +191,7 @@ def average_pool(ctx, node):
     out = ctx.new(node.output[0], out_shape, channels_last(len(out_shape)),
                   ctx.scale_of(node.output[0]))
     ctx.kernel(node.name or node.op_type, node.name,
-                 [Term(v, ctx.diag(C, 1)) for v in views], out, x.scale / n,
+               [Term(v, ctx.diag(C, 1)) for v in views], out, x.scale / n,
                role="linearization")
     ctx.vals[node.output[0]] = out
 

@@ -35,12 +35,12 @@ def _rowmax(ctx, node, x: Tensor) -> Tensor:
         b = ctx.gather(f"{node.name}.maxB{level}", node.name, [cur], lambda i: i[:, h:2 * h])
         d = Tensor(ctx.uniq(f"{node.name}.maxd{level}"), x.rows, h, x.scale)
         ctx.kernel(f"{node.name}.maxrelu{level}", node.name,
-                     [Term(a, ctx.diag(h, -1)), Term(b, ctx.diag(h, 1))], d, x.scale,
+                   [Term(a, ctx.diag(h, -1)), Term(b, ctx.diag(h, 1))], d, x.scale,
                    func=pwl_lib.relu, pre=(-255 * x.scale, 255 * x.scale),
                    role="linearization", kind="relu")
         m = Tensor(ctx.uniq(f"{node.name}.max{level}"), x.rows, h, x.scale)
         ctx.kernel(f"{node.name}.max{level}", node.name,
-                     [Term(a, ctx.diag(h, 1)), Term(d, ctx.diag(h, 1))], m, x.scale,
+                   [Term(a, ctx.diag(h, 1)), Term(d, ctx.diag(h, 1))], m, x.scale,
                    role="linearization")
         if odd:
             m = ctx.gather(f"{node.name}.maxodd{level}", node.name, [m, cur],
@@ -122,7 +122,7 @@ def softmax(ctx, node):
         # The row maximum over the kept keys only: masked scores saturate to -128 first.
         xs = Tensor(ctx.uniq(f"{x.name}.masked"), M, L, x.scale)
         ctx.kernel(f"{node.name}.mask", node.name,
-                     [Term(x, ctx.diag(L, 1)),
+                   [Term(x, ctx.diag(L, 1)),
                       mask_term(ctx, mask, M, x.scale, 2 * INT8_MAX * x.scale)],
                    xs, x.scale, role="linearization")
     m = _rowmax(ctx, node, xs)
