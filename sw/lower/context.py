@@ -377,6 +377,13 @@ class Context:
         self.steps.append(k)
         return k
 
+    def constant(self, name, node, what: str) -> np.ndarray:
+        """The constant *name*, an operand *what* of *node* that must be constant."""
+        if name not in self.consts:
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): {what} ({name!r}) must "
+                                 f"be a constant")
+        return self.consts[name]
+
     def scalar(self, name):
         if name in self.consts and self.consts[name].size == 1:
             return float(self.consts[name].reshape(()))

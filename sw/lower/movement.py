@@ -83,7 +83,7 @@ def split(ctx, node):
     axis = attr(node, "axis", 0) % len(x.shape)
     sizes = attr(node, "split", None)
     if sizes is None and len(node.input) > 1 and node.input[1]:
-        sizes = ctx.consts[node.input[1]].tolist()
+        sizes = ctx.constant(node.input[1], node, "split").tolist()
     if sizes is None:
         n = len(node.output)
         sizes = [-(-x.shape[axis] // n)] * (n - 1)
@@ -100,12 +100,12 @@ def split(ctx, node):
 def slice_(ctx, node):
     """Slice with constant starts, ends, axes and steps."""
     x = ctx.val(node.input[0], node)
-    starts, ends = (ctx.consts[i].tolist() for i in node.input[1:3])
     rank = len(x.shape)
-    axes = ctx.consts[node.input[3]].tolist() if len(node.input) > 3 and node.input[3] \
-        else list(range(len(starts)))
-    steps = ctx.consts[node.input[4]].tolist() if len(node.input) > 4 and node.input[4] \
-        else [1] * len(starts)
+    ins = list(node.input) + [""] * (5 - len(node.input))
+    starts, ends, axes, steps = (ctx.constant(i, node, what).tolist() if i else None for i, what
+                                 in zip(ins[1:5], ("starts", "ends", "axes", "steps")))
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
 
     def fn(i):
         sl = [slice(None)] * rank
@@ -121,7 +121,8 @@ def pad(ctx, node):
     """Pad: zero (constant) padding, or reflect / edge / wrap, as one gather."""
     mode = attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    pads = ctx.consts[node.input[1]].tolist() if len(node.input) > 1 else attr(node, "pads")
+    pads = ctx.constant(node.input[1], node, "pads").tolist() if len(node.input) > 1 \
+        else attr(node, "pads")
     value = ctx.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
     if mode == "constant" and value:
         raise LinearizeError(f"Pad (node {node.name!r}): constant padding with {value} "
@@ -182,7 +183,7 @@ def gather(ctx, node):
         ctx.vals[node.output[0]] = out
         return
     x = ctx.val(data, node)
-    ind = ctx.consts[idx].astype(np.int64)
+    ind = ctx.constant(idx, node, "indices").astype(np.int64)
     rank = len(x.shape)
     _move(ctx, node, lambda i: np.take(i, np.where(ind < 0, ind + x.shape[axis % rank], ind),
                                        axis=axis % rank))

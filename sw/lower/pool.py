@@ -24,7 +24,7 @@ def _reduce(ctx, node, mean: bool):
     rank = len(x.shape)
     axes = attr(node, "axes", None)
     if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = ctx.consts[node.input[1]].tolist()
+        axes = ctx.constant(node.input[1], node, "axes").tolist()
     if axes is None or len(axes) == 0:
         axes = list(range(rank))
     axes = sorted(a % rank for a in axes)
