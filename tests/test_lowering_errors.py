@@ -95,6 +95,18 @@ def test_a_run_time_operand_that_must_be_constant(op, operand, value, attrs, out
         compile_model(model, CFG, calib_feeds=feeds)
 
 
+def test_a_failure_before_the_first_rule_is_one_error(monkeypatch):
+    from neuralmatrix.sw.lower import masks
+
+    def broken(ctx):
+        raise RuntimeError("evaluator crashed")
+
+    monkeypatch.setattr(masks, "find_masks", broken)
+    with pytest.raises(LinearizeError, match=r"^graph analysis before lowering failed: "
+                                             r"RuntimeError: evaluator crashed$"):
+        compile_model(_relu_model(), CFG, calib_feeds=feeds_for([("x", [4, 6])]))
+
+
 def test_rules_register_once():
     with pytest.raises(ValueError, match="Relu already has a rule"):
         rule("Relu")(lambda ctx, node: None)

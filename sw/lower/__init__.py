@@ -77,24 +77,18 @@ def linearize(model: onnx.ModelProto, config: HwConfig, ranges: dict[str, Range]
         An operator use no rule can map, naming the node, its operator and the reason (also
         for any unexpected failure inside a rule, which is kept as ``__cause__``).
     """
-    ctx = Context(model, config, ranges, segments, calibration, pwl_method, func_segments or {})
+    try:
+        ctx = Context(model, config, ranges, segments, calibration, pwl_method,
+                      func_segments or {})
+        inputs = _inputs(ctx)
+        masks.find_masks(ctx)
+        ctx.find_percol()
+    except LinearizeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported as one error, the original as cause
+        raise LinearizeError(f"graph analysis before lowering failed: {type(exc).__name__}: "
+                             f"{exc}") from exc
     g = model.graph
-    inputs: dict[str, Tensor | None] = {}
-    for vi in g.input:
-        if vi.name in ctx.consts:
-            continue
-        elem = vi.type.tensor_type.elem_type
-        if elem in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
-            inputs[vi.name] = None           # indices: consumed by Lookup steps
-            continue
-        shape = ctx.shapes[vi.name]
-        conv = any(n.op_type in _CONV_READERS for n in ctx.consumers[vi.name])
-        perm = channels_last(len(shape)) if conv else tuple(range(len(shape)))
-        t = ctx.new(vi.name, shape, perm, ctx.scale_of(vi.name))
-        ctx.vals[vi.name] = t
-        inputs[vi.name] = t
-    masks.find_masks(ctx)
-    ctx.find_percol()
     for node in g.node:
         if id(node) in ctx.done:
             continue
@@ -114,3 +108,23 @@ def linearize(model: onnx.ModelProto, config: HwConfig, ranges: dict[str, Range]
             raise LinearizeError(f"graph output {o.name!r} is a constant or was not computed")
         outputs[o.name] = ctx.vals[o.name]
     return Network(inputs, outputs, ctx.steps, ctx.notes)
+
+
+def _inputs(ctx: Context) -> dict[str, Tensor | None]:
+    """The graph's activation inputs as tensors (channels last when a convolution or pooling
+    reads them); integer inputs (indices for lookups) as None."""
+    inputs: dict[str, Tensor | None] = {}
+    for vi in ctx.model.graph.input:
+        if vi.name in ctx.consts:
+            continue
+        elem = vi.type.tensor_type.elem_type
+        if elem in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            inputs[vi.name] = None           # indices: consumed by Lookup steps
+            continue
+        shape = ctx.shapes[vi.name]
+        conv = any(n.op_type in _CONV_READERS for n in ctx.consumers[vi.name])
+        perm = channels_last(len(shape)) if conv else tuple(range(len(shape)))
+        t = ctx.new(vi.name, shape, perm, ctx.scale_of(vi.name))
+        ctx.vals[vi.name] = t
+        inputs[vi.name] = t
+    return inputs
