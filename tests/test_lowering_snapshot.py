@@ -28,7 +28,6 @@ import json
 import os
 
 import numpy as np
-import onnx
 import pytest
 from onnx import numpy_helper
 
