@@ -304,7 +304,7 @@ def _cmd_run(args) -> int:
     from neuralmatrix.sw.cli import _config
     from neuralmatrix.sw.compiler import CompileError
     from neuralmatrix.sw.frontend import FrontendError
-    from neuralmatrix.sw.linearize import LinearizeError
+    from neuralmatrix.sw.lower import LinearizeError
 
     config = _config(args)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)

@@ -178,7 +178,7 @@ def onnx_cases(config: HwConfig | None = None) -> dict:
     """Compile and run every supported onnx-wheel case; pass/fail per case."""
     from .compiler import compile_model
     from .frontend import FrontendError
-    from .linearize import LinearizeError
+    from .lower import LinearizeError
     from .models.onnx_cases import load_case, onnx_cases as all_cases
     from .runtime import run_golden
 

@@ -138,6 +138,28 @@ def _tensors(steps, net: Network) -> list[Tensor]:
     return list(seen.values())
 
 
+class _DoesNotFit(ValueError):
+    """A kernel whose program does not fit the hardware (names the layer and the GEMM)."""
+
+
+def _program(cfg, s: Kernel, parts, layouts, biases, active, check):
+    """``(program, plan, fields)`` of kernel *s*; _DoesNotFit if the hardware is too small."""
+    try:
+        program, plan = matmul_program(cfg, parts, layouts[id(s.out)], mult=s.mult,
+                                       shift=s.shift, bias=biases.get(id(s)), pwl=s.pwl,
+                                       active=active, check=False)
+        fields = field_matrix(program)          # built once for checks, estimate, binary
+        if check:
+            validate(program, cfg, fields=fields)
+    except ValueError as exc:
+        K = sum(t.b.rows for t in s.terms)
+        raise _DoesNotFit(f"layer {s.origin or s.name!r} (kernel {s.name!r}, GEMM "
+                          f"{s.out.rows}x{K}x{s.out.cols}) does not fit the hardware "
+                          f"(sp_depth {cfg.sp_depth}, acc_depth {cfg.acc_depth}, "
+                          f"{cfg.rows}x{cfg.cols} {cfg.dataflow.value}): {exc}") from exc
+    return program, plan, fields
+
+
 def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
     """Lay out *net* in external memory and generate every kernel's program."""
     cfg = config
@@ -204,23 +226,17 @@ def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
                 cols = np.nonzero(np.any(blk != 0, axis=0))[0]
                 nz[np.unique(cols // cfg.cols)] = True
                 active[j] = nz
-        parts = [Operand(layouts[id(t.a)], layouts[id(t.b)]) for t in s.terms]
         try:
-            program, plan = matmul_program(cfg, parts, layouts[id(s.out)], mult=s.mult,
-                                           shift=s.shift, bias=biases.get(id(s)), pwl=s.pwl,
-                                           active=active, check=False)
-            fields = field_matrix(program)          # built once for checks, estimate, binary
-            if check:
-                validate(program, cfg, fields=fields)
-        except ValueError as exc:
-            K = sum(t.b.rows for t in s.terms)
-            raise ValueError(f"layer {s.origin or s.name!r} (kernel {s.name!r}, GEMM "
-                             f"{s.out.rows}x{K}x{s.out.cols}) does not fit the hardware "
-                             f"(sp_depth {cfg.sp_depth}, acc_depth {cfg.acc_depth}, "
-                             f"{cfg.rows}x{cfg.cols} {cfg.dataflow.value}): {exc}") from exc
-        estimate = estimate_cycles(program, cfg, fields=fields)   # MACs: HALT is last
+            parts = [Operand(layouts[id(t.a)], layouts[id(t.b)]) for t in s.terms]
+            program, plan, fields = _program(cfg, s, parts, layouts, biases, active, check)
+            estimate = estimate_cycles(program, cfg, fields=fields)   # MACs: HALT is last
+            blob = assemble_binary(program, fields=fields)
+        except _DoesNotFit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with the kernel that failed
+            raise ValueError(f"layer {s.origin or s.name!r} (kernel {s.name!r}): no program: "
+                             f"{type(exc).__name__}: {exc}") from exc
         macs, est = estimate.macs, estimate.total
-        blob = assemble_binary(program, fields=fields)
         kc = KernelCode(s, program, pos, len(blob), plan, macs, est)
         code[id(s)] = kc
         programs.append((pos, blob))

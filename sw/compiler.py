@@ -1,7 +1,7 @@
 """The compiler driver and ``neuralmatrix compile``.
 
 ONNX -> :mod:`~neuralmatrix.sw.frontend` (static, folded, every unsupported op reported at
-once) -> :mod:`~neuralmatrix.sw.quantize` (calibration) -> :mod:`~neuralmatrix.sw.linearize`
+once) -> :mod:`~neuralmatrix.sw.quantize` (calibration) -> :mod:`~neuralmatrix.sw.lower`
 (kernels, PWL tables, host transfers) -> :mod:`~neuralmatrix.sw.codegen` (layout, programs,
 image) -> a report per layer.
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralmatrix.hw.params import ConfigError, HwConfig
+from neuralmatrix.hw.params import HwConfig
 
 from .codegen import Compiled, codegen
 from .frontend import FrontendError, load_model
 from .ir import Kernel, Lookup, Transfer
-from .linearize import LinearizeError, linearize
+from .lower import LinearizeError, linearize
 from .quantize import METHODS, calibrate
 
 __all__ = ["CompileError", "Compilation", "BUILTIN_MODELS", "compile_model", "report",
@@ -89,26 +89,33 @@ def compile_model(src, config: HwConfig, *, calib_feeds: list[dict] | None = Non
     """Compile an ONNX model (path or ModelProto) for *config*.
 
     Raises FrontendError (unreadable model, unsupported operators: all listed),
-    LinearizeError (an operator use the linearizer cannot map) or CompileError (a layer
-    that does not fit the hardware).
+    LinearizeError (an operator use the lowering cannot map, naming the node) or
+    CompileError (calibration failed, e.g. a tensor that is not finite on the feeds; or a
+    layer that does not fit the hardware, naming the layer and kernel). Nothing else: a
+    failure inside a phase is reported as that phase's error, the original as ``__cause__``.
     """
     t0 = time.perf_counter()
     marks = [t0]
     model = load_model(src, input_shapes=input_shapes)
     marks.append(time.perf_counter())
     feeds = calib_feeds if calib_feeds else _random_feeds(model)
-    ranges = calibrate(model, feeds)
+    try:
+        ranges = calibrate(model, feeds)
+    except Exception as exc:  # noqa: BLE001 - the float model failed on the feeds
+        msg = str(exc) if str(exc).startswith("calibration") else \
+            f"calibration failed: {type(exc).__name__}: {exc}"
+        raise CompileError(msg) from exc
     marks.append(time.perf_counter())
     net = linearize(model, config, ranges, segments=segments, calibration=calibration,
                     pwl_method=pwl_method, func_segments=func_segments)
     marks.append(time.perf_counter())
     try:
         compiled = codegen(net, config)
-    except (ValueError, ConfigError) as exc:
+        marks.append(time.perf_counter())
+        rep = report(compiled)
+    except Exception as exc:  # noqa: BLE001 - codegen names the layer and kernel it can
         raise CompileError(f"code generation failed: {exc}") from exc
-    marks.append(time.perf_counter())
     seconds = marks[-1] - t0
-    rep = report(compiled)
     rep["compile_seconds"] = round(seconds, 3)
     rep["phase_seconds"] = {phase: round(b - a, 3) for phase, a, b in zip(
         ("frontend", "calibration", "linearization", "codegen"), marks, marks[1:])}

@@ -20,7 +20,7 @@ import onnx
 from neuralmatrix.hw.arith import INT8_MAX, MAX_SHIFT, MULT_BITS
 
 __all__ = ["METHODS", "Range", "calibrate", "layer_norm_parts", "threshold", "quantize_weights", "requant_params",
-           "bias_int32"]
+           "bias_int32", "double_precision_ops"]
 
 METHODS = ("max", "percentile", "mse")
 
@@ -217,17 +217,35 @@ def _ort_runner(model: onnx.ModelProto, extra: list[str]):
     return run
 
 
+def double_precision_ops() -> list:
+    """Reference-evaluator kernels that keep double precision (the stock Erf rounds to
+    float32, whose steps look like kinks to the PWL fit); ``new_ops`` of
+    ``onnx.reference.ReferenceEvaluator``."""
+    from onnx.reference.op_run import OpRun
+
+    try:
+        from scipy.special import erf
+    except ImportError:                                      # pragma: no cover
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+
+    class Erf(OpRun):
+        op_domain = ""
+
+        def _run(self, x):
+            return (np.asarray(erf(np.asarray(x, dtype=np.float64))).astype(x.dtype),)
+
+    return [Erf]
+
+
 def _reference_runner(model: onnx.ModelProto, extra: list[str]):
     """The ONNX reference evaluator on a copy of *model* with the *extra* tensors as outputs."""
     from onnx.reference import ReferenceEvaluator
-
-    from .linearize import _double_ops
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for n in extra:
         m.graph.output.append(onnx.ValueInfoProto(name=n))
-    sess = ReferenceEvaluator(m, new_ops=_double_ops())   # a vectorized Erf
+    sess = ReferenceEvaluator(m, new_ops=double_precision_ops())   # a vectorized Erf
     outs = [o.name for o in m.graph.output]
     return lambda feed: dict(zip(outs, sess.run(None, feed)))
 
@@ -249,7 +267,7 @@ def layer_norm_parts(out: str, x: np.ndarray, axis: int = -1,
 
 
 def _layer_norms(model: onnx.ModelProto) -> list[tuple[str, str, int, float]]:
-    """``(input, output, axis, epsilon)`` of every LayerNorm the linearizer lowers: the
+    """``(input, output, axis, epsilon)`` of every LayerNorm the lowering (:mod:`~neuralmatrix.sw.lower`) lowers: the
     LayerNormalization nodes and the decomposed chains of :mod:`~neuralmatrix.sw.patterns`."""
     from .patterns import find_layer_norms
 

@@ -1,0 +1,162 @@
+"""Softmax and LogSoftmax over one axis.
+
+``softmax(x) = exp(x - m - log(sum exp(x - m)))``: a max tree for the row maximum ``m``, a
+kernel with a fused PWL exp (the maximum subtracted by a rank-1 GEMM term), a sum by GEMM
+with a fused PWL log, and a final kernel with a fused PWL exp; LogSoftmax stops before the
+last exp. An attention mask (:mod:`~neuralmatrix.sw.lower.masks`) is one more GEMM term of the
+exp kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from neuralmatrix.hw.arith import INT8_MAX
+
+from .. import pwl as pwl_lib
+from ..ir import Tensor, Term
+from .context import LinearizeError, attr
+from .masks import mask_term
+from .rules import rule
+
+__all__ = ["softmax"]
+
+
+def _rowmax(ctx, node, x: Tensor) -> Tensor:
+    """Row maxima ``[rows, 1]`` by a tree of ``a + relu(b - a)`` over column halves."""
+    cur = x
+    level = 0
+    while cur.cols > 1:
+        h = cur.cols // 2
+        odd = cur.cols % 2
+        a = ctx.gather(f"{node.name}.maxA{level}", node.name, [cur], lambda i: i[:, :h])
+        b = ctx.gather(f"{node.name}.maxB{level}", node.name, [cur], lambda i: i[:, h:2 * h])
+        d = Tensor(ctx.uniq(f"{node.name}.maxd{level}"), x.rows, h, x.scale)
+        ctx.kernel(f"{node.name}.maxrelu{level}", node.name,
+                   [Term(a, ctx.diag(h, -1)), Term(b, ctx.diag(h, 1))], d, x.scale,
+                   func=pwl_lib.relu, pre=(-255 * x.scale, 255 * x.scale),
+                   role="linearization", kind="relu")
+        m = Tensor(ctx.uniq(f"{node.name}.max{level}"), x.rows, h, x.scale)
+        ctx.kernel(f"{node.name}.max{level}", node.name,
+                   [Term(a, ctx.diag(h, 1)), Term(d, ctx.diag(h, 1))], m, x.scale,
+                   role="linearization")
+        if odd:
+            m = ctx.gather(f"{node.name}.maxodd{level}", node.name, [m, cur],
+                           lambda i, j: np.concatenate([i, j[:, -1:]], axis=1))
+        cur = m
+        level += 1
+    return cur
+
+
+def _rank_term(ctx, cols, L: int, origin: str) -> list[Term]:
+    """``sum_i c_i * col_i @ ones(1, L)`` for columns ``col_i`` (``n x 1`` tensors) and
+    integer coefficients of any size, as ONE GEMM term: the columns (each repeated so
+    that every piece of its coefficient fits int8) gathered side by side, times a
+    constant matrix of the pieces. One K chunk instead of one per column."""
+    srcs, rows = [], []
+    for t, c in cols:
+        left = int(c)
+        while left:
+            piece = max(-INT8_MAX, min(INT8_MAX, left))
+            srcs.append(t)
+            rows.append(piece)
+            left -= piece
+    if not srcs:
+        return []
+    if len(srcs) == 1:
+        return [Term(srcs[0], ctx.ones(1, L, rows[0]))]
+    uniq = list(dict.fromkeys(srcs))
+    pos = [uniq.index(t) for t in srcs]
+    a = ctx.gather(f"{origin}.rank{len(srcs)}", origin, uniq,
+                   lambda *i: np.concatenate([i[p].reshape(-1, 1) for p in pos], axis=1))
+    b = ctx.const(f"rank{len(rows)}x{L}", np.repeat(np.array(rows)[:, None], L, axis=1), 1.0)
+    return [Term(a, b)]
+
+
+@rule("Softmax", "LogSoftmax")
+def softmax(ctx, node):
+    """Softmax / LogSoftmax over one axis: ``exp(x - m - log(sum exp(x - m)))`` with ``m``
+    a row maximum (of the int8 scores; softmax does not depend on the shift, so an
+    approximate maximum used consistently is exact). When the scores are a MatMul of two
+    activations used only here, the exp kernels take that product again as their GEMM
+    term, so the exponent has the int32 accumulator's precision instead of int8's."""
+    log = node.op_type == "LogSoftmax"
+    src, mask = node.input[0], None
+    if src in ctx.masked:
+        src, mask = ctx.masked[src]
+    x = ctx.val(src, node)
+    rank = len(x.shape)
+    axis = attr(node, "axis", -1 if ctx.opset >= 13 else 1) % rank
+    if ctx.opset < 13 and axis != rank - 1:
+        raise LinearizeError(f"{node.op_type} (node {node.name!r}): opset {ctx.opset} "
+                             f"softmax over axis {axis} is not the last axis")
+    if mask is not None and axis != rank - 1:
+        raise LinearizeError(f"{node.op_type} (node {node.name!r}): a masked softmax must "
+                             f"be over the last axis")
+    perm = tuple(d for d in range(rank) if d != axis) + (axis,)
+    fused = ctx.scores.get(src) if x.perm == perm else None
+    x = ctx.relayout(x, perm, node.name)
+    x2 = Tensor(ctx.uniq(f"{x.name}.2d"), x.rows, x.cols, x.scale)
+    x2.base = x
+    shape_nd = tuple(x.shape)
+    x = x2
+    L, M = x.cols, x.rows
+    r = ctx.range_of(src)
+    span = max(r.hi - r.lo, 1e-3)
+    zlo = -min(span, 24.0)
+    if mask is not None:
+        # Masked keys saturate the PWL input at its bottom: exp must be ~0 there.
+        zlo = min(zlo, -12.0)
+    if fused is not None:
+        acc, parts = fused
+        hi = x.scale                  # the int8 maximum is within half a step of the true one
+        scores = [(r0, n, [t]) for r0, n, t in parts]
+    else:
+        acc, hi = x.scale / INT8_MAX, 0.0
+        scores = [(0, M, [Term(x, ctx.diag(L, INT8_MAX))])]
+    c_m = int(round(x.scale / acc))
+    xs = x
+    if mask is not None:
+        # The row maximum over the kept keys only: masked scores saturate to -128 first.
+        xs = Tensor(ctx.uniq(f"{x.name}.masked"), M, L, x.scale)
+        ctx.kernel(f"{node.name}.mask", node.name,
+                   [Term(x, ctx.diag(L, 1)),
+                      mask_term(ctx, mask, M, x.scale, 2 * INT8_MAX * x.scale)],
+                   xs, x.scale, role="linearization")
+    m = _rowmax(ctx, node, xs)
+    # A masked key gets at least 2 * span + 30 below the row maximum: exp gives 0.
+    need = 2 * span + 30.0
+    e = Tensor(ctx.uniq(f"{node.name}.exp"), M, L, math.exp(hi) / INT8_MAX)
+    for r0, n, terms in scores:
+        extra = [] if mask is None else [mask_term(ctx, mask, n, acc, need)]
+        ctx.kernel(f"{node.name}.exp", node.name,
+                   terms + _rank_term(ctx, [(ctx.view(m, r0, n), -c_m)], L, node.name)
+                   + extra,
+                   ctx.view(e, r0, n), acc, func=pwl_lib.exp, pre=(zlo, hi),
+                   role="linearization", kind="exp")
+    ln_l = math.log(L)
+    wanted = max(ln_l + hi, hi, 1e-3) / INT8_MAX
+    c_ls = max(1, math.ceil(wanted / acc))
+    ls = Tensor(ctx.uniq(f"{node.name}.logsum"), M, 1, c_ls * acc)
+    ctx.kernel(f"{node.name}.logsum", node.name, [Term(e, ctx.ones(L, 1))], ls, e.scale,
+               func=np.log, pre=(math.exp(-hi), L * math.exp(hi)), role="linearization",
+               kind="log")
+    if log:
+        out = ctx.new(node.output[0], shape_nd, perm, ctx.scale_of(node.output[0]))
+    else:
+        out = ctx.new(node.output[0], shape_nd, perm, 1.0 / INT8_MAX)
+    for r0, n, terms in scores:
+        terms = terms + _rank_term(ctx, [(ctx.view(m, r0, n), -c_m),
+                                         (ctx.view(ls, r0, n), -c_ls)], L, node.name)
+        if mask is not None:
+            terms.append(mask_term(ctx, mask, n, acc, need))
+        if log:
+            ctx.kernel(node.name or node.op_type, node.name, terms, ctx.view(out, r0, n),
+                       acc, role="linearization")
+        else:
+            ctx.kernel(node.name or node.op_type, node.name, terms, ctx.view(out, r0, n),
+                       acc, func=pwl_lib.exp, pre=(zlo - ln_l - hi, hi),
+                       role="linearization", kind="exp")
+    ctx.vals[node.output[0]] = out

@@ -1,0 +1,284 @@
+"""Whole-network programs stay byte-identical: a snapshot of what the compiler emits.
+
+Each case is compiled on the default hardware and written with
+:func:`~neuralmatrix.sw.compiler.write_output`; the digest is the SHA-256 of ``image.bin``
+(constants and programs), ``program.bin``, ``network.json`` (tensors, layouts, steps),
+``quant.json`` (scales, requantization, PWL tables) and the host gather indices of
+``transfers.npz``. The digests were recorded on the lowering before it became the
+:mod:`neuralmatrix.sw.lower` package (``sw/linearize.py``); a refactoring of the lowering must
+leave every one unchanged. A deliberate change of the emitted programs updates them: run
+``NM_SNAPSHOT_PRINT=1 pytest -q tests/test_lowering_snapshot.py -s`` and paste the printed
+table.
+
+Coverage: the digits CNN (Conv, pooling, Gemm), MiniLM (2 encoder layers at 16 tokens:
+embedding lookups, attention masks, fused score MatMul and softmax, GELU column groups,
+LayerNormalization, per-column scales), one MiniLM layer with decomposed LayerNorms, the
+ResNet-50-class CNN (BatchNorm folding, residual sums, max and average pooling, Gemm,
+Softmax), the decomposed-LayerNorm spellings of tests/test_patterns.py, onnx-wheel backend
+cases of every op family, and small graphs for what those do not reach (division of two
+tensors, Expand, constant-index Gather, Concat of two scales, a Gemm of two activations,
+broadcast batched MatMul into Softmax, LayerNormalization over two axes, ReduceMean over
+inner axes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+from neuralmatrix.hw.params import HwConfig
+from neuralmatrix.sw.compiler import builtin, compile_model, write_output
+from test_compiler import feeds_for, make_model, node
+from test_patterns import SHAPE, decomposed
+
+CFG = HwConfig()
+
+# -- digests (recorded on the code before the lowering refactor) -------------------------------
+
+DIGESTS = {
+    "digits": "f5d8b0107cd1fa0cc5e4f31079bec315950bf3ba262c686d5c2faef98329a3ae",
+    "minilm": "e25e744600b616c003521ec503b2adbd4cd432adeda228c6d3296debcb2b78be",
+    "minilm-decomposed": "dd408e014812718edd6f3964eef1544a4186e16f5edc71144a750b70cca94521",
+    "resnet50": "e47eb06545d34975df10c06d1bcc089bd47129c16e5c36ea172041ef2f720737",
+    "pattern:opset14": "ef2f46dba0ec157f11d1147f5a2559053daf7f138399f45411c7a501868ed4a6",
+    "pattern:opset18-axes-input": "ef2f46dba0ec157f11d1147f5a2559053daf7f138399f45411c7a501868ed4a6",
+    "pattern:mul-reciprocal": "ef2f46dba0ec157f11d1147f5a2559053daf7f138399f45411c7a501868ed4a6",
+    "pattern:no-affine": "01f25fecafebb8e49294faf252d84af4aecb26a1c274cc1f1f0353cbccf742e3",
+    "pattern:no-beta": "e53087f8bc88fc2f38a43e2e1062f21b429b2a00b20bd16e15bc9b08e26747c5",
+    "graph:div-expand": "5cb92fe5681dcf878409d204b111227041e1378e825d84101fc9d403ccfadd73",
+    "graph:gather-concat-gemm": "2c9854a90d10742092c4d84c17fc0b78908484f0f6b2876f76d5c93cd82f15a8",
+    "graph:matmul-softmax": "4f85c59328e3f0aebc2d13b6f7b68f7ea7278dc1abdfeea6105b8ffaac95ab6e",
+    "graph:layernorm2-reduce-gelu": "3d4b9d3ba20a6f030427cb0573584124d1bea32df5352f2170099ae64c348e5b",
+    "onnx:test_AvgPool1d_stride": "0d62f8313de621e93e59c6bcf118cba403c93beb0f47106509c5f62da636aed1",
+    "onnx:test_AvgPool2d": "64283ce15d14b7e324fd0dc28e72c3e6af941fb674b9dc7e066a4ee735f413c3",
+    "onnx:test_AvgPool2d_stride": "f1f5cdbc023a639e9306df053b0c71993346656a78cd9531dc05cc1fd90e9d1c",
+    "onnx:test_BatchNorm1d_3d_input_eval": "4bd8dddadbf32bd3aeb5c3fa184e839df27f3a7167612bdc6e36d0d3c6466871",
+    "onnx:test_BatchNorm2d_eval": "afc43b0badb91e441978089c8ae85f2e8678554182ecec900afb52c0549dd811",
+    "onnx:test_Conv1d_groups": "87ebe18991af1030ab065047c89b34525ca595ca90c1d5efbc25a0020da0bf9e",
+    "onnx:test_Conv1d_pad2": "daf98ea50a6994a56ed659ae932ebd447b09660f5322d785adaa36380d3a6990",
+    "onnx:test_Conv2d_depthwise_strided": "51c0a7a2802b0f7b83f5c72aed600cf480bb5f92e2b9ef24b3b59d37dd28ccf3",
+    "onnx:test_Conv2d_dilated": "0269db6ece097c7fd80f4d6489e58742febf088c2d425ac8f30b735d9fdbde5e",
+    "onnx:test_Conv2d_groups": "6df998d2136eac4437e53b1e4e8f1036fc7f7635f257df1ecb10b742e6502788",
+    "onnx:test_Conv2d_padding": "817630a3791cc83b66339a46c7919f9edd6109b2d5948499b7e59ae69e9563e8",
+    "onnx:test_operator_conv": "7ae6fa6a659a8bdf12253793bf6c94853e0968aaabd1bd7ae8a76fcc5ef81fe0",
+    "onnx:test_ELU": "b3c43bed14432434d400afaaca3c947988e8e691edb6b699126383a9ed4ee767",
+    "onnx:test_LeakyReLU_with_negval": "6e87ee179a7c6522d090b285e6032235c3622d2f2784dc78bb33380fa96c3e90",
+    "onnx:test_SELU": "c20ac9a6a4bf07fcb79cfa0acd3c0ae643b2dafb800a02f53bb83b6f9e4b2350",
+    "onnx:test_Softplus": "52b10b23ba037b0944ac21ca6a86a9d15d727a6b5b39a38ae73694d5581f87f0",
+    "onnx:test_Tanh": "23c3b04c3e5b4c3a454583f5eb9d152970e863ff3d90296e2933422cc6a711d0",
+    "onnx:test_Sigmoid": "c1ae635e98db9a0934f81337868462ce76cebc91548d1fae4486a7e87727b61f",
+    "onnx:test_operator_basic": "09a8b95f0d39fc0a79ff7dc625bfa8c318e7a211ac085c4c38130f065f708e03",
+    "onnx:test_operator_clip": "217eff76224f429dd15e4314520cc52d549c8b3278598e2619cbf44813a47202",
+    "onnx:test_operator_exp": "751375bfb44eec49723cd0270ff0e38450377677d45881f13cc6d01991045bc0",
+    "onnx:test_operator_symbolic_override_nested": "cb58b84b44ec5d9b4314448ea67a506c90cb3937ab20abbe32c7bc078277c189",
+    "onnx:test_operator_add_size1_broadcast": "c122124c19fac6bb18c0b1ca3267faf37e5541c4d43ed12e1f2b7d8f01e125a3",
+    "onnx:test_Embedding": "2216c92ae78ae8c80ac5aa09e7e7917f28f612528c05516da090d04f3487acb6",
+    "onnx:test_GLU": "eefee3716c28fa4fbd7abb56673761dda4ff1dd96246569d786c229a1abe46a3",
+    "onnx:test_GLU_dim": "c522798fd8f4704200e8dcc7f9b36a7fda1a2e262bd5a5a945c354d8f6d6152d",
+    "onnx:test_operator_chunk": "3d5269e385d0d7779407b343af9dda964c76a6ee06ca1317f1296047cbf73761",
+    "onnx:test_Linear": "f3de64b88468b24803eeab22934a8451fbba56c09beb6c6c048fc532ef0ba748",
+    "onnx:test_Linear_no_bias": "aa790a62ea0260cf7c1b07d8b40e43963dd63fed965db9725247fbb0e77563be",
+    "onnx:test_operator_mm": "1b09bc27fb6f5da8eb5d31b7755e21ac9a95bfc5d87a230565b952ec5b1903cd",
+    "onnx:test_LogSoftmax": "9d3f914bd6c12df0e7c59c62a4ced178767f27244d41911eaa7f004ce2a17eb6",
+    "onnx:test_log_softmax_dim3": "5b874e5a9567d0080b63736e99db89108765837989e563819f2929d9c4347a5d",
+    "onnx:test_softmax_lastdim": "3d440cb5884686cca48d2705026d306d51aa1b63b12bc6d615068ca353aea8d4",
+    "onnx:test_Softmin": "b9cd99912fb84c77bc10f3c05181c62471bad483b4bb23aed18b564815064709",
+    "onnx:test_softmax_functional_dim3": "ba6b1a3b58079b866b31b27dd39765d2c6f04de2e4c265c546edb03d193a8def",
+    "onnx:test_MaxPool1d_stride_padding_dilation": "1eaf9aa84e4f035c729f8c67a6e85247fd82296430a27992c3084037e963c379",
+    "onnx:test_MaxPool2d": "9a842578839ad4eeca6ae417c768c4a0cd660cb6e0ae46e723e34ec45d474a1f",
+    "onnx:test_operator_maxpool": "1455f8407b44a370fb5592e6a07ed4eb6f805c4ee9447c2ed2c3058d83d767d9",
+    "onnx:test_PReLU_1d": "05f20028b9c5ba5f3015a0beaf15110f36846564bd72051ed91ae9da53ce14a8",
+    "onnx:test_PReLU_2d_multiparam": "c9e0bf76b9f8cb5e207dd8cd9a883b7d1ba82d10e891a4b44bedc155411f72d4",
+    "onnx:test_PReLU_3d_multiparam": "9a20da0d616f67059c49bdaf9f682c4db70d0d0ff69cda8ded976fd6ed663082",
+    "onnx:test_PixelShuffle": "2d2b98cf1dfc7306ae244c30e10a388a4d64f35f45af4e3cdd2d86b974a0cc14",
+    "onnx:test_ReflectionPad2d": "0780edc87499fa9f6af5f50c491f6fc260bfeee66a8c62efa6aa6bd9160b1a14",
+    "onnx:test_ReplicationPad2d": "b0f01f6be29c92ba78e3b5c803c5d6d3bcc60631fba043fb4adc1ffd59603666",
+    "onnx:test_ZeroPad2d": "604952b01a4976808e98aa387888aae7216df749a76beb0095ae300df78e2a0b",
+    "onnx:test_operator_pad": "457a38f39f5605fdc1e76eaf96c734b4ed6d0a3953560b9b88fa14fdc08641ff",
+    "onnx:test_operator_concat2": "f05865ed6b07d4ba23ef541c1a51dc8519efb26b890627bdfe54e8684efd5170",
+    "onnx:test_operator_index": "a08a862da9b2614292eb05564e9734d408dd7216e9afa5b8bdd57731fded9f79",
+    "onnx:test_operator_flatten": "c16c800e8b27dad43bba138e9822e8ac04b8ce328aa306c6b5ea755ec2fb7ef3",
+    "onnx:test_operator_permute2": "190d4d830edbadca46838e13f89f18776d352e0d566f0241fdddc70a9c6fdca7",
+    "onnx:test_operator_reduced_mean_keepdim": "d11db97231f0cc1cf5446bfc7693c57dab58cba24de5d18959bb17e895247395",
+    "onnx:test_operator_reduced_sum": "00d499ddc2766465fe6643f3034f4f726a66555bd1ee6916b9950cddd246bb4d",
+}
+
+# -- the cases --------------------------------------------------------------------------------
+
+ONNX_CASES = [
+    "test_AvgPool1d_stride", "test_AvgPool2d", "test_AvgPool2d_stride",
+    "test_BatchNorm1d_3d_input_eval", "test_BatchNorm2d_eval",
+    "test_Conv1d_groups", "test_Conv1d_pad2", "test_Conv2d_depthwise_strided",
+    "test_Conv2d_dilated", "test_Conv2d_groups", "test_Conv2d_padding", "test_operator_conv",
+    "test_ELU", "test_LeakyReLU_with_negval", "test_SELU", "test_Softplus", "test_Tanh",
+    "test_Sigmoid", "test_operator_basic", "test_operator_clip", "test_operator_exp",
+    "test_operator_symbolic_override_nested", "test_operator_add_size1_broadcast",
+    "test_Embedding", "test_GLU", "test_GLU_dim", "test_operator_chunk",
+    "test_Linear", "test_Linear_no_bias", "test_operator_mm",
+    "test_LogSoftmax", "test_log_softmax_dim3", "test_softmax_lastdim", "test_Softmin",
+    "test_softmax_functional_dim3",
+    "test_MaxPool1d_stride_padding_dilation", "test_MaxPool2d", "test_operator_maxpool",
+    "test_PReLU_1d", "test_PReLU_2d_multiparam", "test_PReLU_3d_multiparam",
+    "test_PixelShuffle", "test_ReflectionPad2d", "test_ReplicationPad2d", "test_ZeroPad2d",
+    "test_operator_pad", "test_operator_concat2", "test_operator_index", "test_operator_flatten",
+    "test_operator_permute2", "test_operator_reduced_mean_keepdim", "test_operator_reduced_sum",
+]
+
+PATTERNS = {  # tests/test_patterns.py's decomposed-LayerNorm spellings
+    "opset14": (14, {}),
+    "opset18-axes-input": (18, {}),
+    "mul-reciprocal": (13, {"square": "mul", "divide": "recip"}),
+    "no-affine": (14, {"gamma": False, "beta": False}),
+    "no-beta": (14, {"beta": False}),
+}
+
+_RNG = np.random.default_rng(3)
+
+
+def _small_graphs():
+    """``name -> (model, calibration feeds)`` of the hand-built graphs."""
+    w = _RNG.standard_normal((16, 24)).astype(np.float32)
+    out = {}
+    # a / b of two tensors (b bounded away from 0), then a constant product and Expand.
+    m = make_model([node("Exp", ["b"], ["eb"]), node("Div", ["a", "eb"], ["q"]),
+                    node("Mul", ["q", "k"], ["qk"]), node("Expand", ["qk", "shape"], ["y"])],
+                   [("a", [1, 8]), ("b", [1, 8])], ["y"],
+                   [("k", _RNG.uniform(0.5, 2.0, 8)), ("shape", np.array([3, 8], np.int64))])
+    out["div-expand"] = (m, feeds_for([("a", [1, 8]), ("b", [1, 8])], n=8))
+    # Gather with constant indices, Concat of two scales, Gemm of two activations.
+    m = make_model([node("Gather", ["x", "idx"], ["g"], axis=1),
+                    node("Mul", ["x", "three"], ["x3"]),
+                    node("Concat", ["g", "x3"], ["c"], axis=1),
+                    node("Gemm", ["c", "z"], ["y"], transB=1, alpha=0.5)],
+                   [("x", [4, 6]), ("z", [5, 10])], ["y"],
+                   [("idx", np.array([0, 2, -1, 3], np.int64)), ("three", np.float32(-3.0))])
+    out["gather-concat-gemm"] = (m, feeds_for([("x", [4, 6]), ("z", [5, 10])], n=8))
+    # Broadcast batched MatMul of two activations into a Softmax, then a weight MatMul.
+    m = make_model([node("MatMul", ["p", "q"], ["s"]), node("Softmax", ["s"], ["sm"], axis=-1),
+                    node("MatMul", ["sm", "w"], ["y"])],
+                   [("p", [2, 3, 4, 8]), ("q", [1, 8, 16])], ["y"], [("w", w)])
+    out["matmul-softmax"] = (m, feeds_for([("p", [2, 3, 4, 8]), ("q", [1, 8, 16])], n=8))
+    # LayerNormalization over two axes; ReduceMean over an inner axis; GELU after a MatMul.
+    gamma = (1 + 0.2 * _RNG.standard_normal((4, 6))).astype(np.float32)
+    m = make_model([node("LayerNormalization", ["x", "g"], ["ln"], axis=1),
+                    node("ReduceMean", ["ln", "ax"], ["r"], keepdims=0),
+                    node("MatMul", ["x", "w2"], ["h"]), node("Gelu", ["h"], ["y"])],
+                   [("x", [3, 4, 6])], ["r", "y"],
+                   [("g", gamma), ("ax", np.array([1], np.int64)), ("w2", _RNG.standard_normal((6, 5)).astype(np.float32))],
+                   opset=20)
+    out["layernorm2-reduce-gelu"] = (m, feeds_for([("x", [3, 4, 6])], 2.0, 0.5, n=8))
+    return out
+
+
+def _decomposed_minilm_layer(seq):
+    """One MiniLM encoder layer with its LayerNormalization nodes as opset-18 chains (as in
+    tests/test_patterns.py)."""
+    from neuralmatrix.sw.models import minilm as mm
+
+    model = mm.load_encoder_layers(1, seq)
+    g = model.graph
+    nodes, extra = [], []
+    for k, n in enumerate(g.node):
+        if n.op_type != "LayerNormalization":
+            nodes.append(n)
+            continue
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        chain, inits = decomposed(n.input[0], n.output[0], n.name or f"ln{k}", opset=18, eps=eps)
+        for c in chain:
+            c.input[:] = [{"g": n.input[1], "b": n.input[2]}.get(i, i) for i in c.input]
+        for name, value in inits:
+            if name in ("eps", "two", "axes"):
+                extra.append(numpy_helper.from_array(np.asarray(value), f"{n.name}_{name}"))
+                for c in chain:
+                    c.input[:] = [f"{n.name}_{name}" if i == name else i for i in c.input]
+        nodes += chain
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(extra)
+    return model
+
+
+def _case(name):
+    """``(model, calib_feeds, input_shapes)`` of a snapshot case."""
+    kind, _, arg = name.partition(":")
+    if kind == "digits":
+        return builtin("digits")
+    if kind == "minilm":
+        from neuralmatrix.sw.models import minilm as mm
+
+        return mm.load_encoder_layers(2, 16), mm.calibration_feeds(16)[:16], None
+    if kind == "minilm-decomposed":
+        from neuralmatrix.sw.models import minilm as mm
+
+        return _decomposed_minilm_layer(16), mm.calibration_feeds(16)[:16], None
+    if kind == "resnet50":
+        from neuralmatrix.sw.models import resnet50
+
+        x = resnet50.sample_images(2)
+        return resnet50.load_onnx(), [{resnet50.INPUT_NAME: x[i:i + 1]} for i in range(2)], None
+    if kind == "pattern":
+        opset, kw = PATTERNS[arg]
+        nodes, inits = decomposed("x", "y", "ln", opset=opset, **kw)
+        model = make_model(nodes, [("x", SHAPE)], ["y"], inits, opset=opset)
+        return model, feeds_for([("x", SHAPE)], 3.0, 1.0, n=8, seed=0), None
+    if kind == "onnx":
+        from neuralmatrix.sw.accuracy import _case_feeds
+        from neuralmatrix.sw.models.onnx_cases import load_case, onnx_cases
+
+        case = next(c for c in onnx_cases() if c.name == arg)
+        feeds, _ = _case_feeds(case, case.datasets[0][0])
+        return load_case(case), feeds, None
+    if kind == "graph":
+        model, feeds = _small_graphs()[arg]
+        return model, feeds, None
+    raise KeyError(name)
+
+
+CASES = (["digits", "minilm", "minilm-decomposed", "resnet50"]
+         + [f"pattern:{p}" for p in PATTERNS]
+         + [f"graph:{g}" for g in ("div-expand", "gather-concat-gemm", "matmul-softmax",
+                                   "layernorm2-reduce-gelu")]
+         + [f"onnx:{c}" for c in ONNX_CASES])
+
+
+def digest(out_dir) -> str:
+    """SHA-256 over the program, the image, the manifests and the transfer indices."""
+    h = hashlib.sha256()
+    for f in ("image.bin", "program.bin", "network.json", "quant.json"):
+        data = (out_dir / f).read_bytes()
+        h.update(f"{f}:{len(data)}:".encode())
+        h.update(data)
+    with np.load(out_dir / "transfers.npz") as idx:
+        for k in sorted(idx.files):
+            a = idx[k]
+            h.update(f"{k}:{a.dtype}:{a.shape}:".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _compile_digest(name, tmp_path) -> str:
+    model, feeds, shapes = _case(name)
+    comp = compile_model(model, CFG, calib_feeds=feeds, input_shapes=shapes)
+    out = write_output(comp, tmp_path / "out")
+    # The manifests must not depend on anything but the program (no timing, no paths).
+    json.loads((out / "network.json").read_text())
+    return digest(out)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_program_is_unchanged(name, tmp_path):
+    got = _compile_digest(name, tmp_path)
+    if os.environ.get("NM_SNAPSHOT_PRINT"):
+        print(f'\n    "{name}": "{got}",')
+        return
+    assert name in DIGESTS, f"no recorded digest for {name}: {got}"
+    assert got == DIGESTS[name], f"{name}: the emitted program changed"
+
+
+def test_every_case_has_a_digest():
+    assert set(DIGESTS) == set(CASES)
