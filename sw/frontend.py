@@ -5,15 +5,18 @@ naming the source and the problem:
 
 1. **Read** a path (external data is loaded from the file's folder) or copy a
    ``ModelProto``; local functions are inlined.
-2. **Opset**: the default-domain opset must be ``MIN_OPSET..MAX_OPSET``; an older model is
-   converted to ``CONVERT_TO_OPSET`` with ``onnx.version_converter``.
+2. **Opset**: the default-domain opset is read as is in ``MIN_OPSET..MAX_OPSET``; a newer
+   model is converted down to ``MAX_OPSET`` and an older one up to ``CONVERT_TO_OPSET`` with
+   ``onnx.version_converter`` (tested on opsets 7..28); a conversion that fails is one
+   error naming the opset and the op that blocked it.
 3. **Check** with ``onnx.checker.check_model``.
 4. **Static inputs**: every graph input gets a fully static shape, from ``input_shapes`` or
    with ``default_dim`` for each unknown dimension. Graph inputs that are also initializers
    (old exporters) stop being inputs.
 5. **Shape inference** (strict, with data propagation).
 6. **Constant folding and cleanup**, repeated until nothing changes: nodes whose inputs are
-   all constant are evaluated (``onnx.reference``) into initializers, ``Shape``/``Size`` of a
+   all constant, whatever their op, are evaluated (``onnx.reference``, onnxruntime where
+   the reference fails) into initializers, ``Shape``/``Size`` of a
    static tensor become constants (so exporters' shape arithmetic disappears),
    ``Identity``/``Dropout`` are bypassed, dead nodes and unused initializers are dropped.
    Outputs larger than ``MAX_FOLD_ELEMENTS`` are not folded.
@@ -81,8 +84,11 @@ MIN_OPSET = 11
 MAX_OPSET = 21
 #: Opset that models older than :data:`MIN_OPSET` are converted to.
 CONVERT_TO_OPSET = 17
-#: Constant folding leaves a node alone if its outputs would hold more elements than this.
-MAX_FOLD_ELEMENTS = 64 * 2**20
+#: Constant folding leaves a node alone if its outputs would hold more elements than this
+#: (128 Mi: VGG-19's first FC weight, 25088 x 4096, is made by ConstantOfShape in old files).
+MAX_FOLD_ELEMENTS = 128 * 2**20
+#: Ops that exist only to compute constants: one left after folding is an error.
+_FOLD_ONLY_OPS = frozenset({"Constant", "ConstantOfShape", "Shape", "Size"})
 
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 _NONDETERMINISTIC_OPS = frozenset({
@@ -199,6 +205,7 @@ def load_model(src: str | os.PathLike | onnx.ModelProto, *,
     _sums_to_adds(model.graph)
     model = _infer_shapes(model, label)
     model = _fold(model, label)
+    _check_folded(model.graph, label)
     unsupported = unsupported_ops(model)
     if unsupported:
         raise UnsupportedOpsError(label, unsupported, model)
@@ -291,23 +298,57 @@ def _default_opset(model: onnx.ModelProto, label: str) -> int:
 
 
 def _convert_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Bring the model into ``MIN_OPSET..MAX_OPSET``: a newer one is converted down to
+    ``MAX_OPSET``, an older one up to ``CONVERT_TO_OPSET``, with ``onnx.version_converter``."""
     opset = _default_opset(model, label)
-    if opset > MAX_OPSET:
-        raise FrontendError(
-            f"{label}: opset {opset} is newer than the frontend supports "
-            f"({MIN_OPSET}..{MAX_OPSET}; older opsets are converted to {CONVERT_TO_OPSET})")
-    if opset >= MIN_OPSET:
+    if MIN_OPSET <= opset <= MAX_OPSET:
         return model
+    target = MAX_OPSET if opset > MAX_OPSET else CONVERT_TO_OPSET
     try:
-        converted = version_converter.convert_version(model, CONVERT_TO_OPSET)
+        converted = version_converter.convert_version(model, target)
     except Exception as exc:  # the C++ converter raises several unrelated types
+        blocking = _blocking_ops(model, opset, target, str(exc))
+        which = (f"; blocked by {', '.join(blocking)}" if blocking else "")
         raise FrontendError(
-            f"{label}: converting opset {opset} to opset {CONVERT_TO_OPSET} failed: {exc}") from exc
+            f"{label}: converting opset {opset} to opset {target} (the frontend reads "
+            f"{MIN_OPSET}..{MAX_OPSET}) failed{which}: {_first_line(exc)}") from None
     # The converter keeps the IR version, which may be too old for what it produced
     # (e.g. initializers that are not graph inputs need IR >= 4).
     needed = helper.find_min_ir_version_for(list(converted.opset_import), ignore_unknown=True)
     converted.ir_version = max(converted.ir_version, needed)
     return converted
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _blocking_ops(model: onnx.ModelProto, opset: int, target: int, message: str) -> list[str]:
+    """The op(s) a failed opset conversion stopped at: the one the converter names, else
+    every op of the graph whose definition at *opset* does not exist at *target*."""
+    ops = list(dict.fromkeys(n.op_type for n in model.graph.node if n.domain in _DEFAULT_DOMAINS))
+    named = [op for op in ops if f" {op} " in f" {message} " or f" of {op} " in message]
+    if named:
+        return [f"{op} (node {_node_of(model, op)!r})" for op in named]
+    found = []
+    for op in ops:
+        try:
+            since = onnx.defs.get_schema(op, opset).since_version
+            older = onnx.defs.get_schema(op, target).since_version if since > target else since
+        except onnx.defs.SchemaError:
+            found.append(op)
+            continue
+        if since > target and older == since:
+            found.append(op)
+    return [f"{op} (node {_node_of(model, op)!r})" for op in found]
+
+
+def _node_of(model: onnx.ModelProto, op: str) -> str:
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == op:
+            return node.name or f"#{index}"
+    return ""
 
 
 # -- static input shapes and shape inference -----------------------------------------------
@@ -527,10 +568,8 @@ def _evaluate(node: onnx.NodeProto, constants: _Constants, infos: dict[str, onnx
     elif node.op_type in _EXPANDING_OPS:
         if _expanded_elements(node, constants) > MAX_FOLD_ELEMENTS:
             return None
-    try:
-        evaluator = ReferenceEvaluator(node, opsets={"": opset})
-        results = evaluator.run(None, {name: constants[name] for name in inputs})
-    except Exception:  # noqa: BLE001 - an op the reference cannot run simply stays a node
+    results = _run_node(node, {name: constants[name] for name in inputs}, opset)
+    if results is None:
         return None
     values = []
     for name, result in zip(node.output, results):
@@ -545,6 +584,63 @@ def _evaluate(node: onnx.NodeProto, constants: _Constants, infos: dict[str, onnx
             return None
         values.append(value)
     return values if len(values) == len(node.output) else None
+
+
+def _run_node(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> list | None:
+    """Evaluate one node on constant inputs: ``onnx.reference`` first (what folding has
+    always used, so folded values stay as they were), onnxruntime where the reference
+    fails (it is wrong on some ops exporters emit on constants, e.g. ``GatherElements``);
+    None when neither can run it (the node then stays in the graph)."""
+    try:
+        return list(ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds))
+    except Exception:  # noqa: BLE001 - any evaluator failure: try the next evaluator
+        pass
+    try:
+        import onnxruntime as ort
+
+        graph = helper.make_graph(
+            [node], "fold",
+            [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+             for k, v in feeds.items()],
+            [helper.make_empty_tensor_value_info(name) for name in node.output if name])
+        mini = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        mini.ir_version = min(mini.ir_version, 10)
+        mini = shape_inference.infer_shapes(mini)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(mini.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        return list(session.run(None, feeds))
+    except Exception:  # noqa: BLE001 - neither evaluator can run it: not foldable
+        return None
+
+
+def _check_folded(graph: onnx.GraphProto, label: str) -> None:
+    """One error listing every constant-only op (ConstantOfShape, Shape, ...) that folding
+    could not evaluate, with the reason."""
+    constants = {t.name for t in graph.initializer}
+    infos = {vi.name: vi.type for vi in _value_infos(graph)}
+    problems = []
+    for index, node in enumerate(graph.node):
+        if node.domain not in _DEFAULT_DOMAINS or node.op_type not in _FOLD_ONLY_OPS:
+            continue
+        name = _describe_node_name(node.name or f"#{index}")
+        runtime = [i for i in node.input if i and i not in constants]
+        shape = _static_shape(infos[node.output[0]]) if node.output[0] in infos else None
+        if node.op_type in ("Shape", "Size") or not runtime:
+            size = math.prod(shape) if shape is not None else None
+            why = (f"its output of {size:,} elements is above the folding limit "
+                   f"MAX_FOLD_ELEMENTS ({MAX_FOLD_ELEMENTS:,})"
+                   if size is not None and size > MAX_FOLD_ELEMENTS
+                   else "no evaluator could compute it")
+        else:
+            why = f"its input {runtime[0]!r} is computed at run time"
+        problems.append(f"  {node.op_type} ({name}): not folded to a constant: {why}")
+    if problems:
+        raise FrontendError(f"{label}: {len(problems)} constant-only operator"
+                            f"{'s' if len(problems) != 1 else ''} left after folding:\n"
+                            + "\n".join(problems))
 
 
 def _expanded_elements(node: onnx.NodeProto, constants: _Constants) -> float:

@@ -683,8 +683,15 @@ def quantize(fit: PwlFit, *, in_scale: float, out_scale: float, mode="auto",
         if np.max(np.abs(b)) <= INT32_MAX:
             break
     else:
-        raise ValueError("slopes/intercepts do not fit int16/int32 at any out_shift: "
-                         "use a larger out_scale")
+        upper = np.clip(np.ceil(E[1:] - 1e-9) - 1, INT16_MIN, INT16_MAX)[keep]
+        refit = _step_refit(K, B, lower[keep].astype(np.float64), upper, xc, fit.func,
+                            in_scale, out_scale)
+        if refit is None:
+            raise ValueError(
+                f"PWL table of {fit.name or 'f'} on [{fit.lo:g}, {fit.hi:g}] (in_scale "
+                f"{in_scale:g}, out_scale {out_scale:g}): slopes/intercepts fit int16/int32 at no "
+                f"out_shift, even with its steep segments refitted as steps")
+        S, k, b = refit
     k, b, bp = k.astype(np.int64), b.astype(np.int64), lower[keep].copy()
     pad = segments_hw - len(k)
     if pad:
@@ -696,6 +703,44 @@ def quantize(fit: PwlFit, *, in_scale: float, out_scale: float, mode="auto",
     return PwlTable(pmode, x0 if pmode == PWL_UNIFORM else 0,
                     seg_shift if pmode == PWL_UNIFORM else 0, S, bp.astype(np.int64), k, b,
                     float(in_scale), float(out_scale), lo, hi, fit.name, fit.func, nk)
+
+
+#: A refitted steep segment moves at least this many output LSBs per input LSB, so every
+#: integer input but its anchor saturates on the side the real function is on.
+_STEP_LSB = 256
+
+
+def _step_refit(K, B, lower, upper, xc, func=None, in_scale=1.0, out_scale=1.0):
+    """Slopes and intercepts for a table whose steepest segments rise by more output LSBs per
+    input LSB than an int16 slope can hold at any ``out_shift`` (an input scale far coarser
+    than the function's range: only a few int16 inputs fall on it).
+
+    On the integer inputs such a segment is a step: each input but one lands beyond the int8
+    range. It is refitted exact on those inputs: anchored at its integer input closest to the
+    line's zero, through the function's own value there (*func*, else the fitted line's;
+    clipped to just beyond int8), with the largest slope the field holds, of the same sign,
+    at least :data:`_STEP_LSB` LSB per input step. The other segments keep their
+    least-squares intercepts. Returns ``(out_shift, k, b)`` or None.
+    """
+    for S in range(MAX_SHIFT, -1, -1):
+        steep = np.abs(K) * 2.0 ** S > INT16_MAX
+        if steep.any() and INT16_MAX / 2.0 ** S < _STEP_LSB:
+            continue
+        k = np.where(steep, np.sign(K) * INT16_MAX, np.round(K * 2.0 ** S))
+        b = np.round(2.0 ** S * (B + K * xc) - k * xc)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            root = np.where(K != 0, -B / K, xc)
+        anchor = np.clip(np.round(root), lower, np.maximum(lower, upper))
+        y = B + K * anchor
+        if func is not None:
+            with np.errstate(all="ignore"):
+                exact = np.asarray(_resolve(func)[0](anchor * in_scale), dtype=np.float64)
+            y = np.where(np.isfinite(exact), exact / out_scale, y)
+        y = np.clip(y, -128.5, 128.5)
+        b = np.where(steep, np.round(2.0 ** S * y) - k * anchor, b)
+        if np.max(np.abs(b)) <= INT32_MAX:
+            return S, k, b
+    return None
 
 
 def default_scales(func, lo: float, hi: float) -> tuple[float, float]:

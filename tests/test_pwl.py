@@ -234,3 +234,33 @@ def test_cli_writes_png(tmp_path, capsys):
     assert _cli(["pwl", "gelu", "--segments", "8", "--method", "error", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 10000
+
+
+@pytest.mark.parametrize("func, lo, hi, in_scale, out_scale", [
+    (np.tanh, -3.0, 3.0, 1.0, 1e-6),          # every segment steeper than an int16 slope
+    (np.exp, -24.0, 0.0, 1e10, 1 / 127),      # the whole range inside one input LSB
+    (np.tanh, -3.0, 3.0, 0.25, 1e-6),         # a mix of steep and representable segments
+])
+def test_steep_tables_are_refitted_exact_on_the_integer_inputs(func, lo, hi, in_scale, out_scale):
+    """A table whose slopes no int16 field holds at any out_shift (the old code raised
+    "slopes/intercepts do not fit") is refitted: on every int16 input of its range the
+    output is the saturated, rounded real function (within one LSB)."""
+    fit = pwl.fit(func, lo, hi, 16, method="curvature")
+    fit = pwl.PwlFit(fit.breakpoints, fit.slopes, fit.intercepts, fit.method, fit.objective,
+                     func, "f")
+    K = fit.slopes * in_scale / out_scale
+    assert np.max(np.abs(K)) > 32767                    # the case the refit exists for
+    table = pwl.quantize(fit, in_scale=in_scale, out_scale=out_scale, mode="breakpoints")
+    x = table.input_range(lo, hi)
+    assert x.size >= 1
+    want = np.clip(np.round(func(x * in_scale) / out_scale), -128, 127)
+    assert np.max(np.abs(table.evaluate(x) - want)) <= 1
+
+
+def test_impossible_table_names_function_and_range():
+    """An intercept beyond int32 at every out_shift (a constant 1e12 at out_scale 1) is
+    one error naming the function and its range."""
+    fit = pwl.PwlFit(np.array([-3.0, 0.0, 3.0]), np.zeros(2), np.full(2, 1e12), "uniform",
+                     "lsq", None, "big")
+    with pytest.raises(ValueError, match=r"PWL table of big on \[-3, 3\]"):
+        pwl.quantize(fit, in_scale=1.0, out_scale=1.0, mode="breakpoints")
