@@ -178,7 +178,9 @@ def _resnet50(inputs: list[str], samples: int) -> Workload:
     return Workload("resnet50", resnet50.load_onnx(), calib, {}, feeds, count=len(x), note=note)
 
 
-def _onnx(path: str, inputs: list[str], shapes: dict, samples: int) -> Workload:
+def _onnx(path: str, inputs: list[str], shapes: dict, samples: int,
+          calib_data: str | None = None) -> Workload:
+    from neuralmatrix.sw.compiler import _load_feeds
     from neuralmatrix.sw.frontend import load_model
 
     p = Path(path)
@@ -220,14 +222,32 @@ def _onnx(path: str, inputs: list[str], shapes: dict, samples: int) -> Workload:
         feeds = [{n: rng.standard_normal(dims[n]).astype(np.float32) for n in names}
                  for _ in range(samples)]
         note = f"{samples} random standard-normal input(s) (no --input given)"
-    return Workload(p.stem, model, feeds[:4] if inputs else feeds, {}, feeds, expected=expected,
-                    count=len(feeds), note=note)
+    if calib_data is not None:
+        calib = _load_feeds(calib_data, model)
+        for f in calib:
+            for n, x in f.items():
+                if n not in dims:
+                    raise RunError(f"--calib-data {calib_data}: {n!r} is not a model input "
+                                   f"({', '.join(names)})")
+                if tuple(x.shape) != dims[n]:
+                    raise RunError(f"--calib-data {calib_data}: input {n!r} has shape "
+                                   f"{tuple(x.shape)}, the model is compiled for {dims[n]}")
+        note += f"; calibration on {len(calib)} sample(s) of {calib_data}"
+    else:
+        calib = feeds[:4] if inputs else feeds
+        note += "; calibration on these inputs (give --calib-data for held-out calibration)"
+    return Workload(p.stem, model, calib, {}, feeds, expected=expected, count=len(feeds),
+                    note=note)
 
 
 def load_workload(args) -> Workload:
     from neuralmatrix.sw.compiler import _parse_shapes
 
     inputs = args.input or []
+    calib_data = getattr(args, "calib_data", None)
+    if calib_data is not None and args.model in BUILTIN:
+        raise RunError(f"--calib-data applies to an ONNX model; the built-in {args.model} "
+                       f"calibrates on its own held-out data")
     if args.model == "digits":
         if not 1 <= args.batch <= 450:
             raise RunError(f"--batch must be 1..450, got {args.batch}")
@@ -236,7 +256,7 @@ def load_workload(args) -> Workload:
         return _minilm(inputs, args.seq_len, args.samples, getattr(args, "layers", None))
     if args.model == "resnet50":
         return _resnet50(inputs, args.samples)
-    return _onnx(args.model, inputs, _parse_shapes(args.input_shape), args.samples)
+    return _onnx(args.model, inputs, _parse_shapes(args.input_shape), args.samples, calib_data)
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -262,6 +282,10 @@ def add_parser(sub) -> None:
                         ".txt, one sentence per line; ONNX: .npy/.pb per model input in order, "
                         "or test_data_set_* folders (outputs compared too). Default: the "
                         "digits test split, the built-in sentences, or random inputs")
+    p.add_argument("--calib-data", metavar="X.npz|X.npy",
+                   help="ONNX models: calibration inputs (as for `neuralmatrix compile`: .npz "
+                        "with one array per input, or .npy for the first input; one sample per "
+                        "leading index). Default: calibrate on the run's own inputs")
     p.add_argument("--golden-only", action="store_true",
                    help="skip the RTL: golden model only (report from its cycle estimates)")
     p.add_argument("--waves", metavar="FILE.fst",
