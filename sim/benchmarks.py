@@ -4,6 +4,7 @@ Usage::
 
     python -m neuralmatrix.sim.benchmarks array [--sizes 4x4,8x8,16x16] [--cycles N]
     python -m neuralmatrix.sim.benchmarks accelerator [--sizes 8x8,16x16] [--gemm 256,256,256]
+                                                      [--golden-only]
     python -m neuralmatrix.sim.benchmarks network [--nets digits,minilm16,minilm128,resnet50]
                                                   [--sizes 8x8,16x16] [--json FILE]
     python -m neuralmatrix.sim.benchmarks compile [--nets minilm16,minilm48,minilm128,digits]
@@ -26,7 +27,7 @@ from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sim.runner import build, run
 from neuralmatrix.sw.macs import FIGURES, figures
 
-__all__ = ["bench_array", "bench_gemm", "bench_network", "bench_compile", "NETWORKS",
+__all__ = ["bench_array", "bench_gemm", "estimate_gemm", "bench_network", "bench_compile", "NETWORKS",
            "COMPILE_NETWORKS", "main"]
 
 
@@ -81,6 +82,18 @@ def bench_gemm(config: HwConfig, M: int, K: int, N: int, seed: int = 0, repeats:
         "golden_estimate": est.total, "estimate_error": est.total / cycles - 1,
         "insns": len(gp.program),
     }
+
+
+def estimate_gemm(config: HwConfig, M: int, K: int, N: int, seed: int = 0) -> dict:
+    """The same GEMM program as :func:`bench_gemm` on the golden model alone: its MAC
+    figures on the cycle estimate (no RTL, no simulator needed)."""
+    from neuralmatrix.sw.gemm_program import random_gemm_image
+    from neuralmatrix.sw.golden import estimate_cycles
+
+    _, _, gp, _, _ = random_gemm_image(config, M, K, N, seed=seed, shift=8, align=4096)
+    est = estimate_cycles(gp.program, config)
+    return {"config": config.tag, "gemm": f"{M}x{K}x{N}", "est_cycles": est.total,
+            **figures(est.macs, M * K * N, 0, est.total, config.rows * config.cols)}
 
 
 #: Benchmark networks: name -> (``neuralmatrix run`` model, options).
@@ -184,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="8x8,16x16")
     p.add_argument("--dataflows", default="ws,os")
     p.add_argument("--gemm", default="256,256,256", help="M,K,N (default 256,256,256)")
+    p.add_argument("--golden-only", action="store_true",
+                   help="the golden model's cycle estimate only (no RTL)")
     _add_net_options(sub.add_parser(
         "network", help="whole networks on the RTL: wall time, cycles, utilization"),
         NETWORKS, "8x8,16x16")
@@ -192,6 +207,16 @@ def main(argv=None) -> int:
         COMPILE_NETWORKS, "8x8")
     args = parser.parse_args(argv)
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")]
+    if args.which == "accelerator" and args.golden_only:
+        return _main_gemm_estimate(args, sizes)
+    if args.which != "compile":
+        from neuralmatrix.sim.extras import MissingExtra, require
+
+        try:
+            require("sim", f"benchmarks {args.which}")
+        except MissingExtra as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.which == "network":
         return _main_network(args, sizes)
     if args.which == "compile":
@@ -220,6 +245,22 @@ def main(argv=None) -> int:
     for r in results:
         table.add_row(r["config"], f"{r['build_s']:.1f}", f"{r['free_running']:,.0f}",
                       f"{r['python_driven']:,.0f}")
+    Console().print(table)
+    return 0
+
+
+def _main_gemm_estimate(args, sizes) -> int:
+    M, K, N = map(int, args.gemm.split(","))
+    table = Table(title=f"int8 GEMM {M}x{K}x{N}, golden-model cycle estimate")
+    for col in ("config", "est. cycles", "useful MACs", "executed MACs", "utilization",
+                "occupancy"):
+        table.add_column(col, justify="right")
+    for r, c in sizes:
+        for df in args.dataflows.split(","):
+            res = estimate_gemm(HwConfig(r, c, df), M, K, N)
+            table.add_row(res["config"], f"{res['est_cycles']:,}", f"{res['useful_macs']:,}",
+                          f"{res['executed_macs']:,}", f"{res['utilization_pct']:.2f}%",
+                          f"{res['occupancy_pct']:.2f}%")
     Console().print(table)
     return 0
 

@@ -311,6 +311,15 @@ def _cmd_run(args) -> int:
         print(f"neuralmatrix run: error: the trace window must have 0 <= --from-cycle <= "
               f"--to-cycle, got {args.from_cycle}..{to_cycle}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not args.golden_only:
+        from .extras import MissingExtra, require
+
+        try:
+            require("sim", "neuralmatrix run")
+        except MissingExtra as exc:
+            print(f"neuralmatrix run: error: {exc} (or --golden-only: the golden model alone)",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         return _run(args, config, console, to_cycle)
     except (RunError, FrontendError, LinearizeError, CompileError) as exc:
