@@ -181,9 +181,12 @@ def _structural(k: Kernel, masks: _Masks, *, follow: bool) -> int:
     return total
 
 
-def account(net: Network, useful: dict[str, int]) -> None:
+def account(net: Network, useful: dict[str, int]) -> dict[str, int]:
     """Set ``useful_macs`` and ``linearization_macs`` of every kernel of *net* from the
-    per-node useful MACs *useful* (:func:`model_macs` of the model before lowering)."""
+    per-node useful MACs *useful* (:func:`model_macs` of the model before lowering).
+
+    Returns the nodes of *useful* that no ``"linear"`` kernel implements (their MACs are in
+    no kernel's ``useful_macs``), with their MACs; a note on *net* names them."""
     masks = _Masks(net)
     linear: dict[str, list[tuple[Kernel, int]]] = defaultdict(list)
     for k in net.kernels:
@@ -205,6 +208,13 @@ def account(net: Network, useful: dict[str, int]) -> None:
             base[i] += 1
         for (k, _), u in zip(ks, base):
             k.useful_macs = int(u)
+    lost = {n: m for n, m in useful.items() if m and n not in linear}
+    if lost:
+        net.notes.append(f"MAC accounting: {sum(lost.values()):,} MACs of {len(lost)} "
+                         f"Conv/MatMul/Gemm node(s) run in no linear kernel (not counted as "
+                         f"useful): {', '.join(sorted(lost)[:8])}"
+                         + (", ..." if len(lost) > 8 else ""))
+    return lost
 
 
 def figures(executed: int, useful: int, linearization: int, cycles: int | None,
