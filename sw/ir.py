@@ -142,7 +142,7 @@ class Kernel:
     linearization_macs: int | None = None
 
     @property
-    def macs(self) -> int:
+    def dense_macs(self) -> int:
         """Dense MACs of the terms, zeros included (the schedule skips all-zero weight
         blocks; see :mod:`neuralmatrix.sw.macs` for the figures that are reported)."""
         return sum(t.a.rows * t.a.cols * t.b.cols for t in self.terms)
