@@ -349,8 +349,8 @@ def _yowasp_env() -> dict:
         path = bindir / tool
         if not path.exists():
             from .synth import ToolMissing
-            raise ToolMissing(f"{tool} is not installed next to {sys.executable} "
-                              f"(pip install -e '.[dev]')")
+            raise ToolMissing(f"the bitstream build needs {tool}, not installed next to "
+                              f"{sys.executable}: pip install 'neuralmatrix[fpga]'")
         env[var] = str(path)
     return env
 

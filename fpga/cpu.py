@@ -294,7 +294,8 @@ class AccelResult:
     watts: float
     watts_low: float
     watts_high: float
-    macs: int = 0
+    executed_macs: int = 0      # all MACs the array executes (neuralmatrix.sw.macs)
+    useful_macs: int = 0        # the ONNX model's own Conv/MatMul/Gemm MACs
 
     @property
     def per_watt(self):
@@ -310,9 +311,10 @@ def accelerator_result(name: str, config: HwConfig, fmax_mhz: float, power, *,
     src, feeds, shapes = builtin(name, seq_len=seq_len)
     rep = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes).report
     cycles = int(rep["totals"]["est_cycles"])
-    macs = int(rep["totals"]["macs_linear"]) + int(rep["totals"]["macs_linearization"])
+    tot = rep["totals"]
     return AccelResult(name, config.tag, fmax_mhz, cycles, fmax_mhz * 1e6 / cycles,
-                       power.total_w, power.low_w, power.high_w, macs)
+                       power.total_w, power.low_w, power.high_w,
+                       int(tot["executed_macs"]), int(tot["useful_macs"]))
 
 
 def compare(accel: AccelResult, cpu: list[CpuResult]) -> list[dict]:

@@ -42,9 +42,10 @@ brams``                fit)
                        empty after an error
 ``overflow``           each exceeded resource, ``used of available``
 ``fmax_mhz``           achieved Fmax after routing
-``workload``           e.g. ``gemm:256x256x256``; ``macs`` and ``cycles`` of it on this
-                       configuration (:func:`workload_cycles`)
-``gops``               ``2 * macs * Fmax / cycles``, in 1e9 operations per second
+``workload``           e.g. ``gemm:256x256x256``; ``useful_macs`` (the workload's own MACs,
+                       ``M * K * N`` for a GEMM; :mod:`neuralmatrix.sw.macs`) and ``cycles``
+                       of it on this configuration (:func:`workload_cycles`)
+``gops``               ``2 * useful_macs * Fmax / cycles``, in 1e9 operations per second
 ``power_w``            from the power model passed to :func:`run_sweep` (or registered with
                        :func:`register_power_model`); empty without one
 ``gops_per_w``         ``gops / power_w``
@@ -91,7 +92,7 @@ PLOT_FORMATS = ("png", "svg", "pdf")
 CSV_COLUMNS = (
     "rows", "cols", "dataflow", "target", "device", "top", "seed", "router",
     "luts", "ffs", "dsps", "brams", "luts_pct", "ffs_pct", "dsps_pct", "brams_pct",
-    "fits", "overflow", "fmax_mhz", "workload", "macs", "cycles", "gops",
+    "fits", "overflow", "fmax_mhz", "workload", "useful_macs", "cycles", "gops",
     "power_w", "gops_per_w", "synth_seconds", "error",
 )
 
@@ -171,7 +172,7 @@ def register_workload(kind: str, parse: Callable[[str], object],
     """Make ``KIND:ARGS`` workload specs available.
 
     *parse* turns ``ARGS`` into parameters (raising :class:`ConfigError` for bad ones, before
-    anything runs); *cycles* returns ``(macs, cycles)`` of the workload on a configuration.
+    anything runs); *cycles* returns ``(useful_macs, cycles)`` of the workload on a configuration.
     Both must be importable module-level functions (they run in worker processes).
     """
     _WORKLOADS[kind] = (parse, cycles)
@@ -192,7 +193,7 @@ def check_workload(spec: str) -> None:
 
 
 def workload_cycles(config: HwConfig, spec: str) -> tuple[int, int]:
-    """``(macs, cycles)`` of workload *spec* (e.g. ``"gemm:256x256x256"``) on *config*."""
+    """``(useful_macs, cycles)`` of workload *spec* (e.g. ``"gemm:256x256x256"``) on *config*."""
     (_, cycles), params = _split_workload(spec)
     return cycles(config, params)
 
@@ -225,7 +226,7 @@ def _gemm_cycles(config: HwConfig, mkn: tuple[int, int, int]) -> tuple[int, int]
     program = gemm_program(config, m, k, n, a_addr=a_addr, b_addr=b_addr, c_addr_dram=c_addr,
                            check=False)
     est = estimate_cycles(program.program, config)
-    return est.macs, est.total
+    return m * k * n, est.total
 
 
 register_workload("gemm", _parse_gemm, _gemm_cycles)
@@ -362,7 +363,7 @@ def _run_task(task: _Task) -> dict:
             rec = {"key": task.key, "params": task.params, "tag": task.config.tag,
                    **_synth_figures(task)}
         if rec["status"] == "error":
-            rec.update(workload=None, macs=None, cycles=None, workload_error=None)
+            rec.update(workload=None, useful_macs=None, cycles=None, workload_error=None)
         else:
             rec.update(_workload_figures(task))
         rec["host"] = socket.gethostname()
@@ -417,10 +418,10 @@ def _workload_figures(task: _Task) -> dict:
     t0 = time.monotonic()
     try:
         macs, cycles = workload_cycles(task.config, task.workload)
-        return {"workload": task.workload, "macs": int(macs), "cycles": int(cycles),
+        return {"workload": task.workload, "useful_macs": int(macs), "cycles": int(cycles),
                 "workload_error": None, "workload_seconds": round(time.monotonic() - t0, 2)}
     except Exception as exc:
-        return {"workload": task.workload, "macs": None, "cycles": None,
+        return {"workload": task.workload, "useful_macs": None, "cycles": None,
                 "workload_error": f"workload {task.workload}: {type(exc).__name__}: {exc}"}
 
 
@@ -437,7 +438,7 @@ def _crash_record(task: _Task, exc: BaseException) -> dict:
     return {"key": task.key, "params": task.params, "tag": task.config.tag, "status": "error",
             "error": f"worker failed: {type(exc).__name__}: {exc}", "resources": {},
             "capacity": {}, "utilization": {}, "fmax_mhz": None, "overflows": [],
-            "workload": None, "macs": None, "cycles": None, "synth_seconds": None}
+            "workload": None, "useful_macs": None, "cycles": None, "synth_seconds": None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,7 +736,7 @@ def _progress_line(rec: dict) -> str:
                          for o in rec["overflows"])
         return f"{head} does not fit ({over}){secs}"
     fmax = "" if rec.get("fmax_mhz") is None else f", {rec['fmax_mhz']:.1f} MHz"
-    gops = _gops(rec.get("macs"), rec.get("cycles"), rec.get("fmax_mhz"))
+    gops = _gops(rec.get("useful_macs"), rec.get("cycles"), rec.get("fmax_mhz"))
     thr = "" if gops is None else f", {gops:.2f} GOPS"
     werr = f"; {rec['workload_error']}" if rec.get("workload_error") else ""
     return f"{head} {figures}{fmax}{thr}{secs}{werr}"
@@ -766,9 +767,9 @@ def _csv_rows(records: list[dict], power: PowerModel | None) -> list[dict]:
             "overflow": "; ".join(f"{o['resource']} {o['used']} of {o['available']}"
                                   for o in rec.get("overflows") or []),
             "fmax_mhz": rec.get("fmax_mhz"),
-            "workload": rec.get("workload"), "macs": rec.get("macs"),
+            "workload": rec.get("workload"), "useful_macs": rec.get("useful_macs"),
             "cycles": rec.get("cycles"),
-            "gops": _gops(rec.get("macs"), rec.get("cycles"), rec.get("fmax_mhz"))
+            "gops": _gops(rec.get("useful_macs"), rec.get("cycles"), rec.get("fmax_mhz"))
             if status == "ok" else None,
             "power_w": None, "gops_per_w": None,
             "synth_seconds": rec.get("synth_seconds"),

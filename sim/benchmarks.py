@@ -4,6 +4,7 @@ Usage::
 
     python -m neuralmatrix.sim.benchmarks array [--sizes 4x4,8x8,16x16] [--cycles N]
     python -m neuralmatrix.sim.benchmarks accelerator [--sizes 8x8,16x16] [--gemm 256,256,256]
+                                                      [--golden-only]
     python -m neuralmatrix.sim.benchmarks network [--nets digits,minilm16,minilm128,resnet50]
                                                   [--sizes 8x8,16x16] [--json FILE]
     python -m neuralmatrix.sim.benchmarks compile [--nets minilm16,minilm48,minilm128,digits]
@@ -24,8 +25,9 @@ from rich.table import Table
 from neuralmatrix.hw.generate import generate_verilog, top_module_name
 from neuralmatrix.hw.params import HwConfig
 from neuralmatrix.sim.runner import build, run
+from neuralmatrix.sw.macs import FIGURES, figures
 
-__all__ = ["bench_array", "bench_gemm", "bench_network", "bench_compile", "NETWORKS",
+__all__ = ["bench_array", "bench_gemm", "estimate_gemm", "bench_network", "bench_compile", "NETWORKS",
            "COMPILE_NETWORKS", "main"]
 
 
@@ -50,7 +52,8 @@ def bench_array(sizes, dataflows=("ws", "os"), cycles: int = 200_000, root: Path
 
 def bench_gemm(config: HwConfig, M: int, K: int, N: int, seed: int = 0, repeats: int = 3) -> dict:
     """Run an int8 ``M x K x N`` GEMM program on the accelerator RTL; check it against numpy
-    and the golden model; return utilization, speed and the golden cycle estimate."""
+    and the golden model; return the MAC figures (:data:`~neuralmatrix.sw.macs.FIGURES`:
+    useful = ``M * K * N``, executed = the RTL counter), speed and the golden cycle estimate."""
     import numpy as np
 
     from neuralmatrix.sim.harness import ProgramJob, run_programs
@@ -73,13 +76,24 @@ def bench_gemm(config: HwConfig, M: int, K: int, N: int, seed: int = 0, repeats:
     est = estimate_cycles(gp.program, config)
     cycles = result.counters["cycles"]
     return {
-        "config": config.tag, "gemm": f"{M}x{K}x{N}", "bit_exact": exact,
-        "cycles": cycles, "macs": result.counters["macs"],
-        "utilization": result.counters["macs"] / (cycles * config.rows * config.cols),
+        "config": config.tag, "gemm": f"{M}x{K}x{N}", "bit_exact": exact, "cycles": cycles,
+        **figures(result.counters["macs"], M * K * N, 0, cycles, config.rows * config.cols),
         "sim_cycles_per_s": rates[len(rates) // 2],
         "golden_estimate": est.total, "estimate_error": est.total / cycles - 1,
         "insns": len(gp.program),
     }
+
+
+def estimate_gemm(config: HwConfig, M: int, K: int, N: int, seed: int = 0) -> dict:
+    """The same GEMM program as :func:`bench_gemm` on the golden model alone: its MAC
+    figures on the cycle estimate (no RTL, no simulator needed)."""
+    from neuralmatrix.sw.gemm_program import random_gemm_image
+    from neuralmatrix.sw.golden import estimate_cycles
+
+    _, _, gp, _, _ = random_gemm_image(config, M, K, N, seed=seed, shift=8, align=4096)
+    est = estimate_cycles(gp.program, config)
+    return {"config": config.tag, "gemm": f"{M}x{K}x{N}", "est_cycles": est.total,
+            **figures(est.macs, M * K * N, 0, est.total, config.rows * config.cols)}
 
 
 #: Benchmark networks: name -> (``neuralmatrix run`` model, options).
@@ -125,7 +139,7 @@ def bench_compile(name: str, config: HwConfig) -> dict:
             "phase_s": rep["phase_seconds"], "process_s": process_s,
             "kernels": tot["kernels"], "insns": sum(k["insns"] for k in rep["kernels"]),
             "program_bytes": tot["program_bytes"], "est_cycles": tot["est_cycles"],
-            "est_utilization_pct": 100 * tot["est_utilization"]}
+            **{f: tot[f] for f in FIGURES}}
 
 
 def bench_network(name: str, config: HwConfig) -> dict:
@@ -158,15 +172,15 @@ def bench_network(name: str, config: HwConfig) -> dict:
     runs = run_network_rtl(c, work.feeds)
     rtl_s = time.perf_counter() - t0
     exact = all(first_difference(c, g, r) is None for g, r in zip(golden, runs))
-    rows = layer_rows([r.kernels for r in runs], config)
+    rows = layer_rows([r.kernels for r in runs], config, c.network.kernels)
     layers, total = rows[:-1], rows[-1]
     big = [r for r in layers if r["cycles"] >= 0.01 * total["cycles"]]
     return {
         "network": name, "config": config.tag, "inferences": len(work.feeds),
         "bit_exact": exact, "compile_s": compile_s, "golden_s": golden_s,
         "build_s": 0.0 if built.reused else built.seconds, "rtl_s": rtl_s,
-        "cycles": total["cycles"], "macs": total["macs"],
-        "utilization_pct": total["utilization_pct"], "est_error_pct": total["est_error_pct"],
+        "cycles": total["cycles"], **{f: total[f] for f in FIGURES},
+        "est_error_pct": total["est_error_pct"],
         "max_layer_est_error_pct": max(abs(r["est_error_pct"]) for r in big),
         "layers": len(layers), "sim_cycles_per_s": total["cycles"] / rtl_s,
     }
@@ -183,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="8x8,16x16")
     p.add_argument("--dataflows", default="ws,os")
     p.add_argument("--gemm", default="256,256,256", help="M,K,N (default 256,256,256)")
+    p.add_argument("--golden-only", action="store_true",
+                   help="the golden model's cycle estimate only (no RTL)")
     _add_net_options(sub.add_parser(
         "network", help="whole networks on the RTL: wall time, cycles, utilization"),
         NETWORKS, "8x8,16x16")
@@ -191,6 +207,16 @@ def main(argv=None) -> int:
         COMPILE_NETWORKS, "8x8")
     args = parser.parse_args(argv)
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")]
+    if args.which == "accelerator" and args.golden_only:
+        return _main_gemm_estimate(args, sizes)
+    if args.which != "compile":
+        from neuralmatrix.sim.extras import MissingExtra, require
+
+        try:
+            require("sim", f"benchmarks {args.which}")
+        except MissingExtra as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.which == "network":
         return _main_network(args, sizes)
     if args.which == "compile":
@@ -198,14 +224,15 @@ def main(argv=None) -> int:
     if args.which == "accelerator":
         M, K, N = map(int, args.gemm.split(","))
         table = Table(title=f"int8 GEMM {M}x{K}x{N} on the accelerator RTL (Verilator)")
-        for col in ("config", "bit-exact", "RTL cycles", "utilization", "sim cycles/s",
-                    "golden estimate", "estimate error"):
+        for col in ("config", "bit-exact", "RTL cycles", "utilization", "occupancy",
+                    "sim cycles/s", "golden estimate", "estimate error"):
             table.add_column(col, justify="right")
         for r, c in sizes:
             for df in args.dataflows.split(","):
                 res = bench_gemm(HwConfig(r, c, df), M, K, N)
                 table.add_row(res["config"], "yes" if res["bit_exact"] else "NO",
-                              f"{res['cycles']:,}", f"{100 * res['utilization']:.1f}%",
+                              f"{res['cycles']:,}", f"{res['utilization_pct']:.1f}%",
+                              f"{res['occupancy_pct']:.1f}%",
                               f"{res['sim_cycles_per_s']:,.0f}", f"{res['golden_estimate']:,}",
                               f"{100 * res['estimate_error']:+.1f}%")
         Console().print(table)
@@ -218,6 +245,22 @@ def main(argv=None) -> int:
     for r in results:
         table.add_row(r["config"], f"{r['build_s']:.1f}", f"{r['free_running']:,.0f}",
                       f"{r['python_driven']:,.0f}")
+    Console().print(table)
+    return 0
+
+
+def _main_gemm_estimate(args, sizes) -> int:
+    M, K, N = map(int, args.gemm.split(","))
+    table = Table(title=f"int8 GEMM {M}x{K}x{N}, golden-model cycle estimate")
+    for col in ("config", "est. cycles", "useful MACs", "executed MACs", "utilization",
+                "occupancy"):
+        table.add_column(col, justify="right")
+    for r, c in sizes:
+        for df in args.dataflows.split(","):
+            res = estimate_gemm(HwConfig(r, c, df), M, K, N)
+            table.add_row(res["config"], f"{res['est_cycles']:,}", f"{res['useful_macs']:,}",
+                          f"{res['executed_macs']:,}", f"{res['utilization_pct']:.2f}%",
+                          f"{res['occupancy_pct']:.2f}%")
     Console().print(table)
     return 0
 
@@ -235,13 +278,15 @@ def _main_network(args, sizes) -> int:
     table = Table(title="Whole networks on the accelerator RTL (Verilator; wall times without "
                         "the one-time build)")
     for col in ("network", "config", "inf.", "bit-exact", "compile s", "golden s", "RTL s",
-                "RTL cycles", "sim cycles/s", "utilization", "est. error", "max layer err"):
+                "RTL cycles", "sim cycles/s", "utilization", "occupancy", "est. error",
+                "max layer err"):
         table.add_column(col, justify="right")
     _each_config(NETWORKS, sizes, args, bench_network, table, lambda res: (
         res["network"], res["config"], str(res["inferences"]),
         "yes" if res["bit_exact"] else "NO", f"{res['compile_s']:.1f}",
         f"{res['golden_s']:.1f}", f"{res['rtl_s']:.1f}", f"{res['cycles']:,}",
         f"{res['sim_cycles_per_s']:,.0f}", f"{res['utilization_pct']:.1f}%",
+        f"{res['occupancy_pct']:.1f}%",
         f"{res['est_error_pct']:+.1f}%", f"{res['max_layer_est_error_pct']:.1f}%"),
         console=console)
     console.print(table)
@@ -275,12 +320,13 @@ def _main_compile(args, sizes) -> int:
     table = Table(title="neuralmatrix compile (fresh process each; compile s = the time the "
                         "command reports, process s = its whole run)")
     for col in ("network", "config", "compile s", "process s", "kernels", "instructions",
-                "program bytes", "est. cycles", "est. utilization"):
+                "program bytes", "est. cycles", "est. utilization", "est. occupancy"):
         table.add_column(col, justify="right")
     _each_config(COMPILE_NETWORKS, sizes, args, bench_compile, table, lambda res: (
         res["network"], res["config"], f"{res['compile_s']:.2f}", f"{res['process_s']:.2f}",
         f"{res['kernels']:,}", f"{res['insns']:,}", f"{res['program_bytes']:,}",
-        f"{res['est_cycles']:,}", f"{res['est_utilization_pct']:.1f}%"))
+        f"{res['est_cycles']:,}", f"{res['utilization_pct']:.1f}%",
+        f"{res['occupancy_pct']:.1f}%"))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0
 

@@ -353,6 +353,15 @@ def _cmd_run(args) -> int:
         print(f"neuralmatrix run: error: the trace window must have 0 <= --from-cycle <= "
               f"--to-cycle, got {args.from_cycle}..{to_cycle}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not args.golden_only:
+        from .extras import MissingExtra, require
+
+        try:
+            require("sim", "neuralmatrix run")
+        except MissingExtra as exc:
+            print(f"neuralmatrix run: error: {exc} (or --golden-only: the golden model alone)",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         return _run(args, config, console, to_cycle)
     except (RunError, FrontendError, LinearizeError, CompileError) as exc:
@@ -391,9 +400,9 @@ def _run(args, config, console, to_cycle: int) -> int:
     c = comp.compiled
     tot = comp.report["totals"]
     console.print(f"compiled in {comp.seconds:.1f} s: {tot['kernels']} kernels, "
-                  f"{tot['macs_linear']:,} MACs + {tot['macs_linearization']:,} for "
-                  f"linearization ({tot['extra_macs_pct']}% extra), {c.dram_bytes:,} bytes of "
-                  f"external memory")
+                  f"{tot['useful_macs']:,} useful MACs + {tot['linearization_macs']:,} for "
+                  f"linearization ({tot['linearization_pct']}% extra) + {tot['padding_macs']:,} "
+                  f"padding, {c.dram_bytes:,} bytes of external memory")
     golden = []
     with _progress(console) as prog:
         task = prog.add_task("golden model", total=len(work.feeds))
@@ -447,14 +456,14 @@ def _run(args, config, console, to_cycle: int) -> int:
     _accuracy(work, golden, rtl, console)
 
     if rtl is not None:
-        rows = layer_rows([r.kernels for r in rtl], config)
+        rows = layer_rows([r.kernels for r in rtl], config, c.network.kernels)
         source = "RTL counters"
     else:
         order = [s for s in c.steps if isinstance(s, Kernel)]
         runs = [[KernelRun(k.name, s.origin, k.counters, k.est_cycles, 0.0)
                  for k, s in zip(g.kernels, order)] for g in golden]
-        rows = layer_rows(runs, config, measured=False)
-        source = "golden model (utilization from its cycle estimate)"
+        rows = layer_rows(runs, config, order, measured=False)
+        source = "golden model (utilization and occupancy from its cycle estimate)"
     console.print(rich_table(rows, f"per layer, {len(work.feeds)} inference(s), from the {source}"))
     if args.report:
         meta = {"model": work.name, "config": config.tag, "inferences": len(work.feeds),

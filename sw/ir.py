@@ -122,6 +122,10 @@ class Kernel:
         express a nonlinear or element-wise operation as matrix work.
     func : str
         The function of the PWL table (``""`` when none).
+    useful_macs, linearization_macs : int or None
+        The kernel's share of the ONNX model's own Conv/ConvTranspose/MatMul/Gemm MACs, and
+        the structurally nonzero work of a linearization kernel (see
+        :mod:`neuralmatrix.sw.macs`, which sets both after lowering; None before).
     """
 
     name: str
@@ -134,10 +138,13 @@ class Kernel:
     pwl: object | None = None
     role: str = "linear"
     func: str = ""
+    useful_macs: int | None = None
+    linearization_macs: int | None = None
 
     @property
-    def macs(self) -> int:
-        """Dense MACs of the terms (the schedule may skip all-zero weight blocks)."""
+    def dense_macs(self) -> int:
+        """Dense MACs of the terms, zeros included (the schedule skips all-zero weight
+        blocks; see :mod:`neuralmatrix.sw.macs` for the figures that are reported)."""
         return sum(t.a.rows * t.a.cols * t.b.cols for t in self.terms)
 
 

@@ -43,9 +43,10 @@ def test_minilm_short_sequence():
     makes it faster)."""
     r = accuracy.minilm(HwConfig(rows=32, cols=32), sentences=22, seq_len=16)
     assert r["cosine_mean"] >= MINILM16_MEAN and r["cosine_min"] >= MINILM16_MIN, r["cosines"]
-    # 10.1% measured at 32x32 (diagonal, rank-1 and LayerNorm sum-of-squares GEMMs padded to
-    # 32-wide tiles); 8x8: 4.2%
-    assert r["extra_macs_pct"] <= 10.5
+    # linearization MACs (structurally nonzero work of the element-wise, softmax and
+    # LayerNorm kernels) over the useful MACs; the zeros of their diagonal and block weights
+    # are padding, not counted here
+    assert 0 < r["linearization_pct"] <= 10.5
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,9 @@ def test_gemm_transb_alpha_beta_and_relu_fused():
     assert worst <= TOL
     (k,) = comp.compiled.network.kernels          # the ReLU is the GEMM's output table
     assert k.func == "relu" and k.role == "linear"
-    assert comp.report["totals"]["extra_macs_pct"] == 0.0
+    tot = comp.report["totals"]
+    assert tot["linearization_pct"] == 0.0 and tot["linearization_macs"] == 0
+    assert tot["useful_macs"] == 4 * 12 * 10 == tot["executed_macs"]
 
 
 def test_matmul_constant_and_batched_activations():
@@ -364,19 +366,24 @@ def test_results_do_not_depend_on_the_array():
 
 # -- report ----------------------------------------------------------------------------------------
 
-def test_report_extra_macs_percentage():
+def test_report_linearization_percentage():
     """MaxPool is linearization work: max(a, b) = a + relu(b - a) costs GEMMs with diagonal
-    weights; the report's percentage is their executed MACs over the linear layers'."""
+    weights; the report's percentage is their structural MACs over the useful ones, and the
+    zeros of the diagonals are padding."""
     model = make_model([node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
                         node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
                        [("x", [1, 3, 8, 8])], ["y"], [("W", _w(8, 3, 3, 3))])
     _, comp = steps_off(model, [("x", [1, 3, 8, 8])])
     rep = comp.report
-    lin = sum(k["macs"] for k in rep["kernels"] if k["role"] == "linear")
-    extra = sum(k["macs"] for k in rep["kernels"] if k["role"] == "linearization")
+    lin = sum(k["useful_macs"] for k in rep["kernels"] if k["role"] == "linear")
+    extra = sum(k["linearization_macs"] for k in rep["kernels"] if k["role"] == "linearization")
     assert lin == 64 * 27 * 8                      # M=64 pixels, K=3*3*3, N=8 channels
     assert extra > 0
-    assert rep["totals"]["extra_macs_pct"] == round(100 * extra / lin, 3)
+    tot = rep["totals"]
+    assert tot["useful_macs"] == lin and tot["linearization_macs"] == extra
+    assert tot["linearization_pct"] == round(100 * extra / lin, 3)
+    assert tot["executed_macs"] == tot["useful_macs"] + extra + tot["padding_macs"]
+    assert tot["padding_macs"] > 0                 # off-diagonal zeros of the diagonal weights
     assert rep == {**report(comp.compiled), "compile_seconds": rep["compile_seconds"],
                    "phase_seconds": rep["phase_seconds"], "calibration": rep["calibration"]}
     phases = rep["phase_seconds"]

@@ -268,7 +268,7 @@ def test_cycle_estimate_is_plausible_and_monotone():
     assert est.start[1] >= est.end[0]                          # waits for its token
     assert est.end[0] - est.start[0] >= cfg.dram_latency + 16
     assert est.total > est.end.max()
-    assert est.macs == 16 * 4 * 4 and 0 < est.utilization < 1
+    assert est.macs == 16 * 4 * 4 and 0 < est.occupancy < 1
     # Without the token the two overlap; more rows or more latency never make it faster.
     free = estimate_cycles([Insn(O.LOAD_SP, nrows=16, ncols=4, dram_addr=A_AT, dram_stride=4),
                             Insn(O.COMPUTE, m=16, k=4, n=4), HALT], cfg)
@@ -286,7 +286,7 @@ def test_cycle_estimate_of_big_gemm_is_compute_bound(dataflow):
     est = estimate_cycles(g.program, cfg)
     ideal = 256**3 // 256
     assert ideal < est.total < 1.03 * ideal, (est.total, g.plan)
-    assert est.utilization > 0.97
+    assert est.occupancy > 0.97
 
 
 # -- the GEMM program -----------------------------------------------------------------------------

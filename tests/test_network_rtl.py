@@ -59,10 +59,12 @@ def test_run_digits_default_is_bit_exact(tmp_path, capsys):
     assert data["meta"]["bit_exact"] is True and data["columns"] == list(COLUMNS)
     layers, total = data["layers"][:-1], data["layers"][-1]
     assert total["layer"] == "TOTAL" and len(layers) >= 5
-    for key in ("cycles", "macs", "pwl_evals", "dram_read", "dram_written", "compute_busy"):
+    for key in ("cycles", "executed_macs", "useful_macs", "linearization_macs", "padding_macs",
+                "pwl_evals", "dram_read", "dram_written", "compute_busy"):
         assert total[key] == sum(r[key] for r in layers) > 0, key
-    for r in layers:
-        assert 0 < r["utilization_pct"] <= 100
+    for r in layers + [total]:
+        assert r["executed_macs"] == r["useful_macs"] + r["linearization_macs"] + r["padding_macs"]
+        assert 0 <= r["utilization_pct"] <= r["occupancy_pct"] <= 100
         assert abs(r["est_error_pct"]) < 25                 # the estimate tracks the RTL
     header = report.with_suffix(".csv").read_text().splitlines()[0]
     assert header == ",".join(COLUMNS)

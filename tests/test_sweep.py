@@ -219,7 +219,7 @@ def test_key_covers_the_parameters(tmp_path, calls, monkeypatch):
     report = run_sweep(cfg, out_dir=out, target="ecp5", device="25k", workload="gemm:4x4x4",
                        synth=synth, jobs=1, log=lambda s: None)
     assert len(_calls(calls)) == 5
-    assert report.rows[0]["workload"] == "gemm:4x4x4" and report.rows[0]["macs"] == 64
+    assert report.rows[0]["workload"] == "gemm:4x4x4" and report.rows[0]["useful_macs"] == 64
     key = _jsonl(out)[0]["key"]
     assert set(key) <= set("0123456789abcdef") and len(key) == 16
     params = _jsonl(out)[0]["params"]
@@ -242,7 +242,7 @@ def test_error_row_and_does_not_fit_row_do_not_stop_the_sweep(tmp_path, calls):
     assert unfit["error"] is None and unfit["gops"] is None and unfit["cycles"] > 0
     ok = rows[(1, 2)]
     assert ok["fits"] == "yes" and ok["luts"] == 80 and ok["dsps_pct"] == pytest.approx(7.14)
-    assert ok["gops"] == pytest.approx(2 * ok["macs"] * ok["fmax_mhz"] / ok["cycles"] / 1000,
+    assert ok["gops"] == pytest.approx(2 * ok["useful_macs"] * ok["fmax_mhz"] / ok["cycles"] / 1000,
                                        rel=1e-3)
     assert ok["power_w"] is None and ok["gops_per_w"] is None
     assert any("ws_2x1: error: SynthError: nextpnr-ecp5 failed" in line for line in log)
@@ -405,7 +405,7 @@ def test_tiny_real_sweep(tools, tmp_path, capsys):
         assert int(row["dsps"]) == r * c                 # one MULT18X18D per PE
         assert float(row["dsps_pct"]) == pytest.approx(100 * r * c / 28, abs=0.01)
         assert 20 < float(row["fmax_mhz"]) < 500
-        assert int(row["macs"]) == 512 and int(row["cycles"]) > 512 // (r * c)
+        assert int(row["useful_macs"]) == 512 and int(row["cycles"]) > 512 // (r * c)
         assert float(row["gops"]) > 0 and row["power_w"] == ""
     for name in ("resources", "fmax", "throughput"):
         png = out / f"{name}.png"
