@@ -16,7 +16,8 @@ image):
 
 Every photo gives :data:`VIEWS` square views, each resized to 224x224 with anti-aliasing
 (``skimage.transform.resize``): the largest centred square, the first and the last largest
-square along the long side, a centred square of 80% of the short side, and each of those
+square along the long side (the top-left and bottom-right squares of 90% of the side for
+a square photo), a centred square of 80% of the short side, and each of those
 four mirrored left-right, so 8 views per photo (80 test images, 64 calibration images).
 """
 
@@ -79,10 +80,9 @@ def _view(img: np.ndarray, view: str, size: int) -> np.ndarray:
     if kind == "zoom":
         side = int(round(0.8 * side))
     y0, x0 = (h - side) // 2, (w - side) // 2
-    if kind == "start":
-        y0, x0 = (0, x0) if h > w else (y0, 0)
-    elif kind == "end":
-        y0, x0 = (h - side, x0) if h > w else (y0, w - side)
+    if kind in ("start", "end"):
+        side = min(side, int(round(0.9 * max(h, w))))      # square photos: 90% corners
+        y0, x0 = (0, 0) if kind == "start" else (h - side, w - side)
     crop = img[y0:y0 + side, x0:x0 + side]
     if flip:
         crop = crop[:, ::-1]
