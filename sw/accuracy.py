@@ -223,6 +223,59 @@ def efficientnet_lite0(config: HwConfig | None = None, limit: int | None = None,
     return out
 
 
+def efficientnet_layers(config: HwConfig | None = None, image: int = 0,
+                        calibration: str = "max", segments: int = 16) -> dict:
+    """Where EfficientNet-Lite0 loses accuracy on one test image: every kernel output of the
+    golden model (dequantized) against the same tensor of the float graph (onnxruntime):
+    cosine and relative RMS error, and the tensor's int8 step against its float range."""
+    import onnx
+    import onnxruntime as ort
+
+    from .compiler import builtin, compile_model
+    from .ir import Kernel
+    from .models import efficientnet_lite0 as eff
+    from .models import photos as ph
+    from .runtime import run_golden
+
+    config = config or HwConfig()
+    src, feeds, shapes = builtin("efficientnet-lite0")
+    comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes,
+                         calibration=calibration, segments=segments)
+    x, labels = ph.test_images()
+    feed = {eff.INPUT_NAME: x[image:image + 1]}
+    res = run_golden(comp.compiled, feed, keep=True)
+    kernels = [s for s in comp.compiled.steps if isinstance(s, Kernel)]
+    m = onnx.ModelProto()
+    m.CopyFrom(src)
+    values = {o for n in m.graph.node for o in n.output}
+    names = [k.out.name for k in kernels if k.out.name in values and k.out.name != eff.OUTPUT_NAME]
+    m.graph.output.extend([onnx.helper.make_empty_tensor_value_info(n) for n in names])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [eff.OUTPUT_NAME] + names
+    ref = dict(zip(outs, sess.run(outs, feed)))
+    rows = []
+    for k in kernels:
+        t = k.out
+        if t.name not in ref or t.name not in res.tensors:
+            continue
+        want = ref[t.name].astype(np.float64).ravel()
+        got = t.from_matrix(res.tensors[t.name].astype(np.int64) * (t.scale * t.colw)).ravel()
+        if got.size != want.size:
+            continue
+        cos = float(got @ want / max(np.linalg.norm(got) * np.linalg.norm(want), 1e-30))
+        rel = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+        step = float(t.scale * np.max(t.colw))
+        ideal = np.clip(np.round(want / step), -127, 127) * step     # float, requantized only
+        rows.append({"kernel": k.name, "tensor": t.name, "cosine": cos, "rel_rms_error": rel,
+                     "requant_only_rel_rms_error":
+                         float(np.linalg.norm(ideal - want) / max(np.linalg.norm(want), 1e-30)),
+                     "float_absmax": float(np.max(np.abs(want))),
+                     "float_rms": float(np.sqrt(np.mean(want ** 2))), "int8_step": step,
+                     "clipped_pct": float(100 * np.mean(np.abs(want) > 127.5 * step))})
+    return {"image": labels[image], "calibration": calibration, "segments": segments,
+            "layers": rows}
+
+
 def _case_feeds(case, inputs, n: int = 8, seed: int = 0) -> list[dict]:
     import onnx
 
@@ -402,6 +455,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
     p.add_argument("--segments", type=int, default=16,
                    help="digits, minilm: PWL segments per nonlinear function (default 16; the "
                         "hardware's tables are sized to match when larger)")
+    p.add_argument("--image", type=int, default=0,
+                   help="efficientnet-lite0-layers: index of the test image (default 0)")
     p.add_argument("--sentence", type=int, default=0,
                    help="minilm-layers: index of the test sentence (default 0)")
     p.add_argument("--func-segments", default=None, metavar="KIND=N[,KIND=N...]",
@@ -446,6 +501,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
             out["efficientnet_lite0"] = efficientnet_lite0(cfg(32), args.images, args.calibration,
                                                            args.segments)
             _print_effnet(out["efficientnet_lite0"], console)
+        if "efficientnet-lite0-layers" in what:
+            r = efficientnet_layers(cfg(32), args.image, args.calibration, args.segments)
+            out["efficientnet_lite0_layers"] = r
+            console.print(f"{r['image']}: golden vs float per kernel output "
+                          f"(calibration {r['calibration']}, {r['segments']} segments)")
+            for row in r["layers"]:
+                console.print(f"  {row['tensor']:26s} cos {row['cosine']:.5f} rel.err "
+                              f"{row['rel_rms_error']:.4f} (requant alone "
+                              f"{row['requant_only_rel_rms_error']:.4f}) rms {row['float_rms']:.3f}"
+                              f" |max| {row['float_absmax']:.2f} step {row['int8_step']:.4g} "
+                              f"clip {row['clipped_pct']:.2f}%", soft_wrap=True)
         if "onnx-cases" in what:
             out["onnx_cases"] = onnx_cases(cfg(8))
             _print_cases(out["onnx_cases"], console)
