@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["Workload", "add_parser", "load_workload", "read_input_file"]
 
 EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_SIM_FAILED = 1, 2, 3
-BUILTIN = ("digits", "minilm", "resnet50")
+BUILTIN = ("digits", "minilm", "resnet50", "efficientnet-lite0")
 
 
 class RunError(ValueError):
@@ -178,6 +178,26 @@ def _resnet50(inputs: list[str], samples: int) -> Workload:
     return Workload("resnet50", resnet50.load_onnx(), calib, {}, feeds, count=len(x), note=note)
 
 
+def _effnet(inputs: list[str], samples: int) -> Workload:
+    from neuralmatrix.sw.compiler import builtin
+    from neuralmatrix.sw.models import efficientnet_lite0 as eff
+    from neuralmatrix.sw.models import photos
+
+    model, calib, shapes = builtin("efficientnet-lite0")
+    if inputs:
+        x = np.concatenate([read_input_file(Path(i)).reshape(-1, 3, 224, 224) for i in inputs])
+        note = f"{len(x)} normalized 224x224 image(s) from {', '.join(inputs)}"
+    else:
+        x, labels = photos.test_images()
+        if not 1 <= samples <= len(x):
+            raise RunError(f"--samples must be 1..{len(x)} for efficientnet-lite0, got {samples}")
+        x, labels = x[:samples], labels[:samples]
+        note = (f"{samples} test photo view(s) ({', '.join(labels)}); calibration on "
+                f"{len(calib)} views of other photos")
+    feeds = [{eff.INPUT_NAME: x[i:i + 1].astype(np.float32)} for i in range(len(x))]
+    return Workload("efficientnet-lite0", model, calib, shapes, feeds, count=len(x), note=note)
+
+
 def _onnx(path: str, inputs: list[str], shapes: dict, samples: int,
           calib_data: str | None = None) -> Workload:
     from neuralmatrix.sw.compiler import _load_feeds
@@ -256,6 +276,8 @@ def load_workload(args) -> Workload:
         return _minilm(inputs, args.seq_len, args.samples, getattr(args, "layers", None))
     if args.model == "resnet50":
         return _resnet50(inputs, args.samples)
+    if args.model == "efficientnet-lite0":
+        return _effnet(inputs, args.samples)
     return _onnx(args.model, inputs, _parse_shapes(args.input_shape), args.samples, calib_data)
 
 
@@ -275,7 +297,8 @@ def add_parser(sub) -> None:
                     "arguments: the built-in digits CNN on an 8x8 array, all 450 test digits.")
     p.add_argument("model", nargs="?", default="digits",
                    help="MODEL.onnx, or a built-in network: digits (default), minilm, resnet50 "
-                        "(the ResNet-50 graph at 224x224 with seeded synthetic weights)")
+                        "(the ResNet-50 graph at 224x224 with seeded synthetic weights), "
+                        "efficientnet-lite0 (pretrained, 224x224 photos)")
     _add_hw_options(p)
     p.add_argument("--input", action="append", metavar="FILE",
                    help="input data (repeatable). digits: .npy (N,1,8,8) or images; minilm: "
@@ -312,8 +335,8 @@ def add_parser(sub) -> None:
                    help="minilm: run only the embeddings and the first N encoder layers (1..6; "
                         "accuracy then compares the hidden states token by token)")
     p.add_argument("--samples", type=int, default=4,
-                   help="minilm: built-in sentences to run; ONNX models without --input: random "
-                        "inputs (default 4)")
+                   help="minilm: built-in sentences to run; efficientnet-lite0: test photo views; "
+                        "ONNX models without --input: random inputs (default 4)")
     p.add_argument("--segments", type=int, default=16,
                    help="PWL segments per nonlinear function (default 16)")
     p.add_argument("--input-shape", action="append", metavar="NAME=DIMS",
@@ -540,6 +563,21 @@ def _accuracy(work: Workload, golden, rtl, console) -> None:
             console.print(f"class probabilities vs float, {label}: top-1 agreement "
                           f"{100 * agree:.0f}%, mean cosine {np.mean(cos):.4f} over {len(got)} "
                           f"image(s)")
+    elif work.name == "efficientnet-lite0":
+        from neuralmatrix.sw.accuracy import classification_figures
+        from neuralmatrix.sw.models import efficientnet_lite0 as eff
+
+        fl = eff.float_logits(np.concatenate([f[eff.INPUT_NAME] for f in work.feeds]))
+        for label, res in (("golden", golden), ("RTL", rtl)):
+            if res is None:
+                continue
+            q = np.concatenate([r.outputs[eff.OUTPUT_NAME] for r in res])
+            m = classification_figures(fl, q)
+            console.print(f"logits vs float, {label}: top-1 agreement "
+                          f"{100 * m['top1_agreement']:.0f}%, float top-1 in int8 top-5 "
+                          f"{100 * m['float_top1_in_int8_top5']:.0f}%, mean cosine "
+                          f"{m['cosine_mean']:.4f} over {len(q)} image(s); top-1 float/int8: "
+                          + ", ".join(f"{a}/{b}" for a, b in zip(fl.argmax(1), q.argmax(1))))
     elif work.expected is not None:
         for label, res in (("golden", golden), ("RTL", rtl)):
             if res is None:

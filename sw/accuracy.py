@@ -10,6 +10,12 @@ one table per benchmark (rich) and optionally writes every figure as JSON:
   (mean pooling over the attention mask, L2 norm) of the golden model against the float graph,
   cosine per sentence; extra MACs and compile time from the compile report. Calibration on
   the 64 sentences of ``minilm.CALIBRATION_SENTENCES``, none of which is a test sentence.
+* ``efficientnet-lite0``: the pretrained EfficientNet-Lite0 (:mod:`neuralmatrix.sw.models.
+  efficientnet_lite0`) compiled whole at 224x224, golden-model logits against the float
+  graph (onnxruntime) on the test photos of :mod:`neuralmatrix.sw.models.photos` (10
+  photographs x 8 views; calibration on the views of 8 other photographs): top-1
+  agreement, top-5 agreement (same top-5 set; and the mean overlap of the two top-5 sets),
+  float top-1 within the int8 top-5, and the logit cosine.
 * ``onnx-cases``: every ``pytorch-converted`` / ``pytorch-operator`` case of the onnx wheel
   the compiler supports: compiled (calibrated on the case's input and 7 random inputs with
   its shape, mean and standard deviation) and run on the golden model on the case's input;
@@ -37,7 +43,7 @@ import numpy as np
 
 from neuralmatrix.hw.params import HwConfig
 
-__all__ = ["TOL_LSB", "digits", "minilm", "onnx_cases", "pwl_table", "main"]
+__all__ = ["TOL_LSB", "digits", "minilm", "efficientnet_lite0", "efficientnet_layers", "onnx_cases", "pwl_table", "main"]
 
 #: onnx-cases tolerance, in int8 steps of the output's range (see the module doc and README).
 TOL_LSB = 4.0
@@ -160,6 +166,117 @@ def minilm_layers(config: HwConfig | None = None, sentence: int = 0, seq_len: in
             "func_segments": func_segments or {}, "layers": rows}
 
 
+def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-x, axis=1, kind="stable")[:, :k]
+
+
+def classification_figures(fl: np.ndarray, q: np.ndarray) -> dict:
+    """Agreement of int8 logits *q* with float logits *fl* (both (N, classes))."""
+    f5, q5 = _topk(fl, 5), _topk(q, 5)
+    cos = np.sum(fl * q, 1) / (np.linalg.norm(fl, axis=1) * np.linalg.norm(q, axis=1))
+    return {
+        "top1_agreement": float(np.mean(fl.argmax(1) == q.argmax(1))),
+        "top5_agreement": float(np.mean([set(a) == set(b) for a, b in zip(f5, q5)])),
+        "top5_overlap": float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(f5, q5)])),
+        "float_top1_in_int8_top5": float(np.mean([a in b for a, b in zip(fl.argmax(1), q5)])),
+        "int8_top1_in_float_top5": float(np.mean([a in b for a, b in zip(q.argmax(1), f5)])),
+        "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+        "cosines": [round(float(c), 5) for c in cos],
+    }
+
+
+def efficientnet_lite0(config: HwConfig | None = None, limit: int | None = None,
+                       calibration: str = "max", segments: int = 16,
+                       photos: tuple | None = None) -> dict:
+    """Golden vs float logits of EfficientNet-Lite0 on the test photos (first *limit*
+    images, or the 8 views of *photos*)."""
+    from .compiler import builtin, compile_model
+    from .models import efficientnet_lite0 as eff
+    from .models import photos as ph
+    from .runtime import run_golden
+
+    config = config or HwConfig()
+    src, feeds, shapes = builtin("efficientnet-lite0")
+    comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes,
+                         calibration=calibration, segments=segments)
+    x, labels = ph.test_images(photos or ph.TEST_PHOTOS)
+    if limit:
+        x, labels = x[:limit], labels[:limit]
+    fl = eff.float_logits(x)
+    t0 = time.perf_counter()
+    q = np.concatenate([run_golden(comp.compiled, {eff.INPUT_NAME: x[i:i + 1]})
+                        .outputs[eff.OUTPUT_NAME] for i in range(len(x))])
+    run_s = time.perf_counter() - t0
+    tot = comp.report["totals"]
+    out = {"images": len(x), "labels": labels, "calibration_images": len(feeds),
+           "calibration": calibration, "segments": segments}
+    out.update(classification_figures(fl, q))
+    out["disagreements"] = [
+        {"image": lab, "float_top5": _topk(fl[i:i + 1], 5)[0].tolist(),
+         "int8_top5": _topk(q[i:i + 1], 5)[0].tolist()}
+        for i, lab in enumerate(labels) if fl[i].argmax() != q[i].argmax()]
+    out.update({"extra_macs_pct": tot["extra_macs_pct"], "macs_linear": tot["macs_linear"],
+                "kernels": tot["kernels"], "compile_seconds": round(comp.seconds, 2),
+                "phase_seconds": comp.report.get("phase_seconds"),
+                "golden_seconds": round(run_s, 1),
+                "golden_seconds_per_image": round(run_s / max(1, len(x)), 2),
+                "config": f"{config.rows}x{config.cols} {config.dataflow.value}"})
+    return out
+
+
+def efficientnet_layers(config: HwConfig | None = None, image: int = 0,
+                        calibration: str = "max", segments: int = 16) -> dict:
+    """Where EfficientNet-Lite0 loses accuracy on one test image: every kernel output of the
+    golden model (dequantized) against the same tensor of the float graph (onnxruntime):
+    cosine and relative RMS error, and the tensor's int8 step against its float range."""
+    import onnx
+    import onnxruntime as ort
+
+    from .compiler import builtin, compile_model
+    from .ir import Kernel
+    from .models import efficientnet_lite0 as eff
+    from .models import photos as ph
+    from .runtime import run_golden
+
+    config = config or HwConfig()
+    src, feeds, shapes = builtin("efficientnet-lite0")
+    comp = compile_model(src, config, calib_feeds=feeds, input_shapes=shapes,
+                         calibration=calibration, segments=segments)
+    x, labels = ph.test_images()
+    feed = {eff.INPUT_NAME: x[image:image + 1]}
+    res = run_golden(comp.compiled, feed, keep=True)
+    kernels = [s for s in comp.compiled.steps if isinstance(s, Kernel)]
+    m = onnx.ModelProto()
+    m.CopyFrom(src)
+    values = {o for n in m.graph.node for o in n.output}
+    names = [k.out.name for k in kernels if k.out.name in values and k.out.name != eff.OUTPUT_NAME]
+    m.graph.output.extend([onnx.helper.make_empty_tensor_value_info(n) for n in names])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [eff.OUTPUT_NAME] + names
+    ref = dict(zip(outs, sess.run(outs, feed)))
+    rows = []
+    for k in kernels:
+        t = k.out
+        if t.name not in ref or t.name not in res.tensors:
+            continue
+        want = ref[t.name].astype(np.float64).ravel()
+        got = t.from_matrix(res.tensors[t.name].astype(np.int64) * (t.scale * t.colw)).ravel()
+        if got.size != want.size:
+            continue
+        cos = float(got @ want / max(np.linalg.norm(got) * np.linalg.norm(want), 1e-30))
+        rel = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+        step = float(t.scale * np.max(t.colw))
+        ideal = np.clip(np.round(want / step), -127, 127) * step     # float, requantized only
+        rows.append({"kernel": k.name, "tensor": t.name, "cosine": cos, "rel_rms_error": rel,
+                     "requant_only_rel_rms_error":
+                         float(np.linalg.norm(ideal - want) / max(np.linalg.norm(want), 1e-30)),
+                     "float_absmax": float(np.max(np.abs(want))),
+                     "float_rms": float(np.sqrt(np.mean(want ** 2))), "int8_step": step,
+                     "clipped_pct": float(100 * np.mean(np.abs(want) > 127.5 * step))})
+    return {"image": labels[image], "calibration": calibration, "segments": segments,
+            "layers": rows}
+
+
 def _case_feeds(case, inputs, n: int = 8, seed: int = 0) -> list[dict]:
     import onnx
 
@@ -262,6 +379,26 @@ def _print_minilm(r, console):
     console.print(t)
 
 
+def _print_effnet(r, console):
+    from rich.table import Table
+
+    t = Table(title=f"EfficientNet-Lite0, {r['images']} test images of {len(set(l.split('/')[0] for l in r['labels']))} "
+                    f"photos ({r['config']}, {r['segments']} PWL segments, calibration "
+                    f"{r['calibration']} on {r['calibration_images']} images of other photos)")
+    for c in ("top-1 agreement", "top-5 agreement (same set)", "top-5 overlap",
+              "float top-1 in int8 top-5", "logit cosine mean", "min", "compile",
+              "golden run"):
+        t.add_column(c, justify="right")
+    t.add_row(f"{100 * r['top1_agreement']:.2f}%", f"{100 * r['top5_agreement']:.2f}%",
+              f"{100 * r['top5_overlap']:.2f}%", f"{100 * r['float_top1_in_int8_top5']:.2f}%",
+              f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}",
+              f"{r['compile_seconds']:.1f} s", f"{r['golden_seconds']:.0f} s")
+    console.print(t)
+    for d in r["disagreements"]:
+        console.print(f"  top-1 differs on {d['image']}: float top-5 {d['float_top5']}, "
+                      f"int8 top-5 {d['int8_top5']}")
+
+
 def _print_cases(r, console):
     from rich.table import Table
 
@@ -301,21 +438,26 @@ def _print_pwl(r, console):
     console.print(t)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.accuracy") -> int:
     from rich.console import Console
 
-    p = argparse.ArgumentParser(prog="python -m neuralmatrix.sw.accuracy",
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Accuracy of compiled networks on the golden model.")
-    p.add_argument("what", choices=("digits", "minilm", "minilm-layers", "onnx-cases", "pwl",
-                                    "all"))
+    p.add_argument("what", choices=("digits", "minilm", "minilm-layers", "efficientnet-lite0",
+                                    "efficientnet-lite0-layers", "onnx-cases", "pwl", "all"))
     p.add_argument("--rows", type=int, default=None, help="array rows (default: per benchmark)")
     p.add_argument("--cols", type=int, default=None)
     p.add_argument("--sentences", type=int, default=66, help="minilm: sentences (default 66)")
     p.add_argument("--seq-len", type=int, default=48, help="minilm: tokens (default 48)")
-    p.add_argument("--calibration", default="max", help="minilm: calibration method")
+    p.add_argument("--calibration", default="max",
+                   help="minilm, efficientnet-lite0: calibration method (max, percentile, mse)")
+    p.add_argument("--images", type=int, default=None,
+                   help="efficientnet-lite0: only the first N test images (default all 80)")
     p.add_argument("--segments", type=int, default=16,
                    help="digits, minilm: PWL segments per nonlinear function (default 16; the "
                         "hardware's tables are sized to match when larger)")
+    p.add_argument("--image", type=int, default=0,
+                   help="efficientnet-lite0-layers: index of the test image (default 0)")
     p.add_argument("--sentence", type=int, default=0,
                    help="minilm-layers: index of the test sentence (default 0)")
     p.add_argument("--func-segments", default=None, metavar="KIND=N[,KIND=N...]",
@@ -355,6 +497,22 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"  after layer {row['layer']}: hidden-state cosine mean "
                               f"{row['cosine_mean']:.4f}, min {row['cosine_min']:.4f} "
                               f"(token {row['worst_token']})")
+        if "efficientnet-lite0" in what:
+            # 32x32 by default: the same integers as 8x8, fewer instructions to run.
+            out["efficientnet_lite0"] = efficientnet_lite0(cfg(32), args.images, args.calibration,
+                                                           args.segments)
+            _print_effnet(out["efficientnet_lite0"], console)
+        if "efficientnet-lite0-layers" in what:
+            r = efficientnet_layers(cfg(32), args.image, args.calibration, args.segments)
+            out["efficientnet_lite0_layers"] = r
+            console.print(f"{r['image']}: golden vs float per kernel output "
+                          f"(calibration {r['calibration']}, {r['segments']} segments)")
+            for row in r["layers"]:
+                console.print(f"  {row['tensor']:26s} cos {row['cosine']:.5f} rel.err "
+                              f"{row['rel_rms_error']:.4f} (requant alone "
+                              f"{row['requant_only_rel_rms_error']:.4f}) rms {row['float_rms']:.3f}"
+                              f" |max| {row['float_absmax']:.2f} step {row['int8_step']:.4g} "
+                              f"clip {row['clipped_pct']:.2f}%", soft_wrap=True)
         if "onnx-cases" in what:
             out["onnx_cases"] = onnx_cases(cfg(8))
             _print_cases(out["onnx_cases"], console)

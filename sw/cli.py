@@ -68,12 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     compiler.add_parser(sub)
     run_cmd.add_parser(sub)
+    sub.add_parser("accuracy", add_help=False,
+                   help="accuracy of compiled networks on the golden model against the float "
+                        "models (digits, minilm, efficientnet-lite0, onnx-cases, pwl; "
+                        "'neuralmatrix accuracy -h' for its options)")
     pwl.add_parser(sub)
     add_synth_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["accuracy"]:                 # its own parser (sw/accuracy.py)
+        from neuralmatrix.sw.accuracy import main as accuracy_main
+
+        return accuracy_main(argv[1:], prog="neuralmatrix accuracy")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

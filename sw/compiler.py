@@ -38,7 +38,7 @@ from .quantize import METHODS, calibrate
 __all__ = ["CompileError", "Compilation", "BUILTIN_MODELS", "compile_model", "report",
            "write_output", "format_report", "add_parser"]
 
-BUILTIN_MODELS = ("digits", "minilm")
+BUILTIN_MODELS = ("digits", "minilm", "efficientnet-lite0")
 
 
 class CompileError(ValueError):
@@ -80,6 +80,13 @@ def builtin(name: str, *, seq_len: int = 16):
 
         feeds = minilm.calibration_feeds(seq_len)     # disjoint from the test sentences
         return minilm.load_onnx(seq_len), feeds, {k: (1, seq_len) for k in feeds[0]}
+    if name == "efficientnet-lite0":
+        from .models import efficientnet_lite0 as eff
+        from .models.photos import calibration_images
+
+        x = calibration_images()                       # photos disjoint from the test photos
+        feeds = [{eff.INPUT_NAME: x[i:i + 1]} for i in range(len(x))]
+        return eff.load_onnx(), feeds, {eff.INPUT_NAME: (1, 3, eff.IMAGE_SIZE, eff.IMAGE_SIZE)}
     raise CompileError(f"unknown built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}")
 
 
@@ -377,11 +384,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "compile", help="compile an ONNX model into accelerator programs and a memory image",
-        description="Compile an ONNX model (or a built-in one: digits, minilm) into int8 "
+        description="Compile an ONNX model (or a built-in one: digits, minilm, efficientnet-lite0) into int8 "
                     "programs for the accelerator: every layer becomes GEMM kernels and PWL "
                     "tables. Writes the program, the memory image, the quantization "
                     "parameters and a per-layer report to DIR.")
-    p.add_argument("model", help="MODEL.onnx, or a built-in model: digits, minilm")
+    p.add_argument("model", help="MODEL.onnx, or a built-in model: digits, minilm, efficientnet-lite0")
     _add_hw_options(p)
     p.add_argument("--segments", type=int, default=16,
                    help="PWL segments per nonlinear function (1..pwl_segments; default 16)")
