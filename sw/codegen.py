@@ -6,7 +6,10 @@ activations, then the programs); every kernel becomes a tiled, double-buffered p
 (:func:`~neuralmatrix.sw.gemm_program.matmul_program`) whose all-zero weight blocks are
 skipped. In the output-stationary dataflow, where the hardware reads ``A`` transposed, each
 activation ``A`` operand gets a transposed copy made by a host transfer (constants are stored
-transposed).
+transposed). Tensors loaded as ``A`` have column panels of ``rows``, the others of ``cols``;
+in the weight-stationary dataflow on a non-square array an ``A`` operand that is also a
+kernel's output or a ``B`` operand gets a copy in the ``A`` layout (see
+:func:`_operand_copies`).
 """
 
 from __future__ import annotations
@@ -74,25 +77,63 @@ class Compiled:
         return self.layouts[id(t)]
 
 
-def panel_of(config: HwConfig) -> int:
-    """The column panel every tensor uses, so that any tensor can be any operand."""
-    R, C, BUS = config.rows, config.cols, config.bus_bytes
-    if R % BUS == 0 and C % BUS == 0:
-        return C                     # row-major: every R or C column offset is bus aligned
-    if R == C:
-        return R
-    raise ConfigError(f"networks need rows == cols or rows and cols multiples of bus_bytes "
-                      f"({config.rows}x{config.cols}, bus_bytes {BUS})")
+def panel_of(config: HwConfig, *, a_operand: bool = False) -> int:
+    """The column panel of a tensor's layout: ``rows`` for a tensor loaded as the ``A``
+    operand (ws: ``A``, whose ``rows``-deep K chunks are ``rows`` wide; os: ``A.T``, whose
+    tiles are ``rows`` wide), ``cols`` for everything else (``B`` tiles and stored ``C``
+    tiles are ``cols`` wide). Every tile then starts on a panel, so on the bus. Equal on a
+    square array, where every tensor can be any operand."""
+    return config.rows if a_operand else config.cols
 
 
 def _align(x: int, a: int = _ALIGN) -> int:
     return -(-x // a) * a
 
 
-def _transpose_operands(net: Network, cfg: HwConfig) -> list:
-    """os: every A operand stored transposed (host transfer for activations)."""
+def _root(t: Tensor) -> Tensor:
+    while t.base is not None:
+        t = t.base
+    return t
+
+
+def _operand_copies(net: Network, cfg: HwConfig) -> tuple[list, set[int]]:
+    """The steps with the ``A`` operands' copies added, and the ids of the root tensors laid
+    out for ``A`` (panels of ``rows``; every other tensor has panels of ``cols``).
+
+    os: every ``A`` operand is stored transposed (a host transfer for activations, constants
+    stored transposed); the transposed copies are the ``A`` tensors. ws on a square array:
+    no copy, one layout serves every operand. ws with ``rows != cols``: no layout has both
+    the ``rows``-wide ``A`` tiles and the ``cols``-wide ``B`` / ``C`` tiles on bus
+    boundaries (a bus beat holds at least ``max(rows, cols)`` bytes), so an ``A`` operand
+    whose tensor is also a kernel's output or a ``B`` operand gets a copy in the ``A``
+    layout (a host transfer; a second stored copy for constants); one the host writes (a
+    network input, a transfer's or lookup's output, a constant) and only ``A`` reads is laid
+    out for ``A`` directly.
+    """
+    a_roots: set[int] = set()
     if cfg.dataflow is Dataflow.WS:
-        return list(net.steps)
+        if cfg.rows == cfg.cols:
+            return list(net.steps), a_roots
+        fixed = set()                   # roots a kernel writes or reads as B: cols panels
+        for s in net.steps:
+            if isinstance(s, Kernel):
+                fixed.add(id(_root(s.out)))
+                fixed.update(id(_root(t.b)) for t in s.terms)
+        for s in net.steps:
+            if isinstance(s, Kernel):
+                a_roots.update(id(_root(t.a)) for t in s.terms
+                               if id(_root(t.a)) not in fixed)
+
+        def copy(a):
+            r = _root(a)
+            data = a.data if a.data is not None or not r.const else \
+                np.asarray(r.data)[a.row0:a.row0 + a.rows] if a.base is r else None
+            return Tensor(f"{a.name}.A", a.rows, a.cols, a.scale, a.elem, data,
+                          colscale=a.colscale), data is None
+    else:
+        def copy(a):
+            return Tensor(f"{a.name}.T", a.cols, a.rows, a.scale, a.elem,
+                          None if a.data is None else np.asarray(a.data).T), a.data is None
     steps, made = [], {}
     for s in net.steps:
         if isinstance(s, Kernel):
@@ -100,17 +141,22 @@ def _transpose_operands(net: Network, cfg: HwConfig) -> list:
             for t in s.terms:
                 a = t.a
                 key = id(a)
+                if id(_root(a)) in a_roots:
+                    terms.append(t)
+                    continue
                 if key not in made:
-                    at = Tensor(f"{a.name}.T", a.cols, a.rows, a.scale, a.elem,
-                                None if a.data is None else np.asarray(a.data).T)
-                    if a.data is None:
-                        idx = np.arange(a.rows * a.cols, dtype=np.int64).reshape(a.rows, a.cols).T
+                    at, transfer = copy(a)
+                    if transfer:
+                        idx = np.arange(a.rows * a.cols, dtype=np.int64).reshape(a.rows, a.cols)
+                        if cfg.dataflow is Dataflow.OS:
+                            idx = idx.T
                         steps.append(Transfer(at.name, s.origin, [a], at, np.ascontiguousarray(idx)))
                     made[key] = at
+                    a_roots.add(id(at))
                 terms.append(Term(made[key], t.b))
             s = dataclasses.replace(s, terms=terms)
         steps.append(s)
-    return steps
+    return steps, a_roots
 
 
 def _tensors(steps, net: Network) -> list[Tensor]:
@@ -164,9 +210,8 @@ def _program(cfg, s: Kernel, parts, layouts, biases, active, check):
 def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
     """Lay out *net* in external memory and generate every kernel's program."""
     cfg = config
-    panel = panel_of(cfg)
     BUS = cfg.bus_bytes
-    steps = _transpose_operands(net, cfg)
+    steps, a_roots = _operand_copies(net, cfg)
     tensors = _tensors(steps, net)
     layouts: dict[int, MatrixLayout] = {}
     pos = 0
@@ -174,7 +219,8 @@ def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
 
     def place(t: Tensor):
         nonlocal pos
-        lay = MatrixLayout.tiled(pos, t.rows, t.cols, panel, BUS, t.elem)
+        lay = MatrixLayout.tiled(pos, t.rows, t.cols, panel_of(cfg, a_operand=id(t) in a_roots),
+                                 BUS, t.elem)
         layouts[id(t)] = lay
         pos = _align(lay.end)
 
