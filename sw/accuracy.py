@@ -23,6 +23,11 @@ one table per benchmark (rich) and optionally writes every figure as JSON:
   output (its scale) of the expected output. Cases whose stored inputs are not data
   (magnitudes above 1e4: some ``test_operator_*`` cases hold uninitialized doubles) are
   reported as ``bad input data``.
+* ``onnx-node``: ONNX's own node test cases (``onnx.backend.test.case.node``, built offline),
+  parameters baked into initializers, calibrated on the case's own input, compiled and run
+  on the golden model; a per-op pass / fail / compile error table (:mod:`.conformance`
+  documents the rules and the tolerance). ``--markdown FILE`` writes it for ACCURACY.md;
+  ``--case NAME`` / ``--match REGEX`` run a subset; not part of ``all``.
 * ``pwl``: :func:`neuralmatrix.sw.pwl.error_table` for 8/16/32 segments, uniform against
   curvature-placed breakpoints.
 
@@ -444,7 +449,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
     p = argparse.ArgumentParser(prog=prog,
                                 description="Accuracy of compiled networks on the golden model.")
     p.add_argument("what", choices=("digits", "minilm", "minilm-layers", "efficientnet-lite0",
-                                    "efficientnet-lite0-layers", "onnx-cases", "pwl", "all"))
+                                    "efficientnet-lite0-layers", "onnx-cases", "onnx-node", "pwl",
+                                    "all"))
     p.add_argument("--rows", type=int, default=None, help="array rows (default: per benchmark)")
     p.add_argument("--cols", type=int, default=None)
     p.add_argument("--sentences", type=int, default=66, help="minilm: sentences (default 66)")
@@ -463,6 +469,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
     p.add_argument("--func-segments", default=None, metavar="KIND=N[,KIND=N...]",
                    help="minilm-layers: segments of some function kinds (as for compile)")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    from .conformance import add_arguments as _conformance_arguments
+
+    _conformance_arguments(p)
     args = p.parse_args(argv)
     console = Console()
     limits = _limit_threads()
@@ -516,6 +525,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
         if "onnx-cases" in what:
             out["onnx_cases"] = onnx_cases(cfg(8))
             _print_cases(out["onnx_cases"], console)
+        if "onnx-node" in what:
+            from .conformance import run_cli
+
+            out["onnx_node"] = run_cli(args, console)
         if "pwl" in what:
             out["pwl"] = pwl_table()
             _print_pwl(out["pwl"], console)
