@@ -220,7 +220,9 @@ def efficientnet_lite0(config: HwConfig | None = None, limit: int | None = None,
         {"image": lab, "float_top5": _topk(fl[i:i + 1], 5)[0].tolist(),
          "int8_top5": _topk(q[i:i + 1], 5)[0].tolist()}
         for i, lab in enumerate(labels) if fl[i].argmax() != q[i].argmax()]
-    out.update({"extra_macs_pct": tot["extra_macs_pct"], "macs_linear": tot["macs_linear"],
+    out.update({k: tot[k] for k in ("useful_macs", "linearization_macs", "padding_macs",
+                                     "executed_macs", "linearization_pct")})
+    out.update({
                 "kernels": tot["kernels"], "compile_seconds": round(comp.seconds, 2),
                 "phase_seconds": comp.report.get("phase_seconds"),
                 "golden_seconds": round(run_s, 1),

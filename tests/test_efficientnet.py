@@ -94,7 +94,9 @@ def compiled():
 
 def test_compile(compiled):
     tot = compiled.report["totals"]
-    assert tot["kernels"] > 0 and tot["extra_macs_pct"] < 2.0
+    # 385.2 M conv + FC MACs by the graph's own shapes; linearization adds a few percent
+    assert tot["kernels"] > 0 and tot["useful_macs"] == eff.macs()
+    assert tot["linearization_pct"] < 5.0
     assert compiled.report["calibration"]["samples"] == 64
 
 
