@@ -28,6 +28,9 @@ one table per benchmark (rich) and optionally writes every figure as JSON:
   on the golden model; a per-op pass / fail / compile error table (:mod:`.conformance`
   documents the rules and the tolerance). ``--markdown FILE`` writes it for ACCURACY.md;
   ``--case NAME`` / ``--match REGEX`` run a subset; not part of ``all``.
+* ``onnx-models``: the onnx wheel's nine light ImageNet CNN files (opset 9, weights from
+  ``ConstantOfShape``), compiled at 16x16, golden model vs onnxruntime
+  (:mod:`.onnx_models`); not part of ``all``.
 * ``pwl``: :func:`neuralmatrix.sw.pwl.error_table` for 8/16/32 segments, uniform against
   curvature-placed breakpoints.
 
@@ -451,8 +454,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
     p = argparse.ArgumentParser(prog=prog,
                                 description="Accuracy of compiled networks on the golden model.")
     p.add_argument("what", choices=("digits", "minilm", "minilm-layers", "efficientnet-lite0",
-                                    "efficientnet-lite0-layers", "onnx-cases", "onnx-node", "pwl",
-                                    "all"))
+                                    "efficientnet-lite0-layers", "onnx-cases", "onnx-node",
+                                    "onnx-models", "pwl", "all"))
     p.add_argument("--rows", type=int, default=None, help="array rows (default: per benchmark)")
     p.add_argument("--cols", type=int, default=None)
     p.add_argument("--sentences", type=int, default=66, help="minilm: sentences (default 66)")
@@ -531,6 +534,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
             from .conformance import run_cli
 
             out["onnx_node"] = run_cli(args, console)
+        if "onnx-models" in what:
+            from .onnx_models import onnx_models, print_models
+
+            out["onnx_models"] = onnx_models(cfg(16))
+            print_models(out["onnx_models"], console)
         if "pwl" in what:
             out["pwl"] = pwl_table()
             _print_pwl(out["pwl"], console)

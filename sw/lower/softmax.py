@@ -75,6 +75,25 @@ def _rank_term(ctx, cols, L: int, origin: str) -> list[Term]:
     return [Term(a, b)]
 
 
+#: Exponent below which exp is 0 at int8 precision (a saturated score difference).
+_SATURATE = 32.0
+
+
+def _fine_accumulator(scale: float, L: int) -> tuple[int, int] | None:
+    """``(k, keff)`` when the exp kernels need an accumulator ``k`` times finer than one
+    ``1/127`` of a score step (so that ``log(sum exp)`` of ``L`` terms keeps about int8
+    precision), else None. ``keff <= k`` is how many copies of the ``127 * x`` term the
+    kernel really adds: the true ``k`` when that is cheap, else just enough that one step
+    of score difference is below ``-32`` in the exponent, exact since exp(-32) is 0 in int8
+    and the true exponent is below that too."""
+    ln_l = math.log(max(L, 2))
+    need = ln_l / INT8_MAX
+    if scale / INT8_MAX <= need:
+        return None
+    k = math.ceil(scale / ln_l)
+    return k, min(k, math.ceil(_SATURATE / ln_l))
+
+
 @rule("Softmax", "LogSoftmax")
 def softmax(ctx, node):
     """Softmax / LogSoftmax over one axis: ``exp(x - m - log(sum exp(x - m)))`` with ``m``
@@ -97,6 +116,7 @@ def softmax(ctx, node):
                              f"be over the last axis")
     perm = tuple(d for d in range(rank) if d != axis) + (axis,)
     fused = ctx.scores.get(src) if x.perm == perm else None
+    reps = None
     x = ctx.relayout(x, perm, node.name)
     x2 = Tensor(ctx.uniq(f"{x.name}.2d"), x.rows, x.cols, x.scale)
     x2.base = x
@@ -116,7 +136,17 @@ def softmax(ctx, node):
     else:
         acc, hi = x.scale / INT8_MAX, 0.0
         scores = [(0, M, [Term(x, ctx.diag(L, INT8_MAX))])]
-    c_m = int(round(x.scale / acc))
+        reps = _fine_accumulator(x.scale, L)
+        if reps is not None:
+            # One int8 step of the scores is coarser than the log-sum needs (huge logits,
+            # e.g. a network of constant weights): run the exp kernels on a finer
+            # accumulator; score differences of one step or more then give exp(<= -32) = 0.
+            k, keff = reps
+            acc = x.scale / (INT8_MAX * k)
+            scores = [(0, M, [Term(x, ctx.diag(L, INT8_MAX)) for _ in range(keff)])]
+            if keff < k:
+                zlo = min(zlo, -_SATURATE)
+    c_m = int(round(x.scale / acc)) if fused is not None or reps is None else INT8_MAX * keff
     xs = x
     if mask is not None:
         # The row maximum over the kept keys only: masked scores saturate to -128 first.
