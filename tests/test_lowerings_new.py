@@ -94,3 +94,12 @@ def test_pooling_same_pads(op, auto):
                             auto_pad=auto)
     _check(_model([node], [("x", shape)], [1, 3, 3, 3]), [("x", shape)],
            relu_inputs=op == "MaxPool")
+
+
+@pytest.mark.parametrize("size,alpha,beta,bias,C", [(5, 1e-4, 0.75, 1.0, 8), (3, 0.5, 0.75, 2.0, 6),
+                                                  (5, 0.1, 0.5, 1.0, 7)])
+def test_lrn(size, alpha, beta, bias, C):
+    shape = [1, C, 5, 5]
+    node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=alpha, beta=beta, bias=bias)
+    comp = _check(_model([node], [("x", shape)], shape), [("x", shape)])
+    assert any(k["pwl"] == "lrn" for k in comp.report["kernels"])

@@ -249,3 +249,40 @@ def average_pool(ctx, node):
         node.output[0], node.name, [grouped],
         lambda g: np.moveaxis(g[inverse].reshape((nb,) + tuple(sp_out) + (C,)), -1, 1),
         perm=channels_last(len(out_shape)))
+
+
+@rule("LRN")
+def lrn(ctx, node):
+    """LRN, ``y = x / (bias + alpha/size * sum_window x^2)^beta`` over a window of channels:
+    a PWL square of ``x``, the window sums as one GEMM with a band matrix over the channels
+    carrying the PWL ``(bias + alpha/size * s)^-beta``, then the product with ``x``. The
+    intermediate ranges follow from ``x``'s calibrated magnitude ``X``: squares in
+    ``[0, X^2]``, window sums in ``[0, size X^2]``."""
+    from .elementwise import _product
+
+    x = ctx.val(node.input[0], node)
+    if len(x.shape) < 3:
+        raise LinearizeError(f"LRN (node {node.name!r}): input of rank {len(x.shape)}, "
+                             f"need (N, C, spatial...)")
+    size = int(attr(node, "size"))
+    alpha, beta = float(attr(node, "alpha", 1e-4)), float(attr(node, "beta", 0.75))
+    bias = float(attr(node, "bias", 1.0))
+    if bias <= 0:
+        raise LinearizeError(f"LRN (node {node.name!r}): bias {bias:g} must be positive")
+    x = ctx.relayout(x, channels_last(len(x.shape)), node.name)
+    C, shape = x.shape[1], tuple(x.shape)
+    X = max(ctx.range_of(node.input[0]).absmax, 1e-12)
+    sq = ctx.new(f"{node.output[0]}.sq", shape, x.perm, X * X / INT8_MAX)
+    ctx.kernel(f"{node.name or 'LRN'}.square", node.name, [Term(x, ctx.diag(C, 1))], sq,
+               x.scale, func=lambda v: np.asarray(v, dtype=np.float64) ** 2, pre=(-X, X),
+               role="linearization", kind="square")
+    c = np.arange(C)
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    band = ((c[:, None] >= c[None, :] - lo) & (c[:, None] <= c[None, :] + hi)).astype(np.int64)
+    top = bias ** -beta
+    d = ctx.new(f"{node.output[0]}.scale", shape, x.perm, top / INT8_MAX)
+    ctx.kernel(f"{node.name or 'LRN'}.window", node.name,
+               [Term(sq, ctx.const(f"lrn_band{C}x{size}", band, 1.0))], d, sq.scale,
+               func=lambda s: (bias + alpha / size * np.maximum(np.asarray(s, np.float64), 0))
+               ** -beta, pre=(0.0, size * X * X), role="linearization", kind="lrn")
+    _product(ctx, node, x, d, shape, absmax=(X, top))
