@@ -103,3 +103,57 @@ def test_lrn(size, alpha, beta, bias, C):
     node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=alpha, beta=beta, bias=bias)
     comp = _check(_model([node], [("x", shape)], shape), [("x", shape)])
     assert any(k["pwl"] == "lrn" for k in comp.report["kernels"])
+
+
+@pytest.mark.parametrize("shape,wshape,kw", [
+    ([1, 2, 4, 5, 5], [3, 2, 2, 3, 3], {"pads": [0, 1, 1, 1, 1, 1]}),
+    ([1, 4, 5, 6, 6], [4, 2, 3, 3, 3], {"group": 2, "strides": [1, 2, 2]}),
+    ([1, 3, 4, 4, 4], [3, 1, 2, 2, 2], {"group": 3, "dilations": [2, 1, 1]}),
+    ([1, 3, 9], [4, 3, 3], {"pads": [2, 1], "strides": [2]}),
+])
+def test_conv_nd(shape, wshape, kw):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal(wshape).astype(np.float32) * 0.3
+    b = rng.standard_normal(wshape[0]).astype(np.float32) * 0.1
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **kw)
+    probe = _model([node], [("x", shape)], None, [("w", w), ("b", b)])
+    import onnx
+
+    out = onnx.shape_inference.infer_shapes(probe).graph.output[0]
+    out_shape = [d.dim_value for d in out.type.tensor_type.shape.dim]
+    _check(_model([node], [("x", shape)], out_shape, [("w", w), ("b", b)]), [("x", shape)])
+
+
+@pytest.mark.parametrize("value", [0.5, -1.25, 10.0])
+def test_pad_constant_value(value):
+    shape = [1, 3, 4, 5]
+    pads = np.array([0, 0, 1, 2, 0, 1, 2, 0], np.int64)
+    node = helper.make_node("Pad", ["x", "pads", "v"], ["y"], mode="constant")
+    model = _model([node], [("x", shape)], [1, 4, 7, 7], [("v", np.array(value))])
+    model.graph.initializer.append(numpy_helper.from_array(pads, "pads"))
+    _check(model, [("x", shape)])
+
+
+def test_pad_then_conv_keeps_the_value():
+    """A non-zero pad value feeding a convolution (the value reaches the GEMM)."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((2, 3, 3, 3)) * 0.3).astype(np.float32)
+    pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+    nodes = [helper.make_node("Pad", ["x", "pads", "v"], ["p"], mode="constant"),
+             helper.make_node("Conv", ["p", "w"], ["y"])]
+    model = _model(nodes, [("x", [1, 3, 5, 5])], [1, 2, 5, 5], [("v", np.array(2.0)), ("w", w)])
+    model.graph.initializer.append(numpy_helper.from_array(pads, "pads"))
+    _check(model, [("x", [1, 3, 5, 5])])
+
+
+@pytest.mark.parametrize("const_b,c_shape,beta,trans_b", [
+    (True, [4, 6], 1.0, 0), (True, [1, 6], 0.5, 1), (False, [4, 6], -1.0, 0),
+    (False, [6], 2.0, 1)])
+def test_gemm_with_activation_c(const_b, c_shape, beta, trans_b):
+    rng = np.random.default_rng(5)
+    b_shape = [6, 5] if trans_b else [5, 6]
+    inits = [("b", rng.standard_normal(b_shape) * 0.4)] if const_b else []
+    inputs = [("a", [4, 5]), ("c", c_shape)] + ([] if const_b else [("b", b_shape)])
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], alpha=0.75, beta=beta,
+                            transB=trans_b)
+    _check(_model([node], inputs, [4, 6], inits), inputs)
