@@ -8,8 +8,8 @@
 All jobs of one call run sequentially in ONE simulator process (one start-up, one build): for
 each job the testbench (:mod:`neuralmatrix.sim.tb_program`) resets the design, zeroes the DRAM,
 loads the image at address 0 through the C++ back door, pulses ``start`` and waits for ``done``
-with no Python in the per-cycle loop (cocotb's C++ clock; one ``First(RisingEdge(done),
-Timer(max_cycles))``), then reads counters, status and the regions back through the back door.
+with no Python in the per-cycle loop (the C++ run loop of :mod:`neuralmatrix.sim.runloop`;
+with waves, cocotb's C++ clock and one ``First(RisingEdge(done), Timer(max_cycles))``), then reads counters, status and the regions back through the back door.
 
 Jobs and results travel through files in a temporary directory named by the environment
 variable ``NM_HARNESS_DIR``: ``jobs.json`` + one ``.npy`` per distinct image in, ``results.json``
@@ -33,7 +33,7 @@ import numpy as np
 
 from neuralmatrix.hw.params import HwConfig
 
-from . import backdoor, runner
+from . import backdoor, runloop, runner
 from .runner import SimulationFailed
 
 __all__ = ["DEFAULT_DRAM_BYTES", "CLOCK_NS", "ProgramJob", "ProgramResult", "SimulationTimeout",
@@ -142,7 +142,7 @@ def simulation_build(config: HwConfig, core_factory=None, dram_bytes: int = DEFA
         _VERILOG_CACHE[key] = tuple(runner.cached_generation(
             name, parts, lambda: list(sim_verilog(config, core_factory, dram_bytes))))
     text, top, public = _VERILOG_CACHE[key]
-    built = runner.build(text, top, extra_sources=[backdoor.SOURCE],
+    built = runner.build(text, top, extra_sources=[backdoor.SOURCE, runloop.SOURCE],
                          extra_args=list(backdoor.BUILD_ARGS), public=public, waves=waves)
     return built, public
 
@@ -187,7 +187,8 @@ def run_programs(config: HwConfig, jobs, *, core_factory=None,
             spec_jobs.append({"name": job.name or f"job{i}", "image": images[id(job.image)],
                               "insn_addr": int(job.insn_addr), "max_cycles": int(job.max_cycles),
                               "regions": [[int(a), int(n)] for a, n in job.regions]})
-        spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS, "jobs": spec_jobs}
+        spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS,
+                "cpp_clock": waves_file is None, "jobs": spec_jobs}
         (tmp / "jobs.json").write_text(json.dumps(spec))
         log = tmp / "sim.log"
         try:

@@ -198,7 +198,7 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
         np.savez(tmp / "feeds.npz", **{f"{i}/{k}": np.asarray(v)
                                       for i, f in enumerate(feeds) for k, v in f.items()})
         spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS,
-                "runs": len(feeds), "names": [list(f) for f in feeds],
+                "cpp_clock": waves_file is None, "runs": len(feeds), "names": [list(f) for f in feeds],
                 "kernel_filter": None if kernel_filter is None else [int(i) for i in kernel_filter],
                 "max_cycles": max_cycles}
         (tmp / "spec.json").write_text(json.dumps(spec))

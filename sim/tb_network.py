@@ -4,7 +4,8 @@ For each inference: the host loop of the golden model
 (:func:`neuralmatrix.sw.runtime.network_steps`) on a numpy mirror of the external memory. The
 whole image is loaded into the DRAM once; each kernel the loop yields then runs on the RTL:
 reset, the activation region mirror -> DRAM (back door), pulse ``start`` at the kernel's
-program address, one ``First(RisingEdge(done), Timer(budget))`` (the clock runs in C++),
+program address, run to ``done`` or the budget with no Python per cycle
+(:mod:`neuralmatrix.sim.tb_core`: the C++ run loop, or cocotb's C++ clock when traced),
 counters read, activation region DRAM -> mirror. At the end of the inference the constants and
 programs in the DRAM must still equal the image (a stray write fails the run). A kernel that
 times out or flags an error ends the run with ``failure.json`` naming it.
@@ -17,19 +18,13 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
-from cocotb.utils import get_sim_time
 
-from neuralmatrix.hw.counters import counter_layout, status_layout
 from neuralmatrix.sim.backdoor import Backdoor
 from neuralmatrix.sim.harness import harness_dir
 from neuralmatrix.sim.network import kernel_budget, load_compiled
-from neuralmatrix.sim.streams import unpack
+from neuralmatrix.sim.tb_core import driver, outputs
 from neuralmatrix.sw.golden import GoldenModel
 from neuralmatrix.sw.runtime import network_steps
-
-RESET_CYCLES = 2
 
 
 class _Core:
@@ -37,7 +32,7 @@ class _Core:
 
     def __init__(self, dut, spec: dict, compiled):
         self.dut = dut
-        self.period = spec["clock_ns"]
+        self.clock = driver(dut, spec)
         self.mem = Backdoor(spec["memory"])
         self.on_chip = [Backdoor(name) for name in spec.get("clear", [])]
         self.n = compiled.dram_bytes
@@ -54,37 +49,16 @@ class _Core:
                     and np.array_equal(self.mem.read(a1, self.n - a1), image[a1:self.n]))
 
     async def run(self, mirror: np.ndarray, addr: int, budget: int) -> dict:
-        dut = self.dut
         a0, a1 = self.act
-        dut.rst.value = 1
-        await ClockCycles(dut.clk, RESET_CYCLES)
+        await self.clock.reset()
         for memory in self.on_chip:          # power-up state, as for every harness job
             memory.zero()
         self.mem.write(a0, mirror[a0:a1])
-        dut.rst.value = 0
-        dut.insn_addr.value = addr
-        await RisingEdge(dut.clk)
-        dut.start.value = 1
-        await RisingEdge(dut.clk)            # the edge that samples start
-        t0 = get_sim_time("ns")
-        dut.start.value = 0
-        await ReadOnly()
-        timed_out = False
-        if not int(dut.done.value):
-            timer = Timer(budget * self.period, "ns")
-            timed_out = await First(RisingEdge(dut.done), timer) is timer
-            await ReadOnly()
-        out = {
-            "counters": unpack(counter_layout(), int(dut.counters.value)),
-            "status": unpack(status_layout(), int(dut.status.value)),
-            "sim_cycles": round((get_sim_time("ns") - t0) / self.period),
-            "timed_out": timed_out, "max_cycles": budget,
-            "error": int(dut.error.value), "error_code": int(dut.error_code.value),
-            "error_pc": int(dut.error_pc.value), "fault": int(dut.fault.value),
-            "fault_addr": int(dut.fault_addr.value),
-        }
+        sim_cycles, timed_out = await self.clock.run(addr, budget)
+        out = {**outputs(self.dut), "sim_cycles": sim_cycles, "timed_out": timed_out,
+               "max_cycles": budget}
         mirror[a0:a1] = self.mem.read(a0, a1 - a0)
-        await RisingEdge(dut.clk)
+        await self.clock.tick()
         return out
 
 
@@ -94,9 +68,6 @@ async def run_network(dut):
     spec = json.loads((tmp / "spec.json").read_text())
     compiled = load_compiled(tmp / "compiled.pkl")
     only = set(spec["kernel_filter"]) if spec["kernel_filter"] is not None else None
-    Clock(dut.clk, spec["clock_ns"], unit="ns", impl="gpi").start()
-    dut.start.value = 0
-    dut.insn_addr.value = 0
     core = _Core(dut, spec, compiled)
     golden = GoldenModel(compiled.config, 1) if only is not None else None
     with np.load(tmp / "feeds.npz") as npz:
