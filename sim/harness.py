@@ -94,6 +94,12 @@ class ProgramResult:
     load_seconds: float       # back-door load of the image (zeroing excluded)
     run_seconds: float        # wall time from start to done
     max_cycles: int = 0
+    cpu_seconds: float = 0.0  # CPU time of the simulator process from start to done
+
+    @property
+    def cycles_per_cpu_second(self) -> float:
+        """Simulated cycles per CPU second: the speed without the waits of a shared machine."""
+        return self.sim_cycles / self.cpu_seconds if self.cpu_seconds > 0 else float("inf")
 
     @property
     def cycles_per_second(self) -> float:
@@ -229,7 +235,7 @@ def _result(r: dict, regions: list) -> ProgramResult:
         sim_cycles=sim_cycles, error=bool(r["error"]), error_code=r["error_code"],
         error_pc=r["error_pc"], fault=bool(r["fault"]), fault_addr=r["fault_addr"],
         timed_out=r["timed_out"], load_seconds=r["load_seconds"], run_seconds=r["run_seconds"],
-        max_cycles=r["max_cycles"])
+        max_cycles=r["max_cycles"], cpu_seconds=r.get("cpu_seconds", 0.0))
 
 
 def harness_dir() -> Path:

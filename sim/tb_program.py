@@ -42,14 +42,14 @@ async def run_jobs(dut):
         t0 = time.perf_counter()
         mem.write(0, image)
         load_seconds = time.perf_counter() - t0
-        w0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         sim_cycles, timed_out = await core.run(job["insn_addr"], job["max_cycles"])
-        run_seconds = time.perf_counter() - w0
+        run_seconds, cpu_seconds = time.perf_counter() - w0, time.process_time() - c0
         result = {
             "name": job["name"], **outputs(dut),
             "sim_cycles": sim_cycles, "timed_out": timed_out, "max_cycles": job["max_cycles"],
             "load_seconds": load_seconds,
-            "run_seconds": run_seconds, "regions_file": f"regions{i}.npz",
+            "run_seconds": run_seconds, "cpu_seconds": cpu_seconds, "regions_file": f"regions{i}.npz",
         }
         np.savez(tmp / result["regions_file"],
                  **{f"r{k}": mem.read(addr, n) for k, (addr, n) in enumerate(job["regions"])})
