@@ -31,9 +31,10 @@ from neuralmatrix.sw.runtime import network_steps
 
 
 def host_writes(compiled) -> list[list[tuple[int, int]]]:
-    """Per kernel (program order): the byte ranges of external memory the host loop writes
-    after the previous kernel and before this one (the network inputs for the first, then the
-    outputs of the transfers and lookups in between). A kernel stores only its output tensor."""
+    """Per kernel (program order), and one more entry for after the last one: the byte ranges
+    of external memory the host loop writes after the previous kernel and before this one (the
+    network inputs for the first, then the outputs of the transfers and lookups in between). A
+    kernel stores only its output tensor."""
     pending = [_extent(compiled.layout(t)) for t in compiled.network.inputs.values()
                if t is not None]
     plan = []
@@ -43,7 +44,7 @@ def host_writes(compiled) -> list[list[tuple[int, int]]]:
         elif isinstance(s, Kernel):
             plan.append(pending)
             pending = []
-    return plan
+    return plan + [pending]
 
 
 def _extent(layout) -> tuple[int, int]:
@@ -75,13 +76,16 @@ class _Core:
         self.mem.write(0, mirror[:self.n])
         self.dirty = []
 
-    def changed(self, extent: tuple[int, int]) -> None:
-        """Bytes of the mirror that must reach the DRAM before the next RTL kernel (the output
-        of a kernel run on the golden model instead)."""
-        self.dirty.append(extent)
+    def skipped(self, index: int, kc) -> None:
+        """Kernel *index* ran on the golden model (on the mirror): its host writes and its
+        output must reach the DRAM before the next RTL kernel."""
+        self.dirty += self.plan[index] + [_extent(self.compiled.layout(kc.kernel.out))]
 
     def matches(self, image: np.ndarray, mirror: np.ndarray) -> bool:
-        """The DRAM holds *image* outside the activation region and *mirror* inside it."""
+        """At the end of an inference: the DRAM holds *image* outside the activation region and
+        *mirror* inside it (after the writes not yet copied: kernels run on the golden model
+        after the last RTL kernel, host steps after the last kernel)."""
+        self._push(mirror, self.plan[-1])
         a0, a1 = self.act
         return bool(np.array_equal(self.mem.read(0, a0), image[:a0])
                     and np.array_equal(self.mem.read(a1, self.n - a1), image[a1:self.n])
@@ -91,9 +95,7 @@ class _Core:
         await self.clock.reset()
         for memory in self.on_chip:          # power-up state, as for every harness job
             memory.zero()
-        for lo, hi in _merged(self.dirty + self.plan[index]):
-            self.mem.write(lo, mirror[lo:hi])
-        self.dirty = []
+        self._push(mirror, self.plan[index])
         sim_cycles, timed_out = await self.clock.run(kc.addr, budget)
         out = {**outputs(self.dut), "sim_cycles": sim_cycles, "timed_out": timed_out,
                "max_cycles": budget}
@@ -101,6 +103,12 @@ class _Core:
         self.mem.read_into(lo, mirror[lo:hi])
         await self.clock.tick()
         return out
+
+
+    def _push(self, mirror: np.ndarray, host: list[tuple[int, int]]) -> None:
+        for lo, hi in _merged(self.dirty + host):
+            self.mem.write(lo, mirror[lo:hi])
+        self.dirty = []
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -151,7 +159,7 @@ async def run_network(dut):
                     golden.reset()
                     counters = golden.run(kc.program, check=False).counters()
                     counters.setdefault("cycles", 0)
-                    core.changed(_extent(compiled.layout(kc.kernel.out)))
+                    core.skipped(index, kc)
                 kernels.append({"name": kc.kernel.name, "layer": kc.kernel.origin,
                                 "counters": counters, "est_cycles": kc.est_cycles,
                                 "seconds": time.perf_counter() - k0})
