@@ -682,12 +682,13 @@ class _Plan:
     a_slots: int = 0    # A streamed: ring slots (each A tile serves the steps of one group)
 
 
-def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Plan:
+def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan | None) -> _Plan | None:
     """ws with several A blocks: *resident* (each block's A stays while every N tile streams
     its B tiles, so B is loaded once per block), or A tiles streamed once per group of N
     tiles that accumulate together (B loaded once per block of up to ``acc_depth / 2``
     rows, A once per group), whichever keeps the busier of the load and compute units less
-    busy (by the estimate's costs)."""
+    busy (by the estimate's costs). *resident* None (K too long for a resident A block):
+    the grouped plan, or None when its ring does not fit."""
     R = cfg.rows
     b_slots, a_slots = 4, 3
     mb_max = min((cfg.sp_depth - b_slots * R) // a_slots, cfg.acc_depth // 2, 0xFFFF)
@@ -708,7 +709,7 @@ def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Pl
         return max(load, compute)
 
     mine = busy(n_blocks, mb, kt * -(-nt // group))
-    if mine >= busy(resident.n_blocks, resident.mb_rows, kt):
+    if resident is not None and mine >= busy(resident.n_blocks, resident.mb_rows, kt):
         return resident
     return _Plan(mb, n_blocks, 1, R, kt, nt, 0, mb, b_slots, R, 2 * group, mb, group, a_slots)
 
@@ -727,7 +728,11 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
             return min(room // (bufs * kt), cfg.acc_depth // 2, 0xFFFF)
 
         if block_max(1) < min(M, R):
-            # K too long to keep A resident: stream A tiles with the B tiles.
+            # K too long to keep A resident: stream A tiles, each once per group of N tiles
+            # that accumulate together, or (when that ring does not fit) with every B tile.
+            grouped = _ws_grouped(cfg, M, kt, nt, None)
+            if grouped is not None:
+                return grouped
             b_slots = 2
             mb = min(M, cfg.sp_depth // b_slots - b_rows, cfg.acc_depth // 2, 0xFFFF)
             if mb < 1:
