@@ -181,8 +181,16 @@ def max_pool(ctx, node):
 
 @rule("AveragePool")
 def average_pool(ctx, node):
-    """AveragePool: one kernel summing the shifted window views."""
+    """AveragePool: one kernel summing the shifted window views; a single window over the
+    whole input of one image (no padding) is global pooling: a ones row times the rows."""
     x = ctx.val(node.input[0], node)
+    sp = x.shape[2:]
+    if x.shape[0] == 1 and len(sp) == 2 and list(attr(node, "kernel_shape")) == list(sp) \
+            and not any(attr(node, "pads", [0] * 4)) and not attr(node, "ceil_mode", 0) \
+            and all(d == 1 for d in attr(node, "dilations", [1, 1])) \
+            and attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
+        global_average_pool(ctx, node)
+        return
     views, out_shape, has_pad, n = _windows(ctx, node, x, FILL_ZERO)
     if has_pad and not attr(node, "count_include_pad", 0):
         raise LinearizeError(f"AveragePool (node {node.name!r}): padding with "
