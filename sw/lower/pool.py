@@ -217,8 +217,16 @@ def average_pool(ctx, node):
     size. Where the divisor varies with the position (``count_include_pad=0`` with padding,
     ceil-mode windows past the end), the gather orders the output positions by divisor and
     each group of one divisor is a kernel of its own requantization; a second gather puts
-    the positions back in order."""
+    the positions back in order. A single window over the whole input of one image (no
+    padding) is global pooling: a ones row times the rows."""
     x = ctx.val(node.input[0], node)
+    sp = x.shape[2:]
+    if x.shape[0] == 1 and len(sp) == 2 and list(attr(node, "kernel_shape")) == list(sp) \
+            and not any(attr(node, "pads", [0] * 4)) and not attr(node, "ceil_mode", 0) \
+            and all(d == 1 for d in attr(node, "dilations", [1, 1])) \
+            and attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
+        global_average_pool(ctx, node)      # one window over the whole image: a ones row
+        return
     cnt = _counts(ctx, node, x, bool(attr(node, "count_include_pad", 0)))
     C = x.shape[1]
     if np.all(cnt == cnt[0]):
