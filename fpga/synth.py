@@ -217,8 +217,8 @@ class SynthResult:
         The hardware parameters.
     target, device, part, package, top, top_module : str
         What was built and for which device (``device`` is the short name, e.g. ``"85k"``).
-    freq_mhz : float
-        Target clock given to nextpnr.
+    freq_mhz : float or None
+        Target clock given to nextpnr (None on a synthesis-only target).
     seed : int
         nextpnr placement seed.
     router : str
@@ -344,7 +344,8 @@ def check_parameters(config, target, device=None, top="array", freq_mhz=None, se
                      timeout_s=None, router=DEFAULT_ROUTER) -> tuple[Device, float]:
     """Validate the parameters of :func:`synthesize` without running anything.
 
-    Returns the :class:`Device` and the target frequency in MHz (the default filled in).
+    Returns the :class:`Device` and the target frequency in MHz (the default filled in; None
+    for a synthesis-only target).
 
     Raises
     ------
@@ -360,12 +361,11 @@ def check_parameters(config, target, device=None, top="array", freq_mhz=None, se
         if freq_mhz is not None:
             raise ConfigError(f"freq: target {target} is synthesis only (no place and route, "
                               f"no timing), got freq {freq_mhz!r}")
-        freq_mhz = 0.0
     elif freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[target]
-    if (isinstance(freq_mhz, bool) or not isinstance(freq_mhz, (int, float))
-            or not math.isfinite(freq_mhz)
-            or not (0 < freq_mhz <= 1000 or target in SYNTH_ONLY_TARGETS)):
+    if target not in SYNTH_ONLY_TARGETS and (
+            isinstance(freq_mhz, bool) or not isinstance(freq_mhz, (int, float))
+            or not math.isfinite(freq_mhz) or not 0 < freq_mhz <= 1000):
         raise ConfigError(f"freq must be a clock in MHz, 0 < freq <= 1000, got {freq_mhz!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise ConfigError(f"seed must be an integer 0..{2**31 - 1}, got {seed!r}")
@@ -374,7 +374,7 @@ def check_parameters(config, target, device=None, top="array", freq_mhz=None, se
         raise ConfigError(f"timeout must be a positive number of seconds, got {timeout_s!r}")
     if router not in ROUTERS:
         raise ConfigError(f"router must be one of {', '.join(ROUTERS)}, got {router!r}")
-    return dev, float(freq_mhz)
+    return dev, None if freq_mhz is None else float(freq_mhz)
 
 
 def check_tools(target: str) -> dict[str, str]:
