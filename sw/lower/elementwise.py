@@ -38,7 +38,7 @@ def _elementwise_chain(ctx, node) -> bool:
     t = ctx.vals[x]
     r = ctx.range_of(x)
     f = chain_function(ctx, x, nodes, out)
-    kind = chain_kind(nodes)
+    kind = chain_kind(nodes, x)
     if kind == "affine":
         # a * x + b: a scale change (a > 0, b = 0: no step) or one GEMM with a bias.
         b = float(f(np.zeros(1))[0])
