@@ -78,8 +78,13 @@ def builtin(name: str, *, seq_len: int = 16):
     if name == "minilm":
         from .models import minilm
 
-        feeds = minilm.calibration_feeds(seq_len)     # disjoint from the test sentences
-        return minilm.load_onnx(seq_len), feeds, {k: (1, seq_len) for k in feeds[0]}
+        try:
+            feeds = minilm.calibration_feeds(seq_len)     # disjoint from the test sentences
+            return minilm.load_onnx(seq_len), feeds, {k: (1, seq_len) for k in feeds[0]}
+        except ModuleNotFoundError as exc:                # the weights' package is missing
+            if exc.name != minilm.PACKAGE:
+                raise
+            raise CompileError(str(exc)) from None
     if name == "efficientnet-lite0":
         from .models import efficientnet_lite0 as eff
         from .models.photos import calibration_images
