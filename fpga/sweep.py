@@ -873,7 +873,7 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, formats: Sequence[str] = (
             ylabel = f"{ylabel} (device: {cap:,})"
         ax.set_ylim(bottom=0)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks, [labels[t] for t in ticks])
+        ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=45 if len(ticks) > 6 else 0)
         ax.minorticks_off()
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -85,7 +85,8 @@ from neuralmatrix.hw.params import ConfigError, HwConfig
 from . import synth_only
 
 __all__ = [
-    "TARGETS", "SYNTH_ONLY_TARGETS", "DEVICES", "DEFAULT_DEVICE", "DEFAULT_FREQ_MHZ", "RESOURCE_KEYS", "ROUTERS",
+    "TARGETS", "SYNTH_ONLY_TARGETS", "DEVICES", "DEFAULT_DEVICE", "DEFAULT_FREQ_MHZ",
+    "RESOURCE_KEYS", "ROUTERS",
     "DEFAULT_ROUTER",
     "Device", "SynthResult", "SynthError", "DoesNotFit", "ToolMissing", "ToolTimeout",
     "resolve_device", "check_parameters", "check_tools", "synthesize",

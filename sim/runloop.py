@@ -57,15 +57,6 @@ class RunLoop:
     def __init__(self):
         self._lib = _library()
 
-    @staticmethod
-    def available() -> bool:
-        """Whether this simulator process has the run loop compiled in."""
-        try:
-            _library()
-        except (RunLoopError, OSError):
-            return False
-        return True
-
     def _check(self, rc: int) -> int:
         if rc == _NO_MODEL:
             raise RunLoopError("the run loop found no Verilator model (no public scope)")
