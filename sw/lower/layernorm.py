@@ -22,7 +22,7 @@ from ..ir import FILL_ZERO, Tensor, Term, Transfer
 from .context import LinearizeError, attr, prod
 from .rules import rule
 
-__all__ = ["SQUARE_BUDGET", "SQUARE_MARGIN", "RSQRT_MARGIN", "layer_normalization",
+__all__ = ["SQUARE_BUDGET", "SQUARE_MARGIN", "RSQRT_MARGIN", "LN_BLOCK", "layer_normalization",
            "lower_chain"]
 
 #: Most GEMM depth of a LayerNorm sum of squares, in multiples of the row length
@@ -30,6 +30,10 @@ __all__ = ["SQUARE_BUDGET", "SQUARE_MARGIN", "RSQRT_MARGIN", "layer_normalizatio
 SQUARE_BUDGET = 2.0
 #: Margin of those column scales over the calibrated magnitudes.
 SQUARE_MARGIN = 4.0
+#: Rows per sum-of-squares block, in array columns: a block of ``r`` rows is one GEMM
+#: ``r x D @ D x r`` of which the diagonal is used. Two columns' worth halves the loads per
+#: row of the (load-bound) one-column blocks for twice the computes, and halves the kernels.
+LN_BLOCK = 2
 #: Lower end of a LayerNorm's rsqrt table, as a fraction of the smallest calibrated sum of
 #: squares (the output scale covers rsqrt there).
 RSQRT_MARGIN = 0.8
@@ -126,7 +130,7 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta,
                       percol=True)
     else:
         out = ctx.new(out_name, (M, D), (0, 1), ctx.scale_of(out_name))
-    R = ctx.cfg.cols
+    R = LN_BLOCK * ctx.cfg.cols
     mag = np.maximum(np.abs(gamma), 1e-8)
     lo_ss = max(rss.lo, 0.0)
     hi_ss = max(rss.hi, lo_ss * 1.01, 1e-6)

@@ -25,36 +25,47 @@ __all__ = ["softmax"]
 
 
 def _rowmax(ctx, node, x: Tensor) -> Tensor:
-    """Row maxima ``[rows, 1]`` by a tree of ``a + relu(b - a)`` over column halves."""
-    cur = x
+    """Row maxima ``[rows, 1]`` by a tree of ``a + relu(b - a)`` over column halves.
+
+    A level narrower than the array (``h < cols``) works on its halves packed ``cols``
+    wide (the ``rows x h`` matrix in row order, a host gather): an element-wise kernel
+    costs one array row per ``cols`` elements instead of one per ``h``."""
+    M, P = x.rows, ctx.cfg.cols
+    cur, w = x, x.cols              # cur holds the M x w matrix in row order
     level = 0
-    while cur.cols > 1:
-        h = cur.cols // 2
-        odd = cur.cols % 2
-        a = ctx.gather(f"{node.name}.maxA{level}", node.name, [cur], lambda i: i[:, :h])
-        b = ctx.gather(f"{node.name}.maxB{level}", node.name, [cur], lambda i: i[:, h:2 * h])
-        d = Tensor(ctx.uniq(f"{node.name}.maxd{level}"), x.rows, h, x.scale)
+    while w > 1:
+        h = w // 2
+        odd = w % 2
+        shape = (M * h // P, P) if h < P and (M * h) % P == 0 else (M, h)
+
+        def half(lo, w=w, h=h, shape=shape):
+            return lambda i: i.reshape(M, w)[:, lo:lo + h].reshape(shape)
+
+        a = ctx.gather(f"{node.name}.maxA{level}", node.name, [cur], half(0))
+        b = ctx.gather(f"{node.name}.maxB{level}", node.name, [cur], half(h))
+        d = Tensor(ctx.uniq(f"{node.name}.maxd{level}"), *shape, x.scale)
         ctx.kernel(f"{node.name}.maxrelu{level}", node.name,
-                   [Term(a, ctx.diag(h, -1)), Term(b, ctx.diag(h, 1))], d, x.scale,
-                   func=pwl_lib.relu, pre=(-255 * x.scale, 255 * x.scale),
+                   [Term(a, ctx.diag(shape[1], -1)), Term(b, ctx.diag(shape[1], 1))], d,
+                   x.scale, func=pwl_lib.relu, pre=(-255 * x.scale, 255 * x.scale),
                    role="linearization", kind="relu")
-        m = Tensor(ctx.uniq(f"{node.name}.max{level}"), x.rows, h, x.scale)
+        m = Tensor(ctx.uniq(f"{node.name}.max{level}"), *shape, x.scale)
         ctx.kernel(f"{node.name}.max{level}", node.name,
-                   [Term(a, ctx.diag(h, 1)), Term(d, ctx.diag(h, 1))], m, x.scale,
+                   [Term(a, ctx.diag(shape[1], 1)), Term(d, ctx.diag(shape[1], 1))], m, x.scale,
                    role="linearization")
         if odd:
             m = ctx.gather(f"{node.name}.maxodd{level}", node.name, [m, cur],
-                           lambda i, j: np.concatenate([i, j[:, -1:]], axis=1))
-        cur = m
+                           lambda i, j, w=w, h=h: np.concatenate(
+                               [i.reshape(M, h), j.reshape(M, w)[:, -1:]], axis=1))
+        cur, w = m, h + odd
         level += 1
+    if cur.rows != M:
+        cur = ctx.gather(f"{node.name}.max", node.name, [cur], lambda i: i.reshape(M, 1))
     return cur
 
 
-def _rank_term(ctx, cols, L: int, origin: str) -> list[Term]:
-    """``sum_i c_i * col_i @ ones(1, L)`` for columns ``col_i`` (``n x 1`` tensors) and
-    integer coefficients of any size, as ONE GEMM term: the columns (each repeated so
-    that every piece of its coefficient fits int8) gathered side by side, times a
-    constant matrix of the pieces. One K chunk instead of one per column."""
+def _pieces(cols) -> tuple[list[Tensor], list[int]]:
+    """The columns of :func:`_rank_term`, each repeated once per int8 piece of its
+    coefficient, and the pieces."""
     srcs, rows = [], []
     for t, c in cols:
         left = int(c)
@@ -63,16 +74,37 @@ def _rank_term(ctx, cols, L: int, origin: str) -> list[Term]:
             srcs.append(t)
             rows.append(piece)
             left -= piece
+    return srcs, rows
+
+
+def _rank_term(ctx, cols, L: int, origin: str, mask=None) -> list[Term]:
+    """``sum_i c_i * col_i @ ones(1, L)`` for columns ``col_i`` (``n x 1`` tensors) and
+    integer coefficients of any size, as ONE GEMM term: the columns (each repeated so
+    that every piece of its coefficient fits int8) gathered side by side, times a
+    constant matrix of the pieces. One K chunk instead of one per column.
+
+    *mask* (a :func:`~.masks.mask_term`, ``A`` constant, ``B`` the mask rows) joins the
+    same term: its ``A`` columns and ``B`` rows are gathered after the pieces' (host
+    gathers of a constant and an activation), so that the maximum, the log-sum and the
+    mask share one K chunk of the exp kernels instead of one chunk each."""
+    srcs, rows = _pieces(cols)
     if not srcs:
-        return []
-    if len(srcs) == 1:
+        return [] if mask is None else [mask]
+    if mask is None and len(srcs) == 1:
         return [Term(srcs[0], ctx.ones(1, L, rows[0]))]
     uniq = list(dict.fromkeys(srcs))
     pos = [uniq.index(t) for t in srcs]
-    a = ctx.gather(f"{origin}.rank{len(srcs)}", origin, uniq,
-                   lambda *i: np.concatenate([i[p].reshape(-1, 1) for p in pos], axis=1))
     b = ctx.const(f"rank{len(rows)}x{L}", np.repeat(np.array(rows)[:, None], L, axis=1), 1.0)
-    return [Term(a, b)]
+    if mask is None:
+        a = ctx.gather(f"{origin}.rank{len(srcs)}", origin, uniq,
+                       lambda *i: np.concatenate([i[p].reshape(-1, 1) for p in pos], axis=1))
+        return [Term(a, b)]
+    a = ctx.gather(f"{origin}.rankmask{len(srcs)}", origin, [*uniq, mask.a],
+                   lambda *i: np.concatenate([i[p].reshape(-1, 1) for p in pos] + [i[-1]],
+                                             axis=1))
+    bm = ctx.gather(f"{origin}.rankmaskB{len(rows)}", origin, [b, mask.b],
+                    lambda i, j: np.concatenate([i, j], axis=0))
+    return [Term(a, bm)]
 
 
 #: Exponent below which exp is 0 at int8 precision (a saturated score difference).
@@ -160,10 +192,9 @@ def softmax(ctx, node):
     need = 2 * span + 30.0
     e = Tensor(ctx.uniq(f"{node.name}.exp"), M, L, math.exp(hi) / INT8_MAX)
     for r0, n, terms in scores:
-        extra = [] if mask is None else [mask_term(ctx, mask, n, acc, need)]
+        extra = None if mask is None else mask_term(ctx, mask, n, acc, need)
         ctx.kernel(f"{node.name}.exp", node.name,
-                   terms + _rank_term(ctx, [(ctx.view(m, r0, n), -c_m)], L, node.name)
-                   + extra,
+                   terms + _rank_term(ctx, [(ctx.view(m, r0, n), -c_m)], L, node.name, extra),
                    ctx.view(e, r0, n), acc, func=pwl_lib.exp, pre=(zlo, hi),
                    role="linearization", kind="exp")
     ln_l = math.log(L)
@@ -178,10 +209,9 @@ def softmax(ctx, node):
     else:
         out = ctx.new(node.output[0], shape_nd, perm, 1.0 / INT8_MAX)
     for r0, n, terms in scores:
+        extra = None if mask is None else mask_term(ctx, mask, n, acc, need)
         terms = terms + _rank_term(ctx, [(ctx.view(m, r0, n), -c_m),
-                                         (ctx.view(ls, r0, n), -c_ls)], L, node.name)
-        if mask is not None:
-            terms.append(mask_term(ctx, mask, n, acc, need))
+                                         (ctx.view(ls, r0, n), -c_ls)], L, node.name, extra)
         if log:
             ctx.kernel(node.name or node.op_type, node.name, terms, ctx.view(out, r0, n),
                        acc, role="linearization")
