@@ -21,6 +21,10 @@ Output-stationary (``config.dataflow == "os"``)::
   A tile needs at least ``os_tile_interval`` beats (shorter tiles are accepted, with stalls).
 
 All stalls are global: the array advances when its output is empty or accepted.
+
+Multipliers: the first :meth:`~.params.HwConfig.dsp_pes` PEs in row-major order (PE (0, 0),
+(0, 1), ...) multiply on a DSP block, the others in logic (:func:`dsp_grid`); the latency and the
+results do not depend on the split.
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ from amaranth.lib.wiring import In, Out
 from .params import Dataflow, HwConfig
 from .pe import PRODUCT_STAGES, OutputStationaryPE, WeightStationaryPE
 
-__all__ = ["SystolicArray", "array_layouts", "ws_bank_drain", "os_tile_interval", "latency"]
+__all__ = ["SystolicArray", "array_layouts", "ws_bank_drain", "os_tile_interval", "latency",
+           "dsp_grid"]
+
+
+def dsp_grid(config: HwConfig, reserved: int = 0) -> list[list[bool]]:
+    """``grid[i][j]``: PE (i, j) multiplies on a DSP block. The first
+    ``config.dsp_pes(reserved)`` PEs in row-major order do; *reserved* is the DSP blocks of the
+    budget that the rest of the top uses."""
+    n = config.dsp_pes(reserved)
+    return [[i * config.cols + j < n for j in range(config.cols)] for i in range(config.rows)]
 
 
 def array_layouts(config: HwConfig) -> dict[str, data.Layout]:
@@ -86,6 +99,9 @@ class SystolicArray(wiring.Component):
     Parameters
     ----------
     config : HwConfig
+    dsp_reserved : int
+        DSP blocks of ``config.dsp_budget`` used outside the array (``multipliers="auto"``
+        only; see :func:`dsp_grid`). 0 when the array is the top.
 
     Members
     -------
@@ -99,8 +115,11 @@ class SystolicArray(wiring.Component):
         int32 result vectors (see the module docstring for their order).
     """
 
-    def __init__(self, config: HwConfig):
+    def __init__(self, config: HwConfig, *, dsp_reserved: int = 0):
+        if isinstance(dsp_reserved, bool) or not isinstance(dsp_reserved, int) or dsp_reserved < 0:
+            raise TypeError(f"dsp_reserved must be a non-negative integer, not {dsp_reserved!r}")
         self._config = config
+        self._dsp = dsp_grid(config, dsp_reserved)
         members = {name: (Out if name == "out" else In)(stream.Signature(layout))
                    for name, layout in array_layouts(config).items()}
         super().__init__(members)
@@ -124,7 +143,7 @@ class SystolicArray(wiring.Component):
     def _elaborate_ws(self, m: Module, en: Signal) -> None:
         cfg = self._config
         R, C, ow, aw = cfg.rows, cfg.cols, cfg.operand_width, cfg.acc_width
-        pes = [[WeightStationaryPE(cfg) for _ in range(C)] for _ in range(R)]
+        pes = [[WeightStationaryPE(cfg, dsp=self._dsp[i][j]) for j in range(C)] for i in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
@@ -221,7 +240,7 @@ class SystolicArray(wiring.Component):
     def _elaborate_os(self, m: Module, en: Signal) -> None:
         cfg = self._config
         R, C, ow, aw = cfg.rows, cfg.cols, cfg.operand_width, cfg.acc_width
-        pes = [[OutputStationaryPE(cfg) for _ in range(C)] for _ in range(R)]
+        pes = [[OutputStationaryPE(cfg, dsp=self._dsp[i][j]) for j in range(C)] for i in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]

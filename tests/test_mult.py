@@ -18,8 +18,8 @@ def test_logic_products_exhaustive_int8():
     a, b = Signal(signed(8)), Signal(signed(8))
     p_inline, p_split = Signal(signed(16)), Signal(signed(16))
     m.d.comb += [
-        p_inline.eq(logic_product(a, b)),
-        p_split.eq(booth_product(b, booth_encode(a), 8)),
+        p_inline.eq(logic_product(m, a, b, "inline")),
+        p_split.eq(booth_product(m, b, booth_encode(m, a, "split"), 8, "split")),
     ]
     bad = []
 
@@ -51,7 +51,7 @@ def test_logic_product_has_no_multiply():
 
         def elaborate(self, platform):
             m = Module()
-            m.d.comb += self.p.eq(logic_product(self.a, self.b))
+            m.d.comb += self.p.eq(logic_product(m, self.a, self.b))
             return m
 
     text = rtlil.convert(Top(), name="top")
