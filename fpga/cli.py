@@ -14,7 +14,8 @@ from neuralmatrix.hw.params import ConfigError, HwConfig
 
 from .synth import (DEFAULT_DEVICE, DEFAULT_FREQ_MHZ, DEFAULT_ROUTER, DEVICES, ROUTERS,
                     DoesNotFit, SynthError,
-                    SynthResult, check_parameters, synthesize)
+                    SynthResult, check_parameters, config_for_device, device_dsp_blocks,
+                    synthesize)
 from .synth_only import FLOW_LABEL, FLOW_PNR
 
 __all__ = ["add_parser", "format_table", "format_notes", "format_sweep_table"]
@@ -68,6 +69,7 @@ def _add_synth_parser(subparsers) -> None:
                         + ", ".join(f"{v:g} on {t}" for t, v in DEFAULT_FREQ_MHZ.items())
                         + "); the achieved Fmax is reported either way")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    add_multipliers_option(p, "the device")
     _add_router_option(p)
     p.add_argument("--json", metavar="FILE", default=None,
                    help="also write every figure as JSON to FILE ('-' for standard output; "
@@ -80,6 +82,15 @@ def _add_synth_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+def add_multipliers_option(p, auto_budget: str) -> None:
+    """``--multipliers`` (shared by verilog, synth, sweep and bitstream)."""
+    p.add_argument("--multipliers", default=HwConfig().multipliers,
+                   help=f"where the PE multipliers are built ({HwConfig.describe('multipliers')}):"
+                        f" dsp = a DSP block each, logic = from LUTs (radix-4 Booth), auto = "
+                        f"as many on DSP blocks as {auto_budget} has after the rest of the top's "
+                        f"multipliers, the others in logic (default {HwConfig().multipliers})")
+
+
 def _add_router_option(p) -> None:
     p.add_argument("--router", default=DEFAULT_ROUTER, choices=ROUTERS,
                    help=f"nextpnr router (default {DEFAULT_ROUTER}, nextpnr's own, "
@@ -88,7 +99,8 @@ def _add_router_option(p) -> None:
 
 
 def _cmd_synth(args) -> int:
-    config = HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
+    config = config_for_device(args.target, args.device, multipliers=args.multipliers,
+                               rows=args.rows, cols=args.cols, dataflow=args.dataflow)
     check_parameters(config, args.target, args.device, args.top, args.freq, args.seed,
                      args.timeout, args.router)
     out = None
@@ -140,6 +152,14 @@ def format_table(result: SynthResult):
         pct = result.utilization.get(key)
         table.add_row(key, f"{used:,}", "" if cap is None else f"{cap:,}",
                       "" if pct is None else f"{pct:.1f}")
+    split = result.multipliers
+    if split:
+        table.add_section()
+        table.add_row("PE multipliers", f"{split['dsp']:,} DSP + {split['logic']:,} logic",
+                      f"{split['multipliers']}"
+                      + (f", budget {split['dsp_budget']}" if split['dsp_budget'] is not None
+                         else ""),
+                      f"{split['reserved']} DSP outside" if split["reserved"] else "")
     table.add_section()
     if result.flow != FLOW_PNR:
         table.add_row("Fmax", "n/a", "no timing: synthesis only", "")
@@ -218,6 +238,7 @@ def _add_sweep_parser(subparsers) -> None:
     p.add_argument("--freq", type=float, default=None, metavar="MHZ",
                    help="target clock for timing-driven placement (default as for synth)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    add_multipliers_option(p, "the device")
     _add_router_option(p)
     p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="wall-time budget of each configuration's flow (default 3600)")
@@ -252,8 +273,9 @@ def _cmd_sweep(args) -> int:
 
     rows = parse_int_list(args.rows, "rows")
     cols = rows if args.cols is None else parse_int_list(args.cols, "cols")
+    budget = device_dsp_blocks(args.target, args.device) if args.multipliers == "auto" else None
     configs = plan_configs(rows, cols, parse_name_list(args.dataflow, "dataflow"),
-                           square=args.square)
+                           square=args.square, multipliers=args.multipliers, dsp_budget=budget)
     dev, _ = check_parameters(configs[0], args.target, args.device, args.top, args.freq,
                               args.seed, args.timeout, args.router)
     check_workload(args.workload)
@@ -548,6 +570,7 @@ def _add_bitstream_parser(subparsers) -> None:
                    help="on-chip memory for program and data, KiB, a power of two (default 64)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    add_multipliers_option(p, "the board's ECP5")
     _add_router_option(p)
     p.add_argument("--out", default="build-ulx3s", metavar="DIR",
                    help="build directory (default build-ulx3s)")
@@ -558,7 +581,11 @@ def _cmd_bitstream(args) -> int:
     from .board import build_bitstream
     from .synth import ToolMissing
 
-    config = HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
+    ecp5 = {"12F": "12k", "25F": "25k", "45F": "45k", "85F": "85k"}
+    if args.multipliers == "auto" and args.device not in ecp5:
+        raise ConfigError(f"device must be one of {', '.join(ecp5)}, got {args.device!r}")
+    config = config_for_device("ecp5", ecp5.get(args.device), multipliers=args.multipliers,
+                               rows=args.rows, cols=args.cols, dataflow=args.dataflow)
     try:
         bit = build_bitstream(config, args.out, board=args.board, device=args.device,
                               mem_bytes=args.mem_kib * 1024, baud=args.baud, seed=args.seed,

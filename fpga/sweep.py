@@ -32,6 +32,8 @@ CSV columns:
 =====================  ========================================================================
 ``rows, cols``         array size
 ``dataflow``           ``ws`` or ``os``
+``multipliers``        ``dsp``, ``logic`` or ``auto`` (``HwConfig.multipliers``); ``dsp_pes``,
+                       ``logic_pes``: PEs whose multiplier is a DSP block / logic
 ``target, device``     FPGA family and device short name; ``top``: ``array`` or ``accelerator``
 ``seed``               nextpnr placement seed
 ``router``             nextpnr router
@@ -77,7 +79,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from neuralmatrix.hw.generate import generator_digest, top_module_name
+from neuralmatrix.hw.generate import generator_digest, multiplier_split, top_module_name
 from neuralmatrix.hw.params import ConfigError, HwConfig
 
 from . import synth as _synth
@@ -96,7 +98,7 @@ DEFAULT_WORKLOAD = "gemm:256x256x256"
 PLOT_FORMATS = ("png", "svg", "pdf")
 
 CSV_COLUMNS = (
-    "rows", "cols", "dataflow", "target", "device", "top", "seed", "router", "flow", "counted",
+    "rows", "cols", "dataflow", "multipliers", "dsp_pes", "logic_pes", "target", "device", "top", "seed", "router", "flow", "counted",
     "luts", "ffs", "dsps", "brams", "luts_pct", "ffs_pct", "dsps_pct", "brams_pct",
     "fits", "overflow", "fmax_mhz", "workload", "useful_macs", "cycles", "gops",
     "power_w", "gops_per_w", "synth_seconds", "error",
@@ -143,8 +145,10 @@ def parse_name_list(text: str, name: str) -> list[str]:
 
 
 def plan_configs(rows: Sequence[int], cols: Sequence[int], dataflows: Sequence[str], *,
-                 square: bool = False) -> list[HwConfig]:
-    """Every ``rows x cols x dataflow`` combination (only ``rows == cols`` with *square*).
+                 square: bool = False, multipliers: str = "dsp",
+                 dsp_budget: int | None = None) -> list[HwConfig]:
+    """Every ``rows x cols x dataflow`` combination (only ``rows == cols`` with *square*), with
+    *multipliers* (and, for ``auto``, *dsp_budget*: the device's DSP blocks).
 
     Raises
     ------
@@ -152,6 +156,7 @@ def plan_configs(rows: Sequence[int], cols: Sequence[int], dataflows: Sequence[s
         If any combination is not a valid HwConfig; the message lists every bad one with the
         reason, so nothing runs until all are fixed.
     """
+    HwConfig(multipliers=multipliers, dsp_budget=dsp_budget)     # one error, not one per combo
     combos = [(r, c, d) for r, c, d in itertools.product(rows, cols, dataflows)
               if not square or r == c]
     if not combos:
@@ -160,7 +165,8 @@ def plan_configs(rows: Sequence[int], cols: Sequence[int], dataflows: Sequence[s
     configs, bad = [], []
     for r, c, d in combos:
         try:
-            configs.append(HwConfig(rows=r, cols=c, dataflow=d))
+            configs.append(HwConfig(rows=r, cols=c, dataflow=d, multipliers=multipliers,
+                                    dsp_budget=dsp_budget))
         except ConfigError as exc:
             bad.append(f"  {d} {r}x{c}: {exc}")
     if bad:
@@ -775,8 +781,11 @@ def _csv_rows(records: list[dict], power: PowerModel | None) -> list[dict]:
         synth_only = p["target"] in SYNTH_ONLY_TARGETS
         columns = _SYNTH_ONLY_COLUMNS if synth_only else _RESOURCE_COLUMNS
         fits = {"ok": "n/a" if synth_only else "yes", "does_not_fit": "no"}.get(status, "")
+        split = multiplier_split(HwConfig(**cfg), p["top"])
         row = {
             "rows": cfg["rows"], "cols": cfg["cols"], "dataflow": cfg["dataflow"],
+            "multipliers": split["multipliers"], "dsp_pes": split["dsp"],
+            "logic_pes": split["logic"],
             "target": p["target"], "device": p["device"], "top": p["top"], "seed": p["seed"],
             "router": p.get("router", DEFAULT_ROUTER),
             "flow": rec.get("flow") or _flow(p["target"]), "counted": rec.get("counted") or "",

@@ -79,7 +79,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuralmatrix.hw.generate import TOPS, generate_verilog, top_module_name
+from neuralmatrix.hw.generate import TOPS, generate_verilog, multiplier_split, top_module_name
 from neuralmatrix.hw.params import ConfigError, HwConfig
 
 from . import synth_only
@@ -89,7 +89,7 @@ __all__ = [
     "RESOURCE_KEYS", "ROUTERS",
     "DEFAULT_ROUTER",
     "Device", "SynthResult", "SynthError", "DoesNotFit", "ToolMissing", "ToolTimeout",
-    "resolve_device", "check_parameters", "check_tools", "synthesize",
+    "resolve_device", "device_dsp_blocks", "config_for_device", "check_parameters", "check_tools", "synthesize",
 ]
 
 
@@ -109,6 +109,9 @@ class Device:
         Package passed to nextpnr, e.g. ``"CABGA381"``.
     nextpnr_args : tuple of str
         nextpnr's device option(s).
+    dsp_blocks : int or None
+        Multiplier blocks of the device (ECP5 MULT18X18D, iCE40 SB_MAC16): the budget of
+        ``multipliers="auto"``. None where the device table does not fix one (xilinx families).
     """
 
     target: str
@@ -116,6 +119,7 @@ class Device:
     part: str
     package: str
     nextpnr_args: tuple[str, ...]
+    dsp_blocks: int | None = None
 
 
 TARGETS = ("ecp5", "ice40", *synth_only.TARGETS)
@@ -126,14 +130,14 @@ SYNTH_ONLY_TARGETS = synth_only.TARGETS
 # nextpnr places LFE5U-12F designs on the 25F die it shares (and reports the 25F's capacity).
 DEVICES: dict[str, dict[str, Device]] = {
     "ecp5": {
-        "12k": Device("ecp5", "12k", "LFE5U-12F", "CABGA381", ("--12k",)),
-        "25k": Device("ecp5", "25k", "LFE5U-25F", "CABGA381", ("--25k",)),
-        "45k": Device("ecp5", "45k", "LFE5U-45F", "CABGA381", ("--45k",)),
-        "85k": Device("ecp5", "85k", "LFE5U-85F", "CABGA381", ("--85k",)),
+        "12k": Device("ecp5", "12k", "LFE5U-12F", "CABGA381", ("--12k",), 28),
+        "25k": Device("ecp5", "25k", "LFE5U-25F", "CABGA381", ("--25k",), 28),
+        "45k": Device("ecp5", "45k", "LFE5U-45F", "CABGA381", ("--45k",), 72),
+        "85k": Device("ecp5", "85k", "LFE5U-85F", "CABGA381", ("--85k",), 156),
     },
     "ice40": {
-        "up5k": Device("ice40", "up5k", "iCE40UP5K", "sg48", ("--up5k",)),
-        "hx8k": Device("ice40", "hx8k", "iCE40HX8K", "ct256", ("--hx8k",)),
+        "up5k": Device("ice40", "up5k", "iCE40UP5K", "sg48", ("--up5k",), 8),
+        "hx8k": Device("ice40", "hx8k", "iCE40HX8K", "ct256", ("--hx8k",), 0),
     },
     # Synthesis only: the "device" is synth_xilinx's -family.
     "xilinx": {name: Device("xilinx", name, title, "", ()) for name, title
@@ -257,6 +261,10 @@ class SynthResult:
     modules : dict
         Synthesis-only targets: ``{"generated": modules in the Verilog, "synthesized": distinct
         modules Yosys ran on}`` (empty otherwise).
+    multipliers : dict
+        Where the PE multipliers went (:func:`neuralmatrix.hw.generate.multiplier_split`):
+        ``multipliers`` (dsp, logic, auto), ``dsp_budget``, ``dsp`` and ``logic`` (PEs),
+        ``reserved`` (DSP blocks of the top outside the PEs).
     """
 
     config: HwConfig
@@ -284,6 +292,7 @@ class SynthResult:
     flow: str = synth_only.FLOW_PNR
     counted: str = ""
     modules: dict = field(default_factory=dict)
+    multipliers: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """Plain JSON-serialisable values of every field."""
@@ -313,6 +322,7 @@ class SynthResult:
             "flow": self.flow,
             "counted": self.counted,
             "modules": dict(self.modules),
+            "multipliers": dict(self.multipliers),
         }
 
 
@@ -339,6 +349,30 @@ def resolve_device(target: str, device: str | None = None) -> Device:
                 return dev
     raise ConfigError(f"device for target {target} must be one of {', '.join(devices)}, "
                       f"got {device!r}")
+
+
+def device_dsp_blocks(target: str, device: str | None = None) -> int:
+    """The DSP blocks of *device* (the budget of ``multipliers="auto"``).
+
+    Raises
+    ------
+    ConfigError
+        Unknown target or device, or a device without a DSP count in the table.
+    """
+    dev = resolve_device(target, device)
+    if dev.dsp_blocks is None:
+        raise ConfigError(f"multipliers: auto needs the DSP count of the device, and target "
+                          f"{target} device {dev.name} has none in the device table; use "
+                          f"dsp or logic")
+    return dev.dsp_blocks
+
+
+def config_for_device(target: str, device: str | None = None, *, multipliers: str = "dsp",
+                      **params) -> HwConfig:
+    """A :class:`HwConfig` of *params* whose multipliers are *multipliers*; for ``auto`` the DSP
+    budget is the device's :attr:`Device.dsp_blocks`."""
+    budget = device_dsp_blocks(target, device) if multipliers == "auto" else None
+    return HwConfig(**params, multipliers=multipliers, dsp_budget=budget)
 
 
 def check_parameters(config, target, device=None, top="array", freq_mhz=None, seed=1,
@@ -471,7 +505,8 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
     module = top_module_name(top)
     result = SynthResult(config=config, target=target, device=dev.name, part=dev.part,
                          package=dev.package, top=top, top_module=module, freq_mhz=freq,
-                         seed=seed, router=router, workdir=work, tools=tools)
+                         seed=seed, router=router, workdir=work, tools=tools,
+                         multipliers=multiplier_split(config, top))
 
     # 1. Verilog (synthesis flavour).
     t0 = time.monotonic()

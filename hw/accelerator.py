@@ -22,17 +22,24 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
 from . import isa
-from .compute_unit import ComputeUnit
+from .compute_unit import COUNTER_DSPS, ComputeUnit
 from .counters import COUNTERS, control_members
 from .dram import DramSignature, request_layout
 from .load_unit import LoadUnit
+from .outpath import dsp_blocks as outpath_dsp_blocks
 from .params import HwConfig
 from .store_unit import StoreUnit
 
-__all__ = ["Accelerator", "ErrorCode", "FETCH_BURST_INSNS"]
+__all__ = ["Accelerator", "ErrorCode", "FETCH_BURST_INSNS", "dsps_outside_array"]
 
 FETCH_BURST_INSNS = 16      # instructions per fetch burst
 _ROUTE_DEPTH = 16           # read bursts in flight
+
+
+def dsps_outside_array(config: HwConfig) -> int:
+    """DSP blocks the accelerator uses besides the PEs: the output path's multipliers and the
+    compute unit's MAC counter. ``multipliers="auto"`` leaves them out of the PEs' budget."""
+    return outpath_dsp_blocks(config) + COUNTER_DSPS
 
 
 class ErrorCode:
@@ -90,7 +97,7 @@ class Accelerator(wiring.Component):
         acc_st = acc.read_port()
 
         m.submodules.load = load = LoadUnit(cfg)
-        m.submodules.compute = compute = ComputeUnit(cfg)
+        m.submodules.compute = compute = ComputeUnit(cfg, dsp_reserved=dsps_outside_array(cfg))
         m.submodules.store = store = StoreUnit(cfg)
 
         def attach_read(port, iface):

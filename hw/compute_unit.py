@@ -28,7 +28,11 @@ from .readpipe import ReadPipe, SkidBuffer
 from .systolic import SystolicArray
 
 __all__ = ["RetireSignature", "ComputeUnit", "sp_read_signature", "acc_read_signature",
-           "acc_write_signature"]
+           "acc_write_signature", "COUNTER_DSPS"]
+
+#: DSP blocks of the compute unit outside the array: the ``k * n`` (or ``m * n``) of the
+#: useful-MAC count of a beat.
+COUNTER_DSPS = 1
 
 
 class RetireSignature(wiring.Signature):
@@ -61,6 +65,8 @@ class ComputeUnit(wiring.Component):
     Parameters
     ----------
     config : HwConfig
+    dsp_reserved : int
+        DSP blocks used outside the array, passed to :class:`.systolic.SystolicArray`.
 
     Members
     -------
@@ -81,8 +87,9 @@ class ComputeUnit(wiring.Component):
         Useful MACs of that beat (k*n in ws, m*n in os).
     """
 
-    def __init__(self, config: HwConfig):
+    def __init__(self, config: HwConfig, *, dsp_reserved: int = 0):
         self._config = config
+        self._dsp_reserved = dsp_reserved
         super().__init__({
             "insn": In(stream.Signature(isa.layout(isa.Opcode.COMPUTE))),
             "retire": Out(RetireSignature()),
@@ -102,7 +109,7 @@ class ComputeUnit(wiring.Component):
         layout = isa.layout(isa.Opcode.COMPUTE)
         ws = cfg.dataflow is Dataflow.WS
 
-        m.submodules.array = array = SystolicArray(cfg)
+        m.submodules.array = array = SystolicArray(cfg, dsp_reserved=self._dsp_reserved)
         queues = {}
         for name in (("wq", "aq", "oq") if ws else ("aq", "oq")):
             # One bit more than the instruction: "zero-sized" (a no-op), decided at dispatch so

@@ -21,7 +21,8 @@ def _accelerator(config: HwConfig):
 
     return Accelerator(config)
 
-__all__ = ["TOPS", "top_module_name", "build_top", "generate_verilog", "generator_digest"]
+__all__ = ["TOPS", "top_module_name", "build_top", "generate_verilog", "generator_digest",
+           "reserved_dsps", "multiplier_split"]
 
 # Top name -> (HDL module name, constructor).
 TOPS = {
@@ -52,6 +53,26 @@ def generator_digest(*extra_sources) -> str:
     for source in [*sorted(Path(__file__).parent.glob("*.py")), *map(Path, extra_sources)]:
         digest.update(b"\0" + source.name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()
+
+
+def reserved_dsps(config: HwConfig, top: str = "array") -> int:
+    """DSP blocks *top* uses outside its PEs (0 for the array alone)."""
+    _lookup(top)
+    if top == "array":
+        return 0
+    from .accelerator import dsps_outside_array
+
+    return dsps_outside_array(config)
+
+
+def multiplier_split(config: HwConfig, top: str = "array") -> dict:
+    """Where the PE multipliers of *top* go: ``{"multipliers": mode, "dsp_budget": budget,
+    "dsp": PEs on a DSP block, "logic": PEs in logic, "reserved": DSP blocks used outside the
+    PEs}``. The same numbers the generator builds (:func:`.systolic.dsp_grid`)."""
+    reserved = reserved_dsps(config, top)
+    dsp = config.dsp_pes(reserved)
+    return {"multipliers": config.multipliers, "dsp_budget": config.dsp_budget, "dsp": dsp,
+            "logic": config.rows * config.cols - dsp, "reserved": reserved}
 
 
 def top_module_name(top: str) -> str:

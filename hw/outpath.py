@@ -43,7 +43,13 @@ from .arith import MULT_BITS
 from .isa import Opcode, StoreMode
 from .params import HwConfig
 
-__all__ = ["OutputPath", "outpath_layouts", "latency"]
+__all__ = ["OutputPath", "outpath_layouts", "latency", "dsp_blocks"]
+
+
+def dsp_blocks(config: HwConfig) -> int:
+    """Multipliers of the output path, each one DSP block (MULT18X18D on ECP5): per lane the
+    two 17x17 products of S2 and the ``k[s] * x`` of S10."""
+    return 3 * config.cols
 
 _STAGES = 14
 _TAG_BITS = 8

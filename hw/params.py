@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, fields
 
-__all__ = ["Dataflow", "HwConfig", "ConfigError"]
+__all__ = ["Dataflow", "HwConfig", "ConfigError", "MULTIPLIERS"]
 
 
 class ConfigError(ValueError):
@@ -46,6 +46,12 @@ _RANGES: dict[str, tuple[int, int]] = {
     "queue_depth": (2, 256),
     "dram_latency": (1, 64),
 }
+
+#: Where the PEs' int8 x int8 multipliers are built (``HwConfig.multipliers``):
+#: ``dsp`` every PE on a DSP block (Yosys infers one from ``*``); ``logic`` every PE in LUTs
+#: (:mod:`.mult`, a radix-4 Booth multiplier); ``auto`` as many PEs on DSP blocks as
+#: ``dsp_budget`` leaves after the rest of the top's multipliers, the others in logic.
+MULTIPLIERS = ("dsp", "logic", "auto")
 
 # Parameters that must be powers of two.
 _POW2 = ("sp_depth", "acc_depth", "pwl_segments", "bus_bytes")
@@ -89,6 +95,12 @@ class HwConfig:
         Depth of each unit's instruction queue (2..256).
     dram_latency : int
         Cycles from a read request to its first data beat in the simulated external memory.
+    multipliers : str
+        Where the PE multipliers are built: ``"dsp"`` (default), ``"logic"`` or ``"auto"``
+        (see :data:`MULTIPLIERS`). The array's latency and arithmetic are the same for all three.
+    dsp_budget : int or None
+        ``auto`` only (and required there): DSP blocks the generated top may use, e.g. the
+        target device's count. The FPGA flow fills it in from ``--device``.
     """
 
     rows: int = 8
@@ -103,6 +115,8 @@ class HwConfig:
     pwl_tables: int = 4
     queue_depth: int = 32
     dram_latency: int = 8
+    multipliers: str = "dsp"
+    dsp_budget: int | None = None
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _RANGES.items():
@@ -119,6 +133,19 @@ class HwConfig:
         except ValueError:
             raise ConfigError(f"dataflow must be one of ws, os, got {self.dataflow!r}") from None
         object.__setattr__(self, "dataflow", dataflow)
+        if self.multipliers not in MULTIPLIERS:
+            raise ConfigError(f"multipliers must be one of {', '.join(MULTIPLIERS)}, "
+                              f"got {self.multipliers!r}")
+        budget = self.dsp_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                                   or budget < 0):
+            raise ConfigError(f"dsp_budget must be a non-negative integer, got {budget!r}")
+        if self.multipliers == "auto" and budget is None:
+            raise ConfigError("multipliers=auto needs dsp_budget (the DSP blocks of the target "
+                              "device; the FPGA flow takes it from the device)")
+        if self.multipliers != "auto" and budget is not None:
+            raise ConfigError(f"dsp_budget applies to multipliers=auto only, got "
+                              f"multipliers={self.multipliers!r} with dsp_budget={budget}")
         sp_row = max(self.rows, self.cols)
         if self.bus_bytes is None:
             object.__setattr__(self, "bus_bytes", max(4, 1 << (sp_row - 1).bit_length()))
@@ -143,10 +170,27 @@ class HwConfig:
         """External-memory beats of one int32 accumulator row (``cols * 4`` bytes)."""
         return -(-4 * self.cols // self.bus_bytes)
 
+    def dsp_pes(self, reserved: int = 0) -> int:
+        """PEs whose multiplier is a DSP block: all (``dsp``), none (``logic``), or (``auto``)
+        ``dsp_budget - reserved`` clamped to ``0..rows*cols``, *reserved* being the DSP
+        blocks the rest of the top needs. PEs are assigned row by row from PE (0, 0)."""
+        pes = self.rows * self.cols
+        if self.multipliers == "dsp":
+            return pes
+        if self.multipliers == "logic":
+            return 0
+        return max(0, min(pes, self.dsp_budget - reserved))
+
     @property
     def tag(self) -> str:
-        """A short name for build directories and reports, e.g. ``ws_8x8``."""
-        return f"{self.dataflow.value}_{self.rows}x{self.cols}"
+        """A short name for build directories and reports, e.g. ``ws_8x8`` (``ws_8x8_logic``,
+        ``ws_16x16_auto156`` when the multipliers are not all on DSP blocks)."""
+        tag = f"{self.dataflow.value}_{self.rows}x{self.cols}"
+        if self.multipliers == "logic":
+            tag += "_logic"
+        elif self.multipliers == "auto":
+            tag += f"_auto{self.dsp_budget}"
+        return tag
 
     def as_dict(self) -> dict:
         """Plain values of every parameter (for JSON reports)."""
@@ -163,6 +207,10 @@ class HwConfig:
             return ", ".join(map(str, _CHOICES[name]))
         if name == "dataflow":
             return "ws, os"
+        if name == "multipliers":
+            return ", ".join(MULTIPLIERS)
+        if name == "dsp_budget":
+            return "a non-negative integer (multipliers=auto only)"
         if name == "bus_bytes":
             return "4..64, power of two, >= max(rows, cols)"
         raise KeyError(name)

@@ -5,6 +5,10 @@ Both PEs register the multiplier's operands and its product before the add
 the multiplier (one MULT18X18D on ECP5) sits alone between two registers and the 32-bit adder
 gets a cycle of its own. The extra stages are the same in every PE, so the skew between
 neighbours is unchanged; only the array's latency grows (:func:`.systolic.latency`).
+
+A PE built with ``dsp=False`` forms the same product from logic (:func:`.mult.logic_product`,
+no ``*``, so Yosys infers no DSP block) in the same stage: latency and results are identical.
+Which PEs get a DSP block is decided by :meth:`.params.HwConfig.dsp_pes`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .mult import logic_product
 from .params import Dataflow, HwConfig
 
 __all__ = ["PRODUCT_STAGES", "WeightStationaryPE", "OutputStationaryPE", "make_pe"]
@@ -37,6 +42,8 @@ class WeightStationaryPE(wiring.Component):
     Parameters
     ----------
     config : HwConfig
+    dsp : bool
+        True: the product is ``a * w`` (a DSP block); False: built from logic.
 
     Members
     -------
@@ -54,8 +61,9 @@ class WeightStationaryPE(wiring.Component):
         Shift enable and the bank being loaded.
     """
 
-    def __init__(self, config: HwConfig):
+    def __init__(self, config: HwConfig, *, dsp: bool = True):
         self._config = config
+        self._dsp = _check_dsp(dsp)
         ow, aw = config.operand_width, config.acc_width
         super().__init__({
             "en": In(1),
@@ -85,7 +93,7 @@ class WeightStationaryPE(wiring.Component):
                 a.eq(self.a_in),
                 weight.eq(Mux(self.bank_in, w[1], w[0])),
                 bank.eq(self.bank_in),
-                product.eq(a * weight),
+                product.eq(_product(m, a, weight, self._dsp)),
                 # Truncation to acc_width is the two's-complement wrap of the contract.
                 psum.eq((self.psum_in + product)[:aw]),
             ]
@@ -108,6 +116,8 @@ class OutputStationaryPE(wiring.Component):
     Parameters
     ----------
     config : HwConfig
+    dsp : bool
+        True: the product is ``a * b`` (a DSP block); False: built from logic.
 
     Members
     -------
@@ -125,8 +135,9 @@ class OutputStationaryPE(wiring.Component):
         ``result`` was written by the last advance.
     """
 
-    def __init__(self, config: HwConfig):
+    def __init__(self, config: HwConfig, *, dsp: bool = True):
         self._config = config
+        self._dsp = _check_dsp(dsp)
         ow, aw = config.operand_width, config.acc_width
         super().__init__({
             "en": In(1),
@@ -159,7 +170,7 @@ class OutputStationaryPE(wiring.Component):
                 b.eq(self.b_in),
                 self.first_out.eq(self.first_in),
                 self.last_out.eq(self.last_in),
-                product.eq(a * b),
+                product.eq(_product(m, a, b, self._dsp)),
                 first_p.eq(self.first_out),
                 last_p.eq(self.last_out),
                 acc.eq(total),
@@ -170,6 +181,18 @@ class OutputStationaryPE(wiring.Component):
         return m
 
 
-def make_pe(config: HwConfig) -> wiring.Component:
-    """The PE for ``config.dataflow``."""
-    return {Dataflow.WS: WeightStationaryPE, Dataflow.OS: OutputStationaryPE}[config.dataflow](config)
+def make_pe(config: HwConfig, *, dsp: bool = True) -> wiring.Component:
+    """The PE for ``config.dataflow``, its multiplier a DSP block (*dsp*) or logic."""
+    cls = {Dataflow.WS: WeightStationaryPE, Dataflow.OS: OutputStationaryPE}[config.dataflow]
+    return cls(config, dsp=dsp)
+
+
+def _check_dsp(dsp) -> bool:
+    if not isinstance(dsp, bool):
+        raise TypeError(f"dsp must be a bool, not {dsp!r}")
+    return dsp
+
+
+def _product(m: Module, a, b, dsp: bool):
+    """``a * b``: inferred (a DSP block) or from logic (its signals added to *m*)."""
+    return a * b if dsp else logic_product(m, a, b)

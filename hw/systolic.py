@@ -20,7 +20,17 @@ Output-stationary (``config.dataflow == "os"``)::
 
   A tile needs at least ``os_tile_interval`` beats (shorter tiles are accepted, with stalls).
 
-All stalls are global: the array advances when its output is empty or accepted.
+All stalls are global, and the advance enable is a register, so that no path runs from the
+output handshake through the enable into the array: the array advances unless the next cycle
+could overflow a :data:`OUT_BUFFER`-beat buffer behind its last stage. The buffer is passed
+by while empty, so with the output always ready nothing changes cycle by cycle (the latency is
+:func:`latency`); under back-pressure the array runs on into the buffer. The enable has two
+register copies, one for the control at the edges and one for the datapath (PEs, skew chains),
+whose fan-out is most of the array's flip-flops.
+
+Multipliers: the first :meth:`~.params.HwConfig.dsp_pes` PEs in row-major order (PE (0, 0),
+(0, 1), ...) multiply on a DSP block, the others in logic (:func:`dsp_grid`); the latency and the
+results do not depend on the split.
 """
 
 from __future__ import annotations
@@ -28,14 +38,28 @@ from __future__ import annotations
 import operator
 from functools import reduce
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import Dataflow, HwConfig
 from .pe import PRODUCT_STAGES, OutputStationaryPE, WeightStationaryPE
 
-__all__ = ["SystolicArray", "array_layouts", "ws_bank_drain", "os_tile_interval", "latency"]
+__all__ = ["SystolicArray", "array_layouts", "ws_bank_drain", "os_tile_interval", "latency",
+           "dsp_grid", "OUT_BUFFER"]
+
+#: Output beats buffered behind the last stage (room for the beat of the cycle after the
+#: registered enable was decided, and one more so that a single idle cycle of the consumer
+#: does not stall the array).
+OUT_BUFFER = 2
+
+
+def dsp_grid(config: HwConfig, reserved: int = 0) -> list[list[bool]]:
+    """``grid[i][j]``: PE (i, j) multiplies on a DSP block. The first
+    ``config.dsp_pes(reserved)`` PEs in row-major order do; *reserved* is the DSP blocks of the
+    budget that the rest of the top uses."""
+    n = config.dsp_pes(reserved)
+    return [[i * config.cols + j < n for j in range(config.cols)] for i in range(config.rows)]
 
 
 def array_layouts(config: HwConfig) -> dict[str, data.Layout]:
@@ -86,6 +110,9 @@ class SystolicArray(wiring.Component):
     Parameters
     ----------
     config : HwConfig
+    dsp_reserved : int
+        DSP blocks of ``config.dsp_budget`` used outside the array (``multipliers="auto"``
+        only; see :func:`dsp_grid`). 0 when the array is the top.
 
     Members
     -------
@@ -99,8 +126,11 @@ class SystolicArray(wiring.Component):
         int32 result vectors (see the module docstring for their order).
     """
 
-    def __init__(self, config: HwConfig):
+    def __init__(self, config: HwConfig, *, dsp_reserved: int = 0):
+        if isinstance(dsp_reserved, bool) or not isinstance(dsp_reserved, int) or dsp_reserved < 0:
+            raise TypeError(f"dsp_reserved must be a non-negative integer, not {dsp_reserved!r}")
         self._config = config
+        self._dsp = dsp_grid(config, dsp_reserved)
         members = {name: (Out if name == "out" else In)(stream.Signature(layout))
                    for name, layout in array_layouts(config).items()}
         super().__init__(members)
@@ -111,20 +141,59 @@ class SystolicArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        en = Signal()
-        m.d.comb += en.eq(~self.out.valid | self.out.ready)
+        # Two copies of the registered advance enable (see the module docstring); the PEs'
+        # copy is reset-less and takes `| rst` instead, which keeps Yosys from merging them.
+        en = Signal(init=1)
+        en_pe = Signal(init=1, reset_less=True)
+        stage = Signal(self.out.payload.shape(), name="stage")
+        stage_valid = Signal()
         if self._config.dataflow is Dataflow.WS:
-            self._elaborate_ws(m, en)
+            self._elaborate_ws(m, en, en_pe, stage, stage_valid)
         else:
-            self._elaborate_os(m, en)
+            self._elaborate_os(m, en, en_pe, stage, stage_valid)
+        self._output_buffer(m, en, en_pe, stage, stage_valid)
         return m
+
+    def _output_buffer(self, m, en, en_pe, stage, stage_valid) -> None:
+        """``out`` from the last stage and a buffer of :data:`OUT_BUFFER` beats behind it;
+        the next cycle's enable from the buffer's fill."""
+        buf = [Signal(stage.shape(), name=f"out_buf{k}", reset_less=True)
+               for k in range(OUT_BUFFER)]
+        count = Signal(range(OUT_BUFFER + 1))
+        count_next = Signal(range(OUT_BUFFER + 1))
+        taken = Signal()           # the stage's beat left while the array stood still
+        fresh = Signal()
+        m.d.comb += [
+            fresh.eq(stage_valid & ~taken),
+            self.out.valid.eq((count != 0) | fresh),
+            self.out.payload.eq(Mux(count != 0, buf[0], stage)),
+        ]
+        pop = self.out.ready & (count != 0)
+        direct = self.out.ready & (count == 0) & fresh
+        push = en & fresh & ~direct
+        with m.If(en):
+            m.d.sync += taken.eq(0)
+        with m.Elif(direct):
+            m.d.sync += taken.eq(1)
+        m.d.comb += count_next.eq(count + push - pop)
+        m.d.sync += count.eq(count_next)
+        with m.If(pop):
+            for k in range(OUT_BUFFER - 1):
+                m.d.sync += buf[k].eq(buf[k + 1])
+        with m.If(push):
+            for k in range(OUT_BUFFER):
+                with m.If(count - pop == k):
+                    m.d.sync += buf[k].eq(stage)
+        # The beat of the next cycle (one at most) must find room.
+        go = count_next + 1 <= OUT_BUFFER
+        m.d.sync += [en.eq(go), en_pe.eq(go | ResetSignal())]
 
     # -- weight-stationary -------------------------------------------------------------------
 
-    def _elaborate_ws(self, m: Module, en: Signal) -> None:
+    def _elaborate_ws(self, m: Module, en, en_pe, stage, stage_valid) -> None:
         cfg = self._config
         R, C, ow, aw = cfg.rows, cfg.cols, cfg.operand_width, cfg.acc_width
-        pes = [[WeightStationaryPE(cfg) for _ in range(C)] for _ in range(R)]
+        pes = [[WeightStationaryPE(cfg, dsp=self._dsp[i][j]) for j in range(C)] for i in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
@@ -171,7 +240,7 @@ class SystolicArray(wiring.Component):
         for i in range(R):
             chain_a = [Signal(signed(ow), name=f"skew_a_{i}_{d}", reset_less=True) for d in range(i + 1)]
             chain_b = [Signal(name=f"skew_bank_{i}_{d}", reset_less=True) for d in range(i + 1)]
-            with m.If(en):
+            with m.If(en_pe):
                 m.d.sync += [
                     chain_a[0].eq(Mux(a_take, self.acts.payload.data[R - 1 - i], 0)),
                     chain_b[0].eq(abank),
@@ -185,7 +254,7 @@ class SystolicArray(wiring.Component):
             for j in range(C):
                 pe = pes[i][j]
                 m.d.comb += [
-                    pe.en.eq(en),
+                    pe.en.eq(en_pe),
                     pe.a_in.eq(row_a[i] if j == 0 else pes[i][j - 1].a_out),
                     pe.bank_in.eq(row_bank[i] if j == 0 else pes[i][j - 1].bank_out),
                     pe.psum_in.eq(0 if i == 0 else pes[i - 1][j].psum_out),
@@ -199,29 +268,30 @@ class SystolicArray(wiring.Component):
             col = pes[R - 1][j].psum_out
             for d in range(C - 1 - j):
                 reg = Signal(signed(aw), name=f"deskew_{j}_{d}", reset_less=True)
-                with m.If(en):
+                with m.If(en_pe):
                     m.d.sync += reg.eq(col)
                 col = reg
-            m.d.comb += self.out.payload.data[j].eq(col)
+            m.d.comb += stage.data[j].eq(col)
 
-        self._valid_pipeline(m, en, a_take, self.acts.payload.last, latency(cfg))
+        self._valid_pipeline(m, en, a_take, self.acts.payload.last, latency(cfg), stage,
+                             stage_valid)
 
-    def _valid_pipeline(self, m, en, take, last, depth) -> None:
-        """Carry valid/last of accepted beats to ``out`` after ``depth`` cycles."""
+    def _valid_pipeline(self, m, en, take, last, depth, stage, stage_valid) -> None:
+        """Carry valid/last of accepted beats to the last stage after ``depth`` cycles."""
         prev_v, prev_l = take, take & last
         for d in range(depth):
             v, l = Signal(name=f"vpipe_{d}"), Signal(name=f"lpipe_{d}")
             with m.If(en):
                 m.d.sync += [v.eq(prev_v), l.eq(prev_l)]
             prev_v, prev_l = v, l
-        m.d.comb += [self.out.valid.eq(prev_v), self.out.payload.last.eq(prev_l)]
+        m.d.comb += [stage_valid.eq(prev_v), stage.last.eq(prev_l)]
 
     # -- output-stationary -------------------------------------------------------------------
 
-    def _elaborate_os(self, m: Module, en: Signal) -> None:
+    def _elaborate_os(self, m: Module, en, en_pe, stage, stage_valid) -> None:
         cfg = self._config
         R, C, ow, aw = cfg.rows, cfg.cols, cfg.operand_width, cfg.acc_width
-        pes = [[OutputStationaryPE(cfg) for _ in range(C)] for _ in range(R)]
+        pes = [[OutputStationaryPE(cfg, dsp=self._dsp[i][j]) for j in range(C)] for i in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
@@ -245,7 +315,7 @@ class SystolicArray(wiring.Component):
         def skewed(value, index, shape, name, reset_less=True):
             chain = [Signal(shape, name=f"{name}_{index}_{d}", reset_less=reset_less)
                      for d in range(index + 1)]
-            with m.If(en):
+            with m.If(en_pe):
                 m.d.sync += chain[0].eq(value)
                 for d in range(1, index + 1):
                     m.d.sync += chain[d].eq(chain[d - 1])
@@ -262,7 +332,7 @@ class SystolicArray(wiring.Component):
                 pe = pes[i][j]
                 left = pes[i][j - 1] if j else None
                 m.d.comb += [
-                    pe.en.eq(en),
+                    pe.en.eq(en_pe),
                     pe.a_in.eq(left.a_out if left else row_a[i]),
                     pe.first_in.eq(left.first_out if left else row_first[i]),
                     pe.last_in.eq(left.last_out if left else row_last[i]),
@@ -278,10 +348,9 @@ class SystolicArray(wiring.Component):
             # AND-OR select: at most one `done` is high in a cycle.
             m.d.comb += out_row[j].eq(
                 reduce(operator.or_, [Mux(done[i], pes[i][j].result, 0) for i in range(R)]))
+        last = Signal()
         with m.If(en):
-            m.d.sync += [
-                self.out.valid.eq(Cat(*done).any()),
-                self.out.payload.last.eq(done[R - 1]),
-                out_data.eq(Cat(*out_row)),
-            ]
-        m.d.comb += self.out.payload.data.eq(out_data)
+            m.d.sync += [stage_valid.eq(Cat(*done).any()), last.eq(done[R - 1])]
+        with m.If(en_pe):
+            m.d.sync += out_data.eq(Cat(*out_row))
+        m.d.comb += [stage.data.eq(out_data), stage.last.eq(last)]

@@ -23,7 +23,15 @@ def _add_hw_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> HwConfig:
-    return HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow)
+    multipliers = getattr(args, "multipliers", HwConfig().multipliers)
+    budget = None
+    if multipliers == "auto":
+        budget = args.dsp_budget if args.dsp_budget is not None else args.dsp_budget_default
+    if multipliers != "auto" and getattr(args, "dsp_budget", None) is not None:
+        raise ConfigError(f"dsp-budget applies to --multipliers auto only, got --multipliers "
+                          f"{multipliers} with --dsp-budget {args.dsp_budget}")
+    return HwConfig(rows=args.rows, cols=args.cols, dataflow=args.dataflow,
+                    multipliers=multipliers, dsp_budget=budget)
 
 
 def _cmd_verilog(args) -> int:
@@ -60,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "accelerator = the whole accelerator with its memory port (default array)")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="output Verilog file ('-' for standard output)")
+    from neuralmatrix.fpga.cli import add_multipliers_option
+    from neuralmatrix.fpga.synth import DEVICES
+
+    budget = DEVICES["ecp5"]["85k"].dsp_blocks
+    add_multipliers_option(p, "--dsp-budget allows")
+    p.add_argument("--dsp-budget", type=int, default=None, metavar="N",
+                   help=f"--multipliers auto: DSP blocks the top may use (default {budget}, "
+                        f"the ECP5-85k's MULT18X18D)")
+    p.set_defaults(dsp_budget_default=budget)
     p.set_defaults(func=_cmd_verilog)
 
     from neuralmatrix.fpga.cli import add_parser as add_synth_parser

@@ -39,9 +39,9 @@ def _gemm_program(cfg, M, K, N):
 
 
 @pytest.mark.parametrize("dataflow", ["ws", "os"])
-@pytest.mark.parametrize("rows,cols", [(2, 3), (4, 4)])
-def test_gemm_accumulate_chain(rows, cols, dataflow):
-    cfg = HwConfig(rows, cols, dataflow, sp_depth=64, acc_depth=64)
+@pytest.mark.parametrize("rows,cols,multipliers", [(2, 3, "dsp"), (4, 4, "dsp"), (2, 3, "logic")])
+def test_gemm_accumulate_chain(rows, cols, multipliers, dataflow):
+    cfg = HwConfig(rows, cols, dataflow, sp_depth=64, acc_depth=64, multipliers=multipliers)
     rng = np.random.default_rng(rows * 10 + cols)
     M, K, N = (7, rows, cols) if dataflow == "ws" else (rows, 9, cols)
     A = rng.integers(-128, 128, (M, K))

@@ -29,6 +29,19 @@ def test_verilog_is_deterministic(tmp_path, dataflow):
     assert port in text
 
 
+def test_multipliers_option_places_the_products(tmp_path, capsys):
+    """--multipliers logic leaves no `*` in the PEs; auto with --dsp-budget 3 keeps three
+    (the default budget is the ECP5-85k's 156, all 4 of a 2x2)."""
+    counts = {}
+    for args in (["--multipliers", "dsp"], ["--multipliers", "logic"],
+                 ["--multipliers", "auto", "--dsp-budget", "3"], ["--multipliers", "auto"]):
+        out = tmp_path / "x.v"
+        assert main(["verilog", "--rows", "2", "--cols", "2", *args, "-o", str(out)]) == 0
+        counts[" ".join(args)] = out.read_text().count(" * ")
+    assert list(counts.values()) == [4, 0, 3, 4]
+    assert "ws_2x2_auto3" in capsys.readouterr().err
+
+
 def test_dataflows_differ(tmp_path):
     a, b = tmp_path / "ws.v", tmp_path / "os.v"
     assert main(["verilog", "--dataflow", "ws", "-o", str(a)]) == 0
@@ -41,6 +54,9 @@ def test_dataflows_differ(tmp_path):
     (["--cols", "65"], "cols must be 1..64, got 65"),
     (["--dataflow", "xs"], "dataflow must be one of ws, os, got 'xs'"),
     (["--top", "gpu"], "top must be one of array, accelerator, got 'gpu'"),
+    (["--multipliers", "lut"], "multipliers must be one of dsp, logic, auto, got 'lut'"),
+    (["--dsp-budget", "4"], "dsp-budget applies to --multipliers auto only"),
+    (["--multipliers", "auto", "--dsp-budget", "-1"], "dsp_budget must be a non-negative integer"),
 ])
 def test_bad_parameters_fail_and_write_nothing(tmp_path, args, message):
     out = tmp_path / "x.v"
@@ -53,7 +69,8 @@ def test_bad_parameters_fail_and_write_nothing(tmp_path, args, message):
 def test_help_explains_every_option():
     res = _cli("verilog", "--help")
     assert res.returncode == 0
-    for option in ("--rows", "--cols", "--dataflow", "--top", "--output"):
+    for option in ("--rows", "--cols", "--dataflow", "--top", "--output", "--multipliers",
+                   "--dsp-budget"):
         assert option in res.stdout
     assert "1..64" in res.stdout and "ws" in res.stdout
 

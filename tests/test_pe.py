@@ -28,8 +28,9 @@ def test_make_pe_follows_dataflow():
         Fragment.get(pe, None)   # elaborates (and marks it used)
 
 
-def test_ws_pe_mac_banks_and_wrap():
-    dut = WeightStationaryPE(HwConfig())
+@pytest.mark.parametrize("dsp", [True, False], ids=["dsp", "logic"])
+def test_ws_pe_mac_banks_and_wrap(dsp):
+    dut = WeightStationaryPE(HwConfig(), dsp=dsp)
     rng = random.Random(0)
     S = PRODUCT_STAGES
 
@@ -76,10 +77,11 @@ def test_ws_pe_mac_banks_and_wrap():
     _simulate(dut, bench)
 
 
-def test_ws_pe_product_latency():
+@pytest.mark.parametrize("dsp", [True, False], ids=["dsp", "logic"])
+def test_ws_pe_product_latency(dsp):
     """A product reaches psum_out PRODUCT_STAGES + 1 advances after its a_in; stalls (en low)
     in between delay it without losing it."""
-    dut = WeightStationaryPE(HwConfig())
+    dut = WeightStationaryPE(HwConfig(), dsp=dsp)
 
     async def bench(ctx):
         ctx.set(dut.en, 1)
@@ -110,8 +112,9 @@ def test_ws_pe_product_latency():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_os_pe_accumulate_first_last(seed):
-    dut = OutputStationaryPE(HwConfig(dataflow="os"))
+@pytest.mark.parametrize("dsp", [True, False], ids=["dsp", "logic"])
+def test_os_pe_accumulate_first_last(seed, dsp):
+    dut = OutputStationaryPE(HwConfig(dataflow="os"), dsp=dsp)
     rng = random.Random(seed)
 
     async def bench(ctx):

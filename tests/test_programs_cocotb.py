@@ -23,6 +23,12 @@ CONFIGS = {
     "os_4x4": HwConfig(4, 4, "os", sp_depth=128, acc_depth=64),
     "ws_8x8": HwConfig(8, 8, "ws", sp_depth=256, acc_depth=128, pwl_segments=8),
     "os_8x8": HwConfig(8, 8, "os", sp_depth=256, acc_depth=128, pwl_tables=2),
+    # Mixed multipliers: the accelerator's output path and MAC counter take 3 * 3 + 1 = 10 of
+    # the 13 DSP blocks, so 3 PEs multiply on DSP blocks and 3 in logic.
+    "ws_2x3_auto13": HwConfig(2, 3, "ws", sp_depth=64, acc_depth=64, multipliers="auto",
+                              dsp_budget=13),
+    "os_2x3_auto13": HwConfig(2, 3, "os", sp_depth=64, acc_depth=64, multipliers="auto",
+                              dsp_budget=13),
 }
 
 

@@ -119,6 +119,8 @@ def test_bad_rows_list_every_bad_config_before_anything_runs(tmp_path, capsys, m
     (["--device", "100k"], "device for target ecp5 must be one of"),
     (["--jobs", "0"], "jobs must be a positive integer, got 0"),
     (["--plots", "gif"], "plots must be among png, svg, pdf, got 'gif'"),
+    (["--multipliers", "lut"], "multipliers must be one of dsp, logic, auto, got 'lut'"),
+    (["--multipliers", "auto", "--target", "xilinx"], "auto needs the DSP count of the device"),
 ])
 def test_bad_parameters_fail_with_their_name(tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -131,6 +133,10 @@ def test_square_and_product():
     assert [c.tag for c in plan_configs([2, 4], [2, 4], ["ws", "os"], square=True)] == \
         ["ws_2x2", "os_2x2", "ws_4x4", "os_4x4"]
     assert len(plan_configs([2, 4], [1, 2, 4], ["ws", "os"])) == 12
+    auto = plan_configs([4, 16], [4, 16], ["ws"], square=True, multipliers="auto",
+                        dsp_budget=156)
+    assert [c.tag for c in auto] == ["ws_4x4_auto156", "ws_16x16_auto156"]
+    assert [c.dsp_pes() for c in auto] == [16, 156]
 
 
 def test_main_cli_registers_sweep():
@@ -141,7 +147,7 @@ def test_main_cli_registers_sweep():
     text = sub.choices["sweep"].format_help()
     for option in ("--rows", "--cols", "--square", "--dataflow", "--target", "--device", "--top",
                    "--jobs", "--scheduler", "--out", "--workload", "--seed", "--plots",
-                   "--no-retry-errors"):
+                   "--no-retry-errors", "--multipliers"):
         assert option in text
 
 

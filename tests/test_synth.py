@@ -93,6 +93,11 @@ def test_devices_resolve_by_short_or_part_name():
     (["--device", "100k"], "device for target ecp5 must be one of 12k, 25k, 45k, 85k, got '100k'"),
     (["--top", "gpu"], "top must be one of array, accelerator, got 'gpu'"),
     (["--freq", "-5"], "freq must be a clock in MHz"),
+    (["--multipliers", "lut"], "multipliers must be one of dsp, logic, auto, got 'lut'"),
+    (["--multipliers", "auto", "--target", "xilinx"],
+     "multipliers: auto needs the DSP count of the device, and target xilinx device xc7 has "
+     "none"),
+    (["--multipliers", "auto", "--device", "100k"], "device for target ecp5 must be one of"),
 ])
 def test_cli_bad_parameters_fail_and_write_nothing(tmp_path, capsys, no_tools, args, message):
     out, work = tmp_path / "r.json", tmp_path / "work"
@@ -106,9 +111,29 @@ def test_help_explains_every_option():
     add_parser(parser.add_subparsers(dest="command"))
     text = parser._subparsers._group_actions[0].choices["synth"].format_help()
     for option in ("--rows", "--cols", "--dataflow", "--target", "--device", "--top", "--freq",
-                   "--json", "--seed", "--router", "--workdir", "--timeout"):
+                   "--json", "--seed", "--router", "--workdir", "--timeout", "--multipliers"):
         assert option in text
     assert "85k" in text and "up5k" in text and "ice40" in text
+
+
+def test_auto_budget_is_the_device_dsp_count():
+    from neuralmatrix.fpga.synth import config_for_device, device_dsp_blocks
+
+    assert device_dsp_blocks("ecp5") == 156 and device_dsp_blocks("ecp5", "25k") == 28
+    assert device_dsp_blocks("ice40", "up5k") == 8
+    config = config_for_device("ecp5", "45k", multipliers="auto", rows=16, cols=16)
+    assert (config.multipliers, config.dsp_budget, config.dsp_pes()) == ("auto", 72, 72)
+    assert config_for_device("xilinx", multipliers="logic", rows=2, cols=2).dsp_budget is None
+
+
+def test_logic_multipliers_synthesize_without_dsp_blocks(tools, tmp_path):
+    """Yosys maps no MULT18X18D for the logic PEs: a 2x3 array with budget 2 has exactly 2,
+    and the result (and its JSON) says where the multipliers went."""
+    config = HwConfig(2, 3, "os", multipliers="auto", dsp_budget=2)
+    result = synthesize(config, workdir=tmp_path / "w", place_and_route=False)
+    assert result.resources["DSP"] == 2
+    split = result.as_dict()["multipliers"]
+    assert (split["multipliers"], split["dsp"], split["logic"]) == ("auto", 2, 4)
 
 
 def test_main_cli_registers_synth():
