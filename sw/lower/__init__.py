@@ -101,6 +101,7 @@ def linearize(model: onnx.ModelProto, config: HwConfig, ranges: dict[str, Range]
                                  node=node.name, op=node.op_type)
         if all(i in ctx.consts or not i for i in node.input):
             continue                         # constant subgraph left by the frontend
+        _no_empty(ctx, node)
         apply(fn, ctx, node)
     outputs = {}
     for o in g.output:
@@ -108,6 +109,16 @@ def linearize(model: onnx.ModelProto, config: HwConfig, ranges: dict[str, Range]
             raise LinearizeError(f"graph output {o.name!r} is a constant or was not computed")
         outputs[o.name] = ctx.vals[o.name]
     return Network(inputs, outputs, ctx.steps, ctx.notes)
+
+
+def _no_empty(ctx: Context, node) -> None:
+    """A tensor with a zero dimension is one clear error (no GEMM has a zero size)."""
+    for name in [*node.input, *node.output]:
+        shape = ctx.shapes.get(name) if name and name not in ctx.consts else None
+        if shape is not None and 0 in tuple(shape):
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): tensor {name!r} has "
+                                 f"shape {tuple(shape)}, no elements; empty tensors are not "
+                                 f"supported", node=node.name, op=node.op_type)
 
 
 def _inputs(ctx: Context) -> dict[str, Tensor | None]:
