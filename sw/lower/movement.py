@@ -62,6 +62,7 @@ def concat(ctx, node):
     srcs = [ctx.val(i, node) if i in ctx.vals else None for i in node.input]
     if any(s is None for s in srcs):
         raise LinearizeError(f"Concat (node {node.name!r}): constant operands are not supported")
+    srcs = [s for s in srcs if 0 not in s.shape] or srcs[:1]    # empty parts add nothing
     scale = max(s.scale for s in srcs)
     srcs = [_rescale(ctx, node, s, scale) for s in srcs]
     _move(ctx, node, lambda *i: np.concatenate(i, axis=axis), srcs=srcs)
