@@ -6,7 +6,9 @@ Each case is compiled on the default hardware and written with
 ``quant.json`` (scales, requantization, PWL tables) and the host gather indices of
 ``transfers.npz``. The digests were recorded on the lowering before it became the
 :mod:`neuralmatrix.sw.lower` package (``sw/linearize.py``); a refactoring of the lowering must
-leave every one unchanged. A deliberate change of the emitted programs updates them: run
+leave every one unchanged. A deliberate change of the emitted programs updates them (the
+``pattern:*`` digests: LayerNorm's row-length margin, :func:`~neuralmatrix.sw.lower.layernorm.
+square_margin`, for their 32-element rows): run
 ``NM_SNAPSHOT_PRINT=1 pytest -q tests/test_lowering_snapshot.py -s`` and paste the printed
 table.
 
@@ -45,11 +47,11 @@ DIGESTS = {
     "minilm": "7f4990fd913d5c0aac87db176aef1650e6301bdeba90bdfcdf26e7a3c216043b",
     "minilm-decomposed": "3a1e5a787e2d1caaa2525c5b747781ffff34287aa86c401f17a7595127c253b1",
     "resnet50": "52dd8e939b3f07dd90982acd8f19a95712c2a4decc6fb7e11395a151e933e3fa",
-    "pattern:opset14": "ff430f927a2fbb0ded9e48bce84e1344a9884374cc486260cd4f7614d3430122",
-    "pattern:opset18-axes-input": "ff430f927a2fbb0ded9e48bce84e1344a9884374cc486260cd4f7614d3430122",
-    "pattern:mul-reciprocal": "ff430f927a2fbb0ded9e48bce84e1344a9884374cc486260cd4f7614d3430122",
-    "pattern:no-affine": "5bd2200902c0c164a589eab23ea2c7ffdc40414ce08990b70a6fcc19f74d29a6",
-    "pattern:no-beta": "0b0b7eccc4c3b14e51b1a11ec492af0df60ec69740324f99db386bcc8b866c47",
+    "pattern:opset14": "bd09de7ae167270a46db34d927838886e5aef158f6bd7674763b11b96b4e5063",
+    "pattern:opset18-axes-input": "bd09de7ae167270a46db34d927838886e5aef158f6bd7674763b11b96b4e5063",
+    "pattern:mul-reciprocal": "bd09de7ae167270a46db34d927838886e5aef158f6bd7674763b11b96b4e5063",
+    "pattern:no-affine": "309fac1e21e318a7aa97df67826290e0b7b8e1a7984b64d0327008778a9250c8",
+    "pattern:no-beta": "b4d273bda0490c9e9f1da8be16a9b798638411418eb41acdacc48b52deb28331",
     "graph:div-expand": "5cb92fe5681dcf878409d204b111227041e1378e825d84101fc9d403ccfadd73",
     "graph:gather-concat-gemm": "2c9854a90d10742092c4d84c17fc0b78908484f0f6b2876f76d5c93cd82f15a8",
     "graph:matmul-softmax": "10311eb42f1a645c3901f828c82a911658ee863f2d98458ffbac89c0f468410e",
