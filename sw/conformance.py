@@ -75,7 +75,7 @@ PARAM_INPUTS: dict[str, frozenset[int]] = {
     "LayerNormalization": frozenset({1, 2}), "InstanceNormalization": frozenset({1, 2}),
     "GroupNormalization": frozenset({1, 2}),
     "PRelu": frozenset({1}), "Clip": frozenset({1, 2}), "Pad": frozenset({2}),
-    "Pow": frozenset({1}),
+    "Pow": frozenset({1}), "CausalConvWithState": frozenset({1, 2}),
 }
 #: Row outcomes, in table order.
 STATUSES = ("pass", "fail", "compile error", "crash", "skipped")

@@ -6,7 +6,9 @@ Each case is compiled on the default hardware and written with
 ``quant.json`` (scales, requantization, PWL tables) and the host gather indices of
 ``transfers.npz``. The digests were recorded on the lowering before it became the
 :mod:`neuralmatrix.sw.lower` package (``sw/linearize.py``); a refactoring of the lowering must
-leave every one unchanged. A deliberate change of the emitted programs updates them: run
+leave every one unchanged. A deliberate change of the emitted programs updates them (the
+``pattern:*`` digests: LayerNorm's row-length margin, :func:`~neuralmatrix.sw.lower.layernorm.
+square_margin`, for their 32-element rows): run
 ``NM_SNAPSHOT_PRINT=1 pytest -q tests/test_lowering_snapshot.py -s`` and paste the printed
 table.
 

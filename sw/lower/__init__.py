@@ -28,6 +28,7 @@ its family's module.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from neuralmatrix.hw.params import HwConfig
@@ -101,13 +102,44 @@ def linearize(model: onnx.ModelProto, config: HwConfig, ranges: dict[str, Range]
                                  node=node.name, op=node.op_type)
         if all(i in ctx.consts or not i for i in node.input):
             continue                         # constant subgraph left by the frontend
-        apply(fn, ctx, node)
+        if not _empty(ctx, node):
+            apply(fn, ctx, node)
     outputs = {}
     for o in g.output:
         if o.name not in ctx.vals:
             raise LinearizeError(f"graph output {o.name!r} is a constant or was not computed")
         outputs[o.name] = ctx.vals[o.name]
     return Network(inputs, outputs, ctx.steps, ctx.notes)
+
+
+#: Ops whose rule takes an empty activation input and still has a non-empty output.
+_EMPTY_INPUT_OK = frozenset({"Concat"})
+
+
+def _empty(ctx: Context, node) -> bool:
+    """Tensors with a zero dimension. A node whose outputs are all empty computes nothing:
+    its outputs become empty tensors (no step), and True is returned. A node that reads an
+    empty activation into a non-empty output (a reduction over no elements, whose result is
+    a constant) is one clear error, except for the ops of :data:`_EMPTY_INPUT_OK`."""
+    shapes = {o: ctx.shapes.get(o) for o in node.output if o}
+    if shapes and all(s is not None and 0 in tuple(s) for s in shapes.values()):
+        src = next((ctx.vals[i] for i in node.input if i in ctx.vals), None)
+        if src is None:
+            return False
+        for o, shape in shapes.items():
+            ctx.vals[o] = ctx.gather(o, node.name, [src],
+                                     lambda i, shape=shape: np.zeros(shape, dtype=np.int64))
+        return True
+    if node.op_type in _EMPTY_INPUT_OK:
+        return False
+    for name in node.input:
+        shape = ctx.shapes.get(name) if name and name not in ctx.consts else None
+        if shape is not None and 0 in tuple(shape):
+            raise LinearizeError(f"{node.op_type} (node {node.name!r}): input {name!r} has "
+                                 f"shape {tuple(shape)}, no elements, and the output has "
+                                 f"some: an op over an empty tensor (its result a constant) "
+                                 f"is not supported", node=node.name, op=node.op_type)
+    return False
 
 
 def _inputs(ctx: Context) -> dict[str, Tensor | None]:

@@ -58,6 +58,9 @@ ACTIVATIONS = ELEMENTWISE - {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", 
 FUNCTION_KINDS = frozenset({op.lower() for op in ACTIVATIONS}
                            | {"gelu", "exp", "log", "rsqrt", "square", "reciprocal", "relu",
                               "lrn"})
+#: A PWL function is fitted clipped to the output's int8 range when it goes this many times
+#: beyond it inside the table's input range, away from its ends (a pole; :meth:`Context._table`).
+_CLIP_FIT = 4.0
 _IN16 = 32000.0          # int16 codes used for a PWL input range (headroom below 32767)
 
 
@@ -346,6 +349,18 @@ class Context:
             # Shrink to the finite part (e.g. sqrt or log at calibrated values just below 0).
             idx = np.nonzero(ok)[0]
             lo, hi = float(grid[idx[0]]), float(grid[idx[-1]])
+        with np.errstate(all="ignore"):
+            mag = np.abs(np.asarray(func(np.linspace(lo, hi, 4097)), dtype=np.float64))
+        top = (INT8_MAX + 1) * out_scale
+        at = int(np.argmax(mag))
+        if mag[at] > _CLIP_FIT * top and 0 < at < mag.size - 1:
+            # A pole inside the range (1/x of a tensor of both signs): the output saturates
+            # there anyway, so fit what int8 can represent, not the pole's huge values. (A
+            # function largest at an end of the range, like GELU or exp, is fitted as is.)
+            raw = func
+
+            def func(v, raw=raw, top=top):
+                return np.clip(np.asarray(raw(v), dtype=np.float64), -top, top)
         method = self.pwl_method
         fitted = pwl_lib.fit(func, lo, hi, segs, method=method)
         fitted = pwl_lib.PwlFit(fitted.breakpoints, fitted.slopes, fitted.intercepts,

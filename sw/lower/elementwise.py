@@ -18,7 +18,7 @@ from neuralmatrix.hw.arith import INT8_MAX
 
 from .. import pwl as pwl_lib
 from ..ir import Tensor, Term
-from .context import LinearizeError, channels_last, per_channel, storage
+from .context import LinearizeError, storage
 from .fusion import chain, chain_function, chain_kind, emit_sum
 from .rules import rule
 
@@ -115,33 +115,32 @@ def _pow_elements(ctx, node):
 
 @rule("PRelu")
 def prelu(ctx, node):
-    """PRelu: with a scalar slope a PWL function; per channel ``relu(x) - a * relu(-x)``."""
+    """PRelu: with a scalar slope a PWL function; else ``relu(x) - a * relu(-x)``."""
     if ctx.scalar(node.input[1]) is not None:
         return unary(ctx, node)
-    # Per-channel slope: relu(x) - a * relu(-x), two PWL kernels and a sum.
+    # A slope tensor: relu(x) - a * relu(-x), two PWL kernels and a sum, with the axes
+    # along which the slope varies as the columns.
     x = ctx.val(node.input[0], node)
     a = ctx.consts.get(node.input[1])
     if a is None:
         raise LinearizeError(f"PRelu (node {node.name!r}): slope must be constant")
-    r = ctx.range_of(node.input[0])
+    a = a.astype(np.float64)
     rank = len(x.shape)
-    if rank >= 3:                                # per-channel slope: channels last
-        x = ctx.relayout(x, channels_last(rank), node.name)
-    n = x.cols
-    v = per_channel(a, rank, n, 1 if rank >= 3 else -1)
-    if v is None and a.ndim == 1 and rank >= 3 and a.size == n != x.shape[-1]:
-        v = a.astype(np.float64)     # opset < 7 exports: a 1-D slope is per channel
-    if v is None:
-        raise LinearizeError(f"PRelu (node {node.name!r}): slope must be a scalar or one "
-                             f"value per channel")
-    a = v
+    if a.ndim == 1 and rank >= 3 and a.size == x.shape[1] != x.shape[-1]:
+        a = a.reshape((-1,) + (1,) * (rank - 2))    # opset < 7 exports: per channel
+    shape = ctx.shape_of(node.output[0])
+    cols = _Columns(ctx, node, x, a, shape)
+    x, a, n = cols.x, cols.vec, cols.x.cols
+    r = ctx.range_of(node.input[0])
     pos = ctx.new(node.output[0] + ".pos", x.shape, x.perm, max(r.hi, 1e-6) / INT8_MAX)
     neg = ctx.new(node.output[0] + ".neg", x.shape, x.perm, max(-r.lo, 1e-6) / INT8_MAX)
     ctx.kernel(f"{node.name}.pos", node.name, [Term(x, ctx.diag(n, 1))], pos, x.scale,
                func=pwl_lib.relu, pre=(r.lo, r.hi), role="linearization", kind="relu")
     ctx.kernel(f"{node.name}.neg", node.name, [Term(x, ctx.diag(n, -1))], neg, x.scale,
                func=pwl_lib.relu, pre=(-r.hi, -r.lo), role="linearization", kind="relu")
-    emit_sum(ctx, node, [(pos, np.ones(n)), (neg, -a)], node.output[0], x.shape, x.perm)
+    emit_sum(ctx, node, [(pos, np.ones(n)), (neg, -a)], cols.name, cols.shape, cols.perm,
+             fuse=cols.flat is None)
+    cols.finish()
 
 
 def _binary_operands(ctx, node):
@@ -156,6 +155,56 @@ def _broadcast_to(ctx, t: Tensor, shape, perm, origin) -> Tensor:
     return ctx.gather(f"{t.name}.bcast", origin, [t],
                       lambda i: np.broadcast_to(i.reshape((1,) * (len(shape) - i.ndim) + i.shape),
                                                 shape), perm)
+
+
+class _Columns:
+    """An activation *x* (broadcast to *shape*) laid out so that the axes along which a
+    constant *c* varies are its storage columns: ``vec`` is then one value per column.
+    One axis: a relayout with that axis last, the output keeps the ONNX shape (``name``,
+    ``shape``, ``perm``). Several axes: a gather into ``(rest, varying)`` and, by
+    :meth:`finish`, one back (the output of the 2-D form is ``name``, a tensor of its own
+    with the range of the node's output)."""
+
+    def __init__(self, ctx, node, x, c, shape):
+        rank = len(shape)
+        c = np.asarray(c, dtype=np.float64)
+        vs = [1] * (rank - c.ndim) + list(c.shape)
+        axes = [d for d in range(rank) if vs[d] != 1] or [x.perm[-1]]
+        keep = [d for d in x.perm if d not in axes]          # x's own order otherwise
+        full = np.broadcast_to(c.reshape(vs), tuple(shape))
+        self.ctx, self.node, self.final = ctx, node, node.output[0]
+        if tuple(x.shape) != tuple(shape):
+            x = _broadcast_to(ctx, x, shape, x.perm, node.name)
+        idx = tuple(slice(None) if d in axes else 0 for d in range(rank))
+        if len(axes) == 1:
+            self.perm = tuple(keep) + tuple(axes)
+            self.x = ctx.relayout(x, self.perm, node.name)
+            self.name, self.shape, self.flat = self.final, tuple(shape), None
+            self.vec = full[idx].reshape(-1)
+            return
+        lead = tuple(shape[d] for d in keep)
+        red = int(np.prod([shape[d] for d in axes]))
+        self.flat = (lead, tuple(shape[d] for d in axes))
+        order = tuple(keep) + tuple(axes)
+        self.x = ctx.gather(f"{x.name}.cols", node.name, [x],
+                            lambda i: np.transpose(i, order).reshape(lead + (red,)))
+        self.name, self.shape = f"{self.final}#cols", lead + (red,)
+        self.perm = tuple(range(len(self.shape)))
+        self.vec = full[idx].reshape(-1)
+        r = ctx.range_of(self.final)
+        ctx.ranges[self.name] = type(r)(r.lo, r.hi, r.sample)
+        self._axes = order
+
+    def finish(self):
+        """The node's output in its ONNX shape (after the 2-D form)."""
+        if self.flat is None:
+            return
+        lead, dims = self.flat
+        inv = tuple(np.argsort(self._axes))
+        ctx = self.ctx
+        ctx.vals[self.final] = ctx.gather(
+            self.final, self.node.name, [ctx.vals[self.name]],
+            lambda i: np.transpose(i.reshape(lead + dims), inv))
 
 
 @rule("Add", "Sub")
@@ -240,14 +289,11 @@ def mul(ctx, node):
         ctx.vals[node.output[0]] = out
         ctx.notes.append(f"{node.name or node.op_type}: scalar folded into the scale")
         return
-    if tuple(x.shape) != tuple(shape):
-        x = _broadcast_to(ctx, x, shape, x.perm, node.name)
-    n = x.cols
-    vs = [1] * (len(shape) - c.ndim) + list(c.shape)
-    if not all(d == 1 for i, d in enumerate(vs) if i != x.perm[-1]):
-        raise LinearizeError(f"{node.op_type} (node {node.name!r}): constant must be a scalar "
-                             f"or per-{'channel' if len(shape) > 2 else 'column'} vector")
-    emit_sum(ctx, node, [(x, np.broadcast_to(c.reshape(-1), (n,)))], node.output[0], shape, x.perm)
+    # A constant varying along some axes: those axes are the columns, c a diagonal weight.
+    cols = _Columns(ctx, node, x, c, shape)
+    emit_sum(ctx, node, [(cols.x, cols.vec)], cols.name, cols.shape, cols.perm,
+             fuse=cols.flat is None)
+    cols.finish()
 
 
 def _product(ctx, node, ta, tb, shape, absmax=None):

@@ -22,14 +22,16 @@ from ..ir import FILL_ZERO, Tensor, Term, Transfer
 from .context import LinearizeError, attr, prod
 from .rules import rule
 
-__all__ = ["SQUARE_BUDGET", "SQUARE_MARGIN", "RSQRT_MARGIN", "LN_BLOCK", "layer_normalization",
-           "lower_chain"]
+__all__ = ["SQUARE_BUDGET", "SQUARE_MARGIN", "SQUARE_MARGIN_ROW", "RSQRT_MARGIN", "LN_BLOCK",
+           "square_margin", "layer_normalization", "lower_chain"]
 
 #: Most GEMM depth of a LayerNorm sum of squares, in multiples of the row length
 #: (:func:`_square_levels`).
 SQUARE_BUDGET = 2.0
-#: Margin of those column scales over the calibrated magnitudes.
+#: Margin of those column scales over the calibrated magnitudes, for rows of
+#: :data:`SQUARE_MARGIN_ROW` elements or more (:func:`square_margin`).
 SQUARE_MARGIN = 4.0
+SQUARE_MARGIN_ROW = 256
 #: Rows per sum-of-squares block, in array columns: a block of ``r`` rows is one GEMM
 #: ``r x D @ D x r`` of which the diagonal is used. Two columns' worth halves the loads per
 #: row of the (load-bound) one-column blocks for twice the computes, and halves the kernels.
@@ -108,7 +110,8 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta,
     if cm is not None and cm.size == D:
         # With a margin: a centered value beyond its column's range would saturate and
         # make its row's variance too small (held-out sentences go beyond 2x).
-        c.scale, c.colscale = _square_levels(cm * SQUARE_MARGIN, D)
+        margin = square_margin(D)
+        c.scale, c.colscale = _square_levels(cm * margin, D)
         if c.colscale.max() == 1:
             c.colscale = None
         else:
@@ -211,6 +214,16 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta,
         ctx.vals[inv_name] = ctx.gather(
             inv_name, name, invs,
             lambda *i: np.concatenate([np.diagonal(b) for b in i]).reshape(reduced))
+
+
+def square_margin(D: int) -> float:
+    """The margin of a LayerNorm's centered values over their calibrated range, for rows
+    of *D* elements: :data:`SQUARE_MARGIN` from :data:`SQUARE_MARGIN_ROW` elements on,
+    shrinking as ``sqrt(D)`` below (at least 1). The rounding noise of a row's sum of
+    squares, relative to the sum, grows as ``1 / sqrt(D)``: a short row cannot give up the
+    margin's bits (5 elements at margin 4: 5 % errors in the variance), a wide one (a
+    transformer's 384) keeps the headroom for held-out rows beyond the calibrated range."""
+    return float(min(SQUARE_MARGIN, max(1.0, SQUARE_MARGIN * math.sqrt(D / SQUARE_MARGIN_ROW))))
 
 
 def _square_levels(cm: np.ndarray, D: int, budget: float | None = None):

@@ -172,11 +172,26 @@ def gemm(ctx, node):
     if attr(node, "transB", 0):
         w = w.T
     N = w.shape[1]
+    if bias is not None and (bias.size not in (1, N) or (bias.ndim == 2 and bias.shape[0] != 1)):
+        return _gemm_matrix_c(ctx, node, x, w, bias.astype(np.float64) * beta)
     bf = np.zeros(N) if bias is None else np.broadcast_to(
         bias.astype(np.float64).reshape(-1) * beta, (N,)).copy()
-    if bias is not None and bias.size not in (1, N):
-        raise LinearizeError(f"Gemm (node {node.name!r}): C must broadcast along rows")
     _linear_const(ctx, node, x, w, bf, (x.shape[0], N))
+
+
+def _gemm_matrix_c(ctx, node, x, w, c):
+    """Gemm with a constant C that varies along rows: ``A B`` as one kernel, then ``+ C``
+    as a sum with C's two int8 digits (about 14 bits, per-column scales)."""
+    shape = (x.shape[0], w.shape[1])
+    c = np.broadcast_to(c.reshape((1,) * (2 - c.ndim) + c.shape), shape)
+    q, sw = quantize_weights(w * x.colw[:, None], axis=1)
+    top = ctx.range_of(node.output[0]).absmax + float(np.max(np.abs(c)))
+    ab = ctx.new(f"{node.output[0]}.ab", shape, (0, 1), max(top, 1e-8) / INT8_MAX)
+    ctx.kernel(f"{node.name or 'Gemm'}.ab", node.name,
+               [Term(x, ctx.const(f"{node.name}.W", q, 1.0))], ab, x.scale * sw)
+    parts = [(ab, np.ones(shape[1]))]
+    parts += [(t, np.ones(shape[1])) for t in ctx.digits(f"{node.name}.C", c, shape, (0, 1))]
+    emit_sum(ctx, node, parts, node.output[0], shape, (0, 1))
 
 
 def _gemm_activation_c(ctx, node, x, w, alpha, beta):
@@ -278,9 +293,16 @@ def matmul(ctx, node):
         return
     y = ctx.val(b_name, node)
     y = ctx.relayout(y, tuple(range(len(y.shape))), node.name)
+    onnx_shape = None
+    if len(x.shape) == 1 or len(y.shape) == 1:
+        # numpy's rule: a 1-D A is a row (1, K), a 1-D B a column (K, 1); the added
+        # dimension is dropped from the output (the same storage: a view).
+        onnx_shape = tuple(ctx.shape_of(node.output[0]))
+        if len(x.shape) == 1:
+            x = ctx.gather(f"{x.name}.row", node.name, [x], lambda i: i.reshape(1, -1))
+        if len(y.shape) == 1:
+            y = ctx.gather(f"{y.name}.col", node.name, [y], lambda i: i.reshape(-1, 1))
     xs, ys = x.shape, y.shape
-    if len(xs) < 2 or len(ys) < 2:
-        raise LinearizeError(f"MatMul (node {node.name!r}): 1-D operands are not supported")
     batch = np.broadcast_shapes(xs[:-2], ys[:-2])
     M, K, N = xs[-2], xs[-1], ys[-1]
     if ys[-2] != K:
@@ -314,6 +336,8 @@ def matmul(ctx, node):
         parts.append((b * M, M, Term(xa, yb)))
     if to_softmax:
         ctx.scores[final] = (acc, parts)
+    if onnx_shape is not None:
+        out = ctx.gather(final, node.name, [out], lambda i: i.reshape(onnx_shape))
     ctx.vals[final] = out
 
 

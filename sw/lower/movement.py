@@ -14,11 +14,11 @@ import numpy as np
 from neuralmatrix.hw.arith import INT8_MAX
 
 from ..ir import FILL_ZERO, Lookup, Tensor, Term
-from .context import LinearizeError, attr
+from .context import LinearizeError, attr, storage
 from .rules import rule
 
 __all__ = ["identity", "reshape", "expand", "transpose", "concat", "split", "slice_", "pad",
-           "gather"]
+           "gather", "gather_nd", "where"]
 
 
 def _move(ctx, node, fn, *, srcs=None, perm=None):
@@ -62,6 +62,7 @@ def concat(ctx, node):
     srcs = [ctx.val(i, node) if i in ctx.vals else None for i in node.input]
     if any(s is None for s in srcs):
         raise LinearizeError(f"Concat (node {node.name!r}): constant operands are not supported")
+    srcs = [s for s in srcs if 0 not in s.shape] or srcs[:1]    # empty parts add nothing
     scale = max(s.scale for s in srcs)
     srcs = [_rescale(ctx, node, s, scale) for s in srcs]
     _move(ctx, node, lambda *i: np.concatenate(i, axis=axis), srcs=srcs)
@@ -124,10 +125,15 @@ def pad(ctx, node):
     pads = ctx.constant(node.input[1], node, "pads").tolist() if len(node.input) > 1 \
         else attr(node, "pads")
     value = ctx.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
-    if len(node.input) > 3 and node.input[3]:
-        raise LinearizeError(f"Pad (node {node.name!r}): the axes input is not supported")
     x = ctx.val(node.input[0], node)
     rank = len(x.shape)
+    if len(node.input) > 3 and node.input[3]:
+        # pads for the listed axes only (begins, then ends): zeros for the others.
+        axes = [int(a) % rank for a in ctx.constant(node.input[3], node, "axes").tolist()]
+        full = [0] * (2 * rank)
+        for k, a in enumerate(axes):
+            full[a], full[a + rank] = pads[k], pads[k + len(axes)]
+        pads = full
     width = [(pads[d], pads[d + rank]) for d in range(rank)]
     if mode == "constant" and value:
         # The pad value is one more int8 element the gather copies: the input and the value
@@ -201,3 +207,44 @@ def gather(ctx, node):
     rank = len(x.shape)
     _move(ctx, node, lambda i: np.take(i, np.where(ind < 0, ind + x.shape[axis % rank], ind),
                                        axis=axis % rank))
+
+
+@rule("GatherND")
+def gather_nd(ctx, node):
+    """GatherND of an activation by constant indices (``batch_dims`` 0): a gather."""
+    x = ctx.val(node.input[0], node)
+    ind = ctx.constant(node.input[1], node, "indices").astype(np.int64)
+    if attr(node, "batch_dims", 0):
+        raise LinearizeError(f"GatherND (node {node.name!r}): batch_dims > 0 is not supported")
+    lead = tuple(x.shape[:ind.shape[-1]])
+    ind = np.where(ind < 0, ind + np.asarray(lead), ind)
+    _move(ctx, node, lambda i: i[tuple(np.moveaxis(ind, -1, 0))])
+
+
+@rule("Where")
+def where(ctx, node):
+    """Where with a constant condition: a gather choosing each element from X or Y (at
+    one scale: the larger, the other rescaled; a constant operand quantized to it)."""
+    cond = ctx.constant(node.input[0], node, "condition").astype(bool)
+    shape = tuple(ctx.shape_of(node.output[0]))
+    ops = [ctx.val(i, node) if i in ctx.vals else None for i in node.input[1:3]]
+    consts = [None if t else ctx.consts[i].astype(np.float64) for i, t in
+              zip(node.input[1:3], ops)]
+    scale = max([t.scale for t in ops if t] +
+                [float(np.max(np.abs(c), initial=0.0)) / INT8_MAX for c in consts if c is not None])
+    scale = max(scale, 1e-12)
+    srcs = []
+    for t, c in zip(ops, consts):
+        if t is not None:
+            srcs.append(_rescale(ctx, node, t, scale))
+        else:
+            rows, cols = storage(c.shape, tuple(range(c.ndim)))
+            q = np.clip(np.round(c / scale), -INT8_MAX, INT8_MAX).reshape(rows, cols)
+            srcs.append(ctx.const(f"{node.name or 'Where'}.const", q, scale, tuple(c.shape)))
+
+    def fn(a, b):
+        a, b = (i if c is None else i.reshape(c.shape) for i, c in zip((a, b), consts))
+        return np.where(np.broadcast_to(cond, shape), np.broadcast_to(a, shape),
+                        np.broadcast_to(b, shape))
+
+    _move(ctx, node, fn, srcs=srcs)

@@ -27,6 +27,9 @@ def _reduce(ctx, node, mean: bool):
     axes = attr(node, "axes", None)
     if axes is None and len(node.input) > 1 and node.input[1]:
         axes = ctx.constant(node.input[1], node, "axes").tolist()
+    if (axes is None or len(axes) == 0) and attr(node, "noop_with_empty_axes", 0):
+        ctx.vals[node.output[0]] = x             # no axes: the identity
+        return
     if axes is None or len(axes) == 0:
         axes = list(range(rank))
     axes = sorted(a % rank for a in axes)
