@@ -15,6 +15,7 @@ from neuralmatrix.hw.params import ConfigError, HwConfig
 from .synth import (DEFAULT_DEVICE, DEFAULT_FREQ_MHZ, DEFAULT_ROUTER, DEVICES, ROUTERS,
                     DoesNotFit, SynthError,
                     SynthResult, check_parameters, synthesize)
+from .synth_only import FLOW_LABEL, FLOW_PNR
 
 __all__ = ["add_parser", "format_table", "format_notes", "format_sweep_table"]
 
@@ -54,7 +55,8 @@ def _add_synth_parser(subparsers) -> None:
     p.add_argument("--dataflow", default=str(d.dataflow),
                    help=f"ws = weight-stationary, os = output-stationary (default {d.dataflow})")
     p.add_argument("--target", default="ecp5",
-                   help="FPGA family: ecp5 or ice40 (default ecp5)")
+                   help="FPGA family: ecp5 or ice40 (default ecp5), or xilinx: synthesis only, "
+                        "no timing (synth_xilinx resource counts, arrays up to 64x64)")
     p.add_argument("--device", default=None,
                    help=f"device: {devices}; ECP5 in package CABGA381, up5k in sg48, "
                         f"hx8k in ct256")
@@ -125,7 +127,10 @@ def format_table(result: SynthResult):
     """A rich table of *result*: each resource, the device's capacity, the share, and Fmax."""
     from rich.table import Table
 
-    table = Table(title=f"{result.top} {result.config.tag} on {result.part}-{result.package}")
+    where = (f"{result.part}-{result.package}" if result.package
+             else f"{result.target} {result.device}")
+    label = "" if result.flow == FLOW_PNR else f" ({result.flow})"
+    table = Table(title=f"{result.top} {result.config.tag} on {where}{label}")
     table.add_column("resource")
     table.add_column("used", justify="right")
     table.add_column("device", justify="right")
@@ -135,8 +140,11 @@ def format_table(result: SynthResult):
         pct = result.utilization.get(key)
         table.add_row(key, f"{used:,}", "" if cap is None else f"{cap:,}",
                       "" if pct is None else f"{pct:.1f}")
-    fmax = "n/a" if result.fmax_mhz is None else f"{result.fmax_mhz:.2f} MHz"
     table.add_section()
+    if result.flow != FLOW_PNR:
+        table.add_row("Fmax", "n/a", "no timing: synthesis only", "")
+        return table
+    fmax = "n/a" if result.fmax_mhz is None else f"{result.fmax_mhz:.2f} MHz"
     table.add_row("Fmax", fmax, f"target {result.freq_mhz:g} MHz", "")
     cp = result.critical_path
     if cp is not None:
@@ -153,9 +161,16 @@ def format_notes(result: SynthResult) -> list[str]:
     """Lines printed under the table: seed, time per step, where the files are, the shim."""
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     lines = [f"seed {result.seed}, {result.router}; time: {steps}", f"files: {result.workdir}"]
+    if result.flow != FLOW_PNR:
+        lines[0] = f"time: {steps}"
     cp = result.critical_path
     if cp is not None:
         lines.insert(0, f"critical path: {cp['from']} -> {cp['to']}")
+    if result.counted:
+        mods = result.modules
+        lines.insert(0, f"{result.flow}; counted: {result.counted}"
+                        + (f" ({mods['synthesized']} of {mods['generated']} modules "
+                           f"synthesized)" if mods else ""))
     if result.io_shim is not None:
         lines.append(f"I/O shim: {result.io_shim['inputs']} input + {result.io_shim['outputs']} "
                      f"output bits, serialised; not in the counts above, in the Fmax")
@@ -189,9 +204,12 @@ def _add_sweep_parser(subparsers) -> None:
                    help="only configurations with rows == cols")
     p.add_argument("--dataflow", default="ws,os", metavar="LIST",
                    help="dataflows, comma-separated: ws, os (default ws,os)")
-    p.add_argument("--target", default="ecp5", help="FPGA family: ecp5 or ice40 (default ecp5)")
+    p.add_argument("--target", default="ecp5",
+                   help="FPGA family: ecp5 or ice40 (default ecp5), or xilinx: synthesis only, "
+                        "no timing (synth_xilinx resource counts, arrays up to 64x64)")
     p.add_argument("--device", default=None,
                    help="device short name (ecp5: 12k, 25k, 45k, 85k; ice40: up5k, hx8k; "
+                        "xilinx: xc7, xcu, xcup; "
                         "default " + ", ".join(f"{v} on {k}" for k, v in DEFAULT_DEVICE.items())
                         + ")")
     p.add_argument("--top", default="array",
@@ -280,10 +298,13 @@ def format_sweep_table(rows: list[dict]):
 
     first = rows[0]
     workload = next((r["workload"] for r in rows if r.get("workload")), "")
+    synth_only = first.get("flow") == FLOW_LABEL
     table = Table(title=f"{first['top']} on {first['target']} {first['device']}"
-                        + (f", {workload}" if workload else ""))
+                        + (f", {workload}" if workload else "")
+                        + (f" ({FLOW_LABEL}; counted: {first['counted']})" if synth_only
+                           else ""))
     table.add_column("config", no_wrap=True)
-    for name in ("LUT4", "FF", "DSP", "BRAM"):
+    for name in ("LUT" if synth_only else "LUT4", "FF", "DSP", "BRAM"):
         table.add_column(name, justify="right")
     table.add_column("Fmax MHz", justify="right")
     table.add_column("cycles", justify="right")
@@ -303,6 +324,8 @@ def format_sweep_table(rows: list[dict]):
     for r in rows:
         status = ("error: " + r["error"] if r["fits"] == "" else
                   "does not fit: " + r["overflow"] if r["fits"] == "no" else "ok")
+        if r["fits"] == "n/a":
+            status = r["error"] or FLOW_LABEL
         if r["fits"] == "yes" and r["error"]:
             status = r["error"]
         values = [f"{r['dataflow']} {r['rows']}x{r['cols']}"]

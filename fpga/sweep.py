@@ -35,11 +35,15 @@ CSV columns:
 ``target, device``     FPGA family and device short name; ``top``: ``array`` or ``accelerator``
 ``seed``               nextpnr placement seed
 ``router``             nextpnr router
-``luts, ffs, dsps,     LUT4, FF, DSP and BRAM of the top (Yosys; also known when it does not
-brams``                fit)
+``flow``               ``place and route``, or ``synthesis only, no timing`` (target ``xilinx``:
+                       Yosys counts only; no Fmax, no device capacity, ``fits`` is ``n/a``)
+``counted``            what the resource counts cover (synthesis-only rows; e.g. hierarchical,
+                       identical PE modules merged: :mod:`neuralmatrix.fpga.synth_only`)
+``luts, ffs, dsps,     LUT, FF, DSP and BRAM of the top (Yosys; also known when it does not
+brams``                fit): LUT4 on ECP5/iCE40, LUT1..LUT6 cells on xilinx
 ``*_pct``              the same as a percentage of the device's capacity
-``fits``               ``yes``, ``no`` (a result, not an error: ``overflow`` says what), or
-                       empty after an error
+``fits``               ``yes``, ``no`` (a result, not an error: ``overflow`` says what), ``n/a``
+                       (synthesis only), or empty after an error
 ``overflow``           each exceeded resource, ``used of available``
 ``fmax_mhz``           achieved Fmax after routing
 ``workload``           e.g. ``gemm:256x256x256``; ``useful_macs`` (the workload's own MACs,
@@ -77,7 +81,9 @@ from neuralmatrix.hw.generate import generator_digest, top_module_name
 from neuralmatrix.hw.params import ConfigError, HwConfig
 
 from . import synth as _synth
-from .synth import DEFAULT_ROUTER, DoesNotFit, check_parameters, check_tools, synthesize
+from .synth import (DEFAULT_ROUTER, SYNTH_ONLY_TARGETS, DoesNotFit, check_parameters,
+                    check_tools, synthesize)
+from .synth_only import FLOW_LABEL, FLOW_PNR
 
 __all__ = [
     "CSV_COLUMNS", "DEFAULT_WORKLOAD", "PLOT_FORMATS", "SweepError", "SweepReport",
@@ -90,7 +96,7 @@ DEFAULT_WORKLOAD = "gemm:256x256x256"
 PLOT_FORMATS = ("png", "svg", "pdf")
 
 CSV_COLUMNS = (
-    "rows", "cols", "dataflow", "target", "device", "top", "seed", "router",
+    "rows", "cols", "dataflow", "target", "device", "top", "seed", "router", "flow", "counted",
     "luts", "ffs", "dsps", "brams", "luts_pct", "ffs_pct", "dsps_pct", "brams_pct",
     "fits", "overflow", "fmax_mhz", "workload", "useful_macs", "cycles", "gops",
     "power_w", "gops_per_w", "synth_seconds", "error",
@@ -98,6 +104,8 @@ CSV_COLUMNS = (
 
 # CSV column -> resource key of SynthResult.resources.
 _RESOURCE_COLUMNS = {"luts": "LUT4", "ffs": "FF", "dsps": "DSP", "brams": "BRAM"}
+# The same, for the synthesis-only targets (Xilinx LUT1..LUT6).
+_SYNTH_ONLY_COLUMNS = {"luts": "LUT", "ffs": "FF", "dsps": "DSP", "brams": "BRAM"}
 
 JSONL_NAME = "results.jsonl"
 CSV_NAME = "results.csv"
@@ -378,7 +386,8 @@ def _synth_figures(task: _Task) -> dict:
     work = Path(task.workdir)
     shutil.rmtree(work, ignore_errors=True)
     out = {"status": "ok", "resources": {}, "capacity": {}, "utilization": {}, "fmax_mhz": None,
-           "overflows": [], "error": None, "seconds": {}, "workdir": str(work)}
+           "overflows": [], "error": None, "seconds": {}, "workdir": str(work),
+           "flow": _flow(p["target"]), "counted": ""}
     t0 = time.monotonic()
     try:
         r = task.synth(task.config, target=p["target"], device=p["device"], top=p["top"],
@@ -386,7 +395,8 @@ def _synth_figures(task: _Task) -> dict:
                        router=p["router"], timeout_s=task.timeout_s)
         out.update(resources=dict(r.resources), capacity=dict(r.capacity),
                    utilization=dict(r.utilization), fmax_mhz=r.fmax_mhz,
-                   seconds=dict(r.seconds))
+                   seconds=dict(r.seconds), flow=r.flow, counted=r.counted,
+                   modules=dict(r.modules))
     except DoesNotFit as exc:
         out.update(status="does_not_fit", overflows=list(exc.overflows), message=str(exc),
                    **_unfit_figures(work, p["target"], p["device"], p["top"]))
@@ -394,6 +404,10 @@ def _synth_figures(task: _Task) -> dict:
         out.update(status="error", error=f"{type(exc).__name__}: {exc}")
     out["synth_seconds"] = round(time.monotonic() - t0, 2)
     return out
+
+
+def _flow(target: str) -> str:
+    return FLOW_LABEL if target in SYNTH_ONLY_TARGETS else FLOW_PNR
 
 
 def _unfit_figures(work: Path, target: str, device: str, top: str) -> dict:
@@ -730,7 +744,8 @@ def _progress_line(rec: dict) -> str:
         return f"{head} error: {rec['error']}"
     secs = "" if rec.get("synth_seconds") is None else f" ({rec['synth_seconds']:.0f} s)"
     res = rec.get("resources") or {}
-    figures = ", ".join(f"{res[k]:,} {k}" for k in ("LUT4", "FF", "DSP", "BRAM") if k in res)
+    figures = ", ".join(f"{res[k]:,} {k}" for k in ("LUT4", "LUT", "FF", "DSP", "BRAM")
+                        if k in res)
     if rec["status"] == "does_not_fit":
         over = "; ".join(f"{o['resource']} {o['used']:,} of {o['available']:,}"
                          for o in rec["overflows"])
@@ -757,13 +772,17 @@ def _csv_rows(records: list[dict], power: PowerModel | None) -> list[dict]:
         p, cfg = rec["params"], rec["params"]["config"]
         res, util = rec.get("resources") or {}, rec.get("utilization") or {}
         status = rec["status"]
+        synth_only = p["target"] in SYNTH_ONLY_TARGETS
+        columns = _SYNTH_ONLY_COLUMNS if synth_only else _RESOURCE_COLUMNS
+        fits = {"ok": "n/a" if synth_only else "yes", "does_not_fit": "no"}.get(status, "")
         row = {
             "rows": cfg["rows"], "cols": cfg["cols"], "dataflow": cfg["dataflow"],
             "target": p["target"], "device": p["device"], "top": p["top"], "seed": p["seed"],
             "router": p.get("router", DEFAULT_ROUTER),
-            **{col: res.get(key) for col, key in _RESOURCE_COLUMNS.items()},
-            **{f"{col}_pct": util.get(key) for col, key in _RESOURCE_COLUMNS.items()},
-            "fits": {"ok": "yes", "does_not_fit": "no"}.get(status, ""),
+            "flow": rec.get("flow") or _flow(p["target"]), "counted": rec.get("counted") or "",
+            **{col: res.get(key) for col, key in columns.items()},
+            **{f"{col}_pct": util.get(key) for col, key in columns.items()},
+            "fits": fits,
             "overflow": "; ".join(f"{o['resource']} {o['used']} of {o['available']}"
                                   for o in rec.get("overflows") or []),
             "fmax_mhz": rec.get("fmax_mhz"),
@@ -775,7 +794,7 @@ def _csv_rows(records: list[dict], power: PowerModel | None) -> list[dict]:
             "synth_seconds": rec.get("synth_seconds"),
             "error": rec.get("error") or rec.get("workload_error"),
         }
-        if power is not None and status == "ok":
+        if power is not None and status == "ok" and not synth_only:
             watts = power(HwConfig(**cfg), dict(row))
             if watts is not None and watts > 0 and math.isfinite(watts):
                 row["power_w"] = round(float(watts), 4)
@@ -812,7 +831,6 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, formats: Sequence[str] = (
 
     Uses matplotlib's object API (no pyplot, no global backend change; Agg canvas).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     out = Path(out_dir)
@@ -828,6 +846,9 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, formats: Sequence[str] = (
     dataflows = list(dict.fromkeys(r["dataflow"] for r in rows))
     first = rows[0]
     where = f"{first['top']} on {first['target']} {first['device']}"
+    synth_only = first.get("flow") == FLOW_LABEL
+    if synth_only:
+        where += f" ({FLOW_LABEL}; hierarchical counts)"
 
     def series(key, df):
         pts = sorted(((r["rows"] * r["cols"], r["rows"], r[key], r["fits"] == "no")
@@ -852,7 +873,7 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, formats: Sequence[str] = (
             ylabel = f"{ylabel} (device: {cap:,})"
         ax.set_ylim(bottom=0)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks, [labels[t] for t in ticks])
+        ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=45 if len(ticks) > 6 else 0)
         ax.minorticks_off()
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -863,11 +884,14 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, formats: Sequence[str] = (
 
     figures = []
     fig = Figure(figsize=(10, 7), layout="constrained")
-    for ax, (col, key) in zip(fig.subplots(2, 2).flat, _RESOURCE_COLUMNS.items()):
-        draw(ax, col, key, capacity.get(key))
+    columns = _SYNTH_ONLY_COLUMNS if synth_only else _RESOURCE_COLUMNS
+    for ax, (col, key) in zip(fig.subplots(2, 2).flat, columns.items()):
+        draw(ax, col, "LUT (LUT1..LUT6)" if key == "LUT" else key, capacity.get(key))
         ax.set_xlabel(xlabel)
     fig.suptitle(f"Resources vs array size: {where}")
     figures.append(("resources", fig))
+    if synth_only:        # no Fmax: no timing or throughput plots
+        return _save(figures, out, formats)
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -891,6 +915,12 @@ def plot_sweep(rows: list[dict], out_dir: str | Path, formats: Sequence[str] = (
         ax.set_xlabel(xlabel)
         ax.set_title(f"Throughput per watt of {workload}: {where}")
         figures.append(("throughput_per_watt", fig))
+
+    return _save(figures, out, formats)
+
+
+def _save(figures: list, out: Path, formats: Sequence[str]) -> list[Path]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     written = []
     for name, fig in figures:

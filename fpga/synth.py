@@ -16,6 +16,9 @@ Steps, all files in one work directory:
     ``nextpnr-ecp5 --out-of-context`` (the top's ports need no pins) or ``nextpnr-ice40``:
     device utilisation and the achieved Fmax, for a fixed placement seed.
 
+``target="xilinx"`` stops after Yosys (``synth_xilinx``, counts labelled "synthesis only, no
+timing"; no Fmax, no capacity): see :mod:`neuralmatrix.fpga.synth_only` for what it counts.
+
 iCE40 has no out-of-context mode and the generated tops have far more port bits than an
 iCE40 package has pins, so for iCE40 the top is wrapped in an *I/O shim*: one serial input
 shifted into a register that drives every input of the top, and one parallel-load shift
@@ -79,8 +82,11 @@ from pathlib import Path
 from neuralmatrix.hw.generate import TOPS, generate_verilog, top_module_name
 from neuralmatrix.hw.params import ConfigError, HwConfig
 
+from . import synth_only
+
 __all__ = [
-    "TARGETS", "DEVICES", "DEFAULT_DEVICE", "DEFAULT_FREQ_MHZ", "RESOURCE_KEYS", "ROUTERS",
+    "TARGETS", "SYNTH_ONLY_TARGETS", "DEVICES", "DEFAULT_DEVICE", "DEFAULT_FREQ_MHZ",
+    "RESOURCE_KEYS", "ROUTERS",
     "DEFAULT_ROUTER",
     "Device", "SynthResult", "SynthError", "DoesNotFit", "ToolMissing", "ToolTimeout",
     "resolve_device", "check_parameters", "check_tools", "synthesize",
@@ -112,7 +118,10 @@ class Device:
     nextpnr_args: tuple[str, ...]
 
 
-TARGETS = ("ecp5", "ice40")
+TARGETS = ("ecp5", "ice40", *synth_only.TARGETS)
+
+#: Targets without place and route: resources from Yosys only, no Fmax.
+SYNTH_ONLY_TARGETS = synth_only.TARGETS
 
 # nextpnr places LFE5U-12F designs on the 25F die it shares (and reports the 25F's capacity).
 DEVICES: dict[str, dict[str, Device]] = {
@@ -126,9 +135,12 @@ DEVICES: dict[str, dict[str, Device]] = {
         "up5k": Device("ice40", "up5k", "iCE40UP5K", "sg48", ("--up5k",)),
         "hx8k": Device("ice40", "hx8k", "iCE40HX8K", "ct256", ("--hx8k",)),
     },
+    # Synthesis only: the "device" is synth_xilinx's -family.
+    "xilinx": {name: Device("xilinx", name, title, "", ()) for name, title
+               in synth_only.FAMILIES.items()},
 }
 
-DEFAULT_DEVICE = {"ecp5": "85k", "ice40": "up5k"}
+DEFAULT_DEVICE = {"ecp5": "85k", "ice40": "up5k", "xilinx": "xc7"}
 
 # Target clock for nextpnr's timing-driven placement; the achieved Fmax is reported whatever
 # it is (timing failure is allowed).
@@ -206,8 +218,8 @@ class SynthResult:
         The hardware parameters.
     target, device, part, package, top, top_module : str
         What was built and for which device (``device`` is the short name, e.g. ``"85k"``).
-    freq_mhz : float
-        Target clock given to nextpnr.
+    freq_mhz : float or None
+        Target clock given to nextpnr (None on a synthesis-only target).
     seed : int
         nextpnr placement seed.
     router : str
@@ -238,6 +250,13 @@ class SynthResult:
         Directory holding every file of the run.
     tools : dict
         Versions of the yowasp packages used.
+    flow : str
+        ``"place and route"``, or ``"synthesis only, no timing"`` for a synthesis-only target.
+    counted : str
+        What the resource counts cover (synthesis-only targets; empty otherwise).
+    modules : dict
+        Synthesis-only targets: ``{"generated": modules in the Verilog, "synthesized": distinct
+        modules Yosys ran on}`` (empty otherwise).
     """
 
     config: HwConfig
@@ -262,6 +281,9 @@ class SynthResult:
     logs: dict = field(default_factory=dict)
     workdir: Path | None = None
     tools: dict = field(default_factory=dict)
+    flow: str = synth_only.FLOW_PNR
+    counted: str = ""
+    modules: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """Plain JSON-serialisable values of every field."""
@@ -288,6 +310,9 @@ class SynthResult:
             "logs": {k: str(v) for k, v in self.logs.items()},
             "workdir": None if self.workdir is None else str(self.workdir),
             "tools": dict(self.tools),
+            "flow": self.flow,
+            "counted": self.counted,
+            "modules": dict(self.modules),
         }
 
 
@@ -320,7 +345,8 @@ def check_parameters(config, target, device=None, top="array", freq_mhz=None, se
                      timeout_s=None, router=DEFAULT_ROUTER) -> tuple[Device, float]:
     """Validate the parameters of :func:`synthesize` without running anything.
 
-    Returns the :class:`Device` and the target frequency in MHz (the default filled in).
+    Returns the :class:`Device` and the target frequency in MHz (the default filled in; None
+    for a synthesis-only target).
 
     Raises
     ------
@@ -332,9 +358,14 @@ def check_parameters(config, target, device=None, top="array", freq_mhz=None, se
     dev = resolve_device(target, device)
     if top not in TOPS:
         raise ConfigError(f"top must be one of {', '.join(TOPS)}, got {top!r}")
-    if freq_mhz is None:
+    if target in SYNTH_ONLY_TARGETS:
+        if freq_mhz is not None:
+            raise ConfigError(f"freq: target {target} is synthesis only (no place and route, "
+                              f"no timing), got freq {freq_mhz!r}")
+    elif freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[target]
-    if (isinstance(freq_mhz, bool) or not isinstance(freq_mhz, (int, float))
+    if target not in SYNTH_ONLY_TARGETS and (
+            isinstance(freq_mhz, bool) or not isinstance(freq_mhz, (int, float))
             or not math.isfinite(freq_mhz) or not 0 < freq_mhz <= 1000):
         raise ConfigError(f"freq must be a clock in MHz, 0 < freq <= 1000, got {freq_mhz!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
@@ -344,7 +375,7 @@ def check_parameters(config, target, device=None, top="array", freq_mhz=None, se
         raise ConfigError(f"timeout must be a positive number of seconds, got {timeout_s!r}")
     if router not in ROUTERS:
         raise ConfigError(f"router must be one of {', '.join(ROUTERS)}, got {router!r}")
-    return dev, float(freq_mhz)
+    return dev, None if freq_mhz is None else float(freq_mhz)
 
 
 def check_tools(target: str) -> dict[str, str]:
@@ -358,7 +389,8 @@ def check_tools(target: str) -> dict[str, str]:
     if target not in DEVICES:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     versions = {}
-    for step in ("yosys", f"nextpnr-{target}"):
+    steps = ("yosys",) if target in SYNTH_ONLY_TARGETS else ("yosys", f"nextpnr-{target}")
+    for step in steps:
         package, module, _ = _TOOLS[step]
         if importlib.util.find_spec(module) is None:
             raise ToolMissing(
@@ -382,12 +414,13 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
     ----------
     config : HwConfig
         Hardware parameters.
-    target : {"ecp5", "ice40"}
-        FPGA family.
+    target : {"ecp5", "ice40", "xilinx"}
+        FPGA family; ``xilinx`` is synthesis only (resource counts, no Fmax; module
+        :mod:`~neuralmatrix.fpga.synth_only`).
     device : str, optional
         ECP5: ``12k``, ``25k``, ``45k``, ``85k`` (default; package CABGA381).
         iCE40: ``up5k`` (default; package sg48), ``hx8k`` (ct256). The part name
-        (``LFE5U-85F``) is accepted too.
+        (``LFE5U-85F``) is accepted too. xilinx: ``xc7`` (default), ``xcu``, ``xcup``.
     top : {"array", "accelerator"}
         Which generated design.
     freq_mhz : float, optional
@@ -448,6 +481,10 @@ def synthesize(config: HwConfig, *, target: str = "ecp5", device: str | None = N
     result.seconds["verilog"] = round(time.monotonic() - t0, 3)
 
     # 2. Yosys.
+    if target in SYNTH_ONLY_TARGETS:
+        result.flow, result.counted = synth_only.FLOW_LABEL, synth_only.COUNTED
+        synth_only.run_yosys_only(result, text, _run, deadline, timeout_s)
+        return result
     sources = [design_v.name]
     synth_top = module
     if target == "ice40":

@@ -125,6 +125,15 @@ class Backdoor:
         self._check(rc, "read", byte_offset, nbytes)
         return out
 
+    def read_into(self, byte_offset: int, out: np.ndarray) -> None:
+        """Fill the contiguous ``np.uint8`` array *out* with bytes from ``byte_offset`` (no
+        new array: for repeated read-backs into a mirror of the memory)."""
+        if out.dtype != np.uint8 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("read_into needs a writable, contiguous np.uint8 array")
+        self._range(byte_offset, out.nbytes, "read")
+        rc = self._lib.nm_mem_read(self._cname, byte_offset, out.ctypes.data, out.nbytes)
+        self._check(rc, "read", byte_offset, out.nbytes)
+
     def fill(self, value: int = 0, byte_offset: int = 0, nbytes: int | None = None) -> None:
         """Set *nbytes* bytes (default: to the end) from ``byte_offset`` to *value*."""
         if nbytes is None:

@@ -8,8 +8,8 @@
 All jobs of one call run sequentially in ONE simulator process (one start-up, one build): for
 each job the testbench (:mod:`neuralmatrix.sim.tb_program`) resets the design, zeroes the DRAM,
 loads the image at address 0 through the C++ back door, pulses ``start`` and waits for ``done``
-with no Python in the per-cycle loop (cocotb's C++ clock; one ``First(RisingEdge(done),
-Timer(max_cycles))``), then reads counters, status and the regions back through the back door.
+with no Python in the per-cycle loop (the C++ run loop of :mod:`neuralmatrix.sim.runloop`;
+with waves, cocotb's C++ clock and one ``First(RisingEdge(done), Timer(max_cycles))``), then reads counters, status and the regions back through the back door.
 
 Jobs and results travel through files in a temporary directory named by the environment
 variable ``NM_HARNESS_DIR``: ``jobs.json`` + one ``.npy`` per distinct image in, ``results.json``
@@ -33,7 +33,7 @@ import numpy as np
 
 from neuralmatrix.hw.params import HwConfig
 
-from . import backdoor, runner
+from . import backdoor, runloop, runner
 from .runner import SimulationFailed
 
 __all__ = ["DEFAULT_DRAM_BYTES", "CLOCK_NS", "ProgramJob", "ProgramResult", "SimulationTimeout",
@@ -94,6 +94,12 @@ class ProgramResult:
     load_seconds: float       # back-door load of the image (zeroing excluded)
     run_seconds: float        # wall time from start to done
     max_cycles: int = 0
+    cpu_seconds: float = 0.0  # CPU time of the simulator process from start to done
+
+    @property
+    def cycles_per_cpu_second(self) -> float:
+        """Simulated cycles per CPU second: the speed without the waits of a shared machine."""
+        return self.sim_cycles / self.cpu_seconds if self.cpu_seconds > 0 else float("inf")
 
     @property
     def cycles_per_second(self) -> float:
@@ -142,7 +148,7 @@ def simulation_build(config: HwConfig, core_factory=None, dram_bytes: int = DEFA
         _VERILOG_CACHE[key] = tuple(runner.cached_generation(
             name, parts, lambda: list(sim_verilog(config, core_factory, dram_bytes))))
     text, top, public = _VERILOG_CACHE[key]
-    built = runner.build(text, top, extra_sources=[backdoor.SOURCE],
+    built = runner.build(text, top, extra_sources=[backdoor.SOURCE, runloop.SOURCE],
                          extra_args=list(backdoor.BUILD_ARGS), public=public, waves=waves)
     return built, public
 
@@ -187,7 +193,8 @@ def run_programs(config: HwConfig, jobs, *, core_factory=None,
             spec_jobs.append({"name": job.name or f"job{i}", "image": images[id(job.image)],
                               "insn_addr": int(job.insn_addr), "max_cycles": int(job.max_cycles),
                               "regions": [[int(a), int(n)] for a, n in job.regions]})
-        spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS, "jobs": spec_jobs}
+        spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS,
+                "cpp_clock": waves_file is None, "jobs": spec_jobs}
         (tmp / "jobs.json").write_text(json.dumps(spec))
         log = tmp / "sim.log"
         try:
@@ -228,7 +235,7 @@ def _result(r: dict, regions: list) -> ProgramResult:
         sim_cycles=sim_cycles, error=bool(r["error"]), error_code=r["error_code"],
         error_pc=r["error_pc"], fault=bool(r["fault"]), fault_addr=r["fault_addr"],
         timed_out=r["timed_out"], load_seconds=r["load_seconds"], run_seconds=r["run_seconds"],
-        max_cycles=r["max_cycles"])
+        max_cycles=r["max_cycles"], cpu_seconds=r.get("cpu_seconds", 0.0))
 
 
 def harness_dir() -> Path:

@@ -9,10 +9,11 @@
 All inferences of one call run in ONE simulator process (:mod:`neuralmatrix.sim.tb_network`).
 The testbench executes the same host loop as the golden model
 (:func:`neuralmatrix.sw.runtime.network_steps`) on a numpy mirror of the external memory: before
-each kernel the mirror is copied into the simulated DRAM through the C++ back door, the core runs
-the kernel's program to ``done`` with no Python in the per-cycle loop, and the DRAM is copied
-back (tens of MB in milliseconds). Host transfers (im2col, transposes) and the boundary
-(de)quantization run between kernels, exactly as for the golden model.
+each kernel what the host wrote since the last one is copied into the simulated DRAM through the
+C++ back door, the core runs the kernel's program to ``done`` with no Python in the per-cycle
+loop, and its output tensor is copied back (only what the host or the kernel changed crosses
+the back door). Host transfers (im2col, transposes) and the boundary (de)quantization run
+between kernels, exactly as for the golden model.
 
 The compiled network travels to the simulator process as a pickle (fitted PWL functions, which
 only the compiler needs, are dropped); results come back as one ``.npz`` per inference.
@@ -198,7 +199,7 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
         np.savez(tmp / "feeds.npz", **{f"{i}/{k}": np.asarray(v)
                                       for i, f in enumerate(feeds) for k, v in f.items()})
         spec = {"memory": memories[0], "clear": memories[1:], "clock_ns": CLOCK_NS,
-                "runs": len(feeds), "names": [list(f) for f in feeds],
+                "cpp_clock": waves_file is None, "runs": len(feeds), "names": [list(f) for f in feeds],
                 "kernel_filter": None if kernel_filter is None else [int(i) for i in kernel_filter],
                 "max_cycles": max_cycles}
         (tmp / "spec.json").write_text(json.dumps(spec))
@@ -236,8 +237,9 @@ def run_network_rtl(compiled: Compiled, feeds: Sequence[dict], *, waves_file=Non
 def _failure(f: dict, first_index: int = 0) -> SimulationFailed:
     run = f["run"] + first_index
     if f.get("stray"):
-        return SimulationFailed(f"inference {run}: the RTL changed the constants or programs "
-                                f"in external memory (a store outside the activation region)")
+        return SimulationFailed(f"inference {run}: the RTL changed external memory outside the "
+                                f"kernels' output tensors (constants, programs or other "
+                                f"activations)")
     where = f"kernel {f['index']} ({f['kernel']}, layer {f['layer']!r}) of inference {run}"
     if f["timed_out"]:
         busy = {k: v for k, v in f["counters"].items() if v}

@@ -412,7 +412,14 @@ def _run(args, config, console, to_cycle: int) -> int:
     from .shards import ShardError, run_sharded
 
     t_all = time.perf_counter()
-    work = load_workload(args)
+    try:
+        work = load_workload(args)
+    except ModuleNotFoundError as exc:      # a built-in model's weights package is missing
+        from neuralmatrix.sw.models import minilm
+
+        if exc.name != minilm.PACKAGE:
+            raise
+        raise RunError(str(exc)) from None
     console.print(f"[bold]{work.name}[/] on a {config.rows}x{config.cols} {config.dataflow} "
                   f"array; inputs: {work.note}")
     with _progress(console) as prog:

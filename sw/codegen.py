@@ -4,7 +4,9 @@ Every tensor of a :class:`~neuralmatrix.sw.ir.Network` gets a
 :class:`~neuralmatrix.sw.gemm_program.MatrixLayout` in external memory (constants first, then
 activations, then the programs); every kernel becomes a tiled, double-buffered program
 (:func:`~neuralmatrix.sw.gemm_program.matmul_program`) whose all-zero weight blocks are
-skipped. In the output-stationary dataflow, where the hardware reads ``A`` transposed, each
+skipped. In the weight-stationary dataflow a kernel's int32 bias is one more term of the GEMM
+(:func:`bias_rows`), computed on the array, instead of a ``LOAD_ACC`` per output tile (which
+waits for the accumulator write port while the array writes it), when ``M >= rows``. In the output-stationary dataflow, where the hardware reads ``A`` transposed, each
 activation ``A`` operand gets a transposed copy made by a host transfer (constants are stored
 transposed). Tensors loaded as ``A`` have column panels of ``rows``, the others of ``cols``;
 in the weight-stationary dataflow on a non-square array an ``A`` operand that is also a
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neuralmatrix.hw.arith import INT8_MAX
 from neuralmatrix.hw.isa import FieldProgram, assemble_binary, field_matrix, validate
 from neuralmatrix.hw.params import ConfigError, Dataflow, HwConfig
 
@@ -26,9 +29,32 @@ from .gemm_program import MatrixLayout, Operand, chunk_depths, matmul_program
 from .golden import estimate_cycles
 from .ir import Kernel, Lookup, Network, Tensor, Term, Transfer
 
-__all__ = ["KernelCode", "Compiled", "codegen", "panel_of"]
+__all__ = ["KernelCode", "Compiled", "codegen", "panel_of", "bias_rows", "BIAS_A"]
 
 _ALIGN = 64
+
+#: The ``A`` row of a bias term: ``bias = BIAS_A[:r] @ D`` (:func:`bias_rows`).
+BIAS_A = (1,) + (INT8_MAX,) * 255
+
+
+def bias_rows(bias: np.ndarray, depth: int) -> np.ndarray | None:
+    """The int8 rows ``D`` (``r x N``, ``1 <= r <= depth``) of a bias term: ``bias[j] ==
+    sum_i BIAS_A[i] * D[i, j]`` exactly (``D[0]`` the remainder, the rest the multiples of
+    127), so an ``M x r`` operand of rows ``BIAS_A[:r]`` times ``D`` puts the bias in every
+    accumulator row; None when the bias needs more than *depth* rows."""
+    b = np.asarray(bias, dtype=np.int64).reshape(-1)
+    if not b.size or np.abs(b).max() <= INT8_MAX:
+        return b[None, :].copy()
+    q = (b + INT8_MAX // 2) // INT8_MAX                  # b - 127 q in -63..63
+    n = int(-(-np.abs(q).max() // INT8_MAX))
+    if 1 + n > depth:
+        return None
+    rows = [b - INT8_MAX * q]
+    for _ in range(n):
+        take = np.clip(q, -INT8_MAX, INT8_MAX)
+        rows.append(take)
+        q = q - take
+    return np.stack(rows)
 
 
 @dataclass
@@ -228,12 +254,26 @@ def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
     for t in tensors:
         if t.base is None and t.const:
             place(t)
-    biases: dict[int, MatrixLayout] = {}
+    biases: dict[int, MatrixLayout] = {}        # loaded into the accumulator (LOAD_ACC)
+    bias_terms: dict[int, tuple[MatrixLayout, np.ndarray]] = {}    # a GEMM term: (B, D)
     for s in steps:
         if isinstance(s, Kernel) and s.bias is not None:
-            lay = MatrixLayout.tiled(pos, 1, s.out.cols, cfg.cols, BUS, 4)
-            biases[id(s)] = lay
+            # A bias term costs one more COMPUTE of max(M, rows) cycles per output tile; a
+            # LOAD_ACC of M rows is as cheap when M is below the array's rows.
+            use_term = cfg.dataflow is Dataflow.WS and s.out.rows >= cfg.rows
+            d = bias_rows(s.bias, cfg.rows) if use_term else None
+            if d is not None:
+                lay = MatrixLayout.tiled(pos, d.shape[0], s.out.cols, panel_of(cfg), BUS)
+                bias_terms[id(s)] = (lay, d)
+            else:
+                lay = MatrixLayout.tiled(pos, 1, s.out.cols, cfg.cols, BUS, 4)
+                biases[id(s)] = lay
             pos = _align(lay.end)
+    bias_a = None               # the A operand of every bias term: rows of BIAS_A
+    if bias_terms:
+        m = max(s.out.rows for s in steps if id(s) in bias_terms)
+        bias_a = MatrixLayout.tiled(pos, m, cfg.rows, panel_of(cfg, a_operand=True), BUS)
+        pos = _align(bias_a.end)
     regions["constants"] = (start, pos)
     start = pos
     for t in tensors:
@@ -262,19 +302,26 @@ def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
         if not isinstance(s, Kernel):
             continue
         depths = [t.b.rows for t in s.terms]
+        extra = bias_terms.get(id(s))
+        if extra is not None:
+            depths.append(extra[1].shape[0])
         chunks = chunk_depths(cfg, depths)
         n_tiles = -(-s.out.cols // cfg.cols)
         active = np.ones((len(chunks), n_tiles), dtype=bool)
         for j, (part, k0, k) in enumerate(chunks):
-            b = s.terms[part].b
-            if b.const:
-                blk = np.asarray(b.data)[k0:k0 + k]
+            data = extra[1] if part == len(s.terms) else s.terms[part].b.data
+            if data is not None:
+                blk = np.asarray(data)[k0:k0 + k]
                 nz = np.zeros(n_tiles, dtype=bool)
                 cols = np.nonzero(np.any(blk != 0, axis=0))[0]
                 nz[np.unique(cols // cfg.cols)] = True
                 active[j] = nz
         try:
             parts = [Operand(layouts[id(t.a)], layouts[id(t.b)]) for t in s.terms]
+            if extra is not None:
+                a = MatrixLayout(bias_a.addr, s.out.rows, extra[1].shape[0], 1, bias_a.panel,
+                                 bias_a.pitch, bias_a.panel_stride)
+                parts.append(Operand(a, extra[0]))
             program, plan, fields = _program(cfg, s, parts, layouts, biases, active, check)
             estimate = estimate_cycles(program, cfg, fields=fields)   # MACs: HALT is last
             blob = assemble_binary(program, fields=fields)
@@ -296,6 +343,11 @@ def codegen(net: Network, config: HwConfig, *, check: bool = True) -> Compiled:
     for s in steps:
         if id(s) in biases:
             biases[id(s)].write(image, np.asarray(s.bias, dtype=np.int64)[None, :])
+        if id(s) in bias_terms:
+            lay, d = bias_terms[id(s)]
+            lay.write(image, d)
+    if bias_a is not None:
+        bias_a.write(image, np.tile(np.array(BIAS_A[:cfg.rows]), (bias_a.rows, 1)))
     for addr, blob in programs:
         image[addr:addr + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
     return Compiled(cfg, net, steps, layouts, code, image, regions)

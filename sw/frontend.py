@@ -69,7 +69,7 @@ SUPPORTED_OPS: frozenset[str] = frozenset({
     "BatchNormalization", "LayerNormalization", "Softmax", "LogSoftmax",
     "ReduceMean", "ReduceSum",
     # pooling
-    "MaxPool", "AveragePool", "GlobalAveragePool",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "LRN",
     # data movement
     "Flatten", "Reshape", "Transpose", "Concat", "Split", "Slice", "Gather", "Squeeze",
     "Unsqueeze", "Expand", "Pad",

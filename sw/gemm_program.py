@@ -682,12 +682,16 @@ class _Plan:
     a_slots: int = 0    # A streamed: ring slots (each A tile serves the steps of one group)
 
 
-def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Plan:
+def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan | None,
+                active: np.ndarray | None = None) -> _Plan | None:
     """ws with several A blocks: *resident* (each block's A stays while every N tile streams
     its B tiles, so B is loaded once per block), or A tiles streamed once per group of N
     tiles that accumulate together (B loaded once per block of up to ``acc_depth / 2``
     rows, A once per group), whichever keeps the busier of the load and compute units less
-    busy (by the estimate's costs)."""
+    busy (by the estimate's costs). *resident* None (K too long for a resident A block):
+    the grouped plan, or None when its ring does not fit. *active* (chunks x N tiles, see
+    :func:`matmul_program`) counts only the steps and A tiles the program issues (a
+    diagonal weight uses each A tile once, so a resident A gains nothing)."""
     R = cfg.rows
     b_slots, a_slots = 4, 3
     mb_max = min((cfg.sp_depth - b_slots * R) // a_slots, cfg.acc_depth // 2, 0xFFFF)
@@ -700,20 +704,25 @@ def _ws_grouped(cfg: HwConfig, M: int, kt: int, nt: int, resident: _Plan) -> _Pl
     def occupancy(insn):                         # as the estimate has it
         return _cost(insn, cfg, CYCLE_COSTS)[0]
 
+    act = np.ones((kt, nt), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    used = int(act.any(axis=1).sum())                   # chunks a resident block loads
+    per_block = int(act.sum())                          # steps per block
+
     def busy(n_blocks, mb, a_loads):
-        steps = n_blocks * kt * nt
+        steps = n_blocks * per_block
         load = (steps * occupancy(Insn(Opcode.LOAD_SP, nrows=R, ncols=1))
                 + n_blocks * a_loads * occupancy(Insn(Opcode.LOAD_SP, nrows=mb, ncols=1)))
         compute = steps * occupancy(Insn(Opcode.COMPUTE, m=mb, k=R, n=R))
         return max(load, compute)
 
-    mine = busy(n_blocks, mb, kt * -(-nt // group))
-    if mine >= busy(resident.n_blocks, resident.mb_rows, kt):
+    a_grouped = sum(int(act[:, g0:g0 + group].any(axis=1).sum()) for g0 in range(0, nt, group))
+    mine = busy(n_blocks, mb, a_grouped)
+    if resident is not None and mine >= busy(resident.n_blocks, resident.mb_rows, used):
         return resident
     return _Plan(mb, n_blocks, 1, R, kt, nt, 0, mb, b_slots, R, 2 * group, mb, group, a_slots)
 
 
-def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
+def _plan(cfg: HwConfig, M: int, K: int, N: int, active: np.ndarray | None = None) -> _Plan:
     R, C = cfg.rows, cfg.cols
     nt = -(-N // C)
     if cfg.dataflow is Dataflow.WS:
@@ -727,7 +736,11 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
             return min(room // (bufs * kt), cfg.acc_depth // 2, 0xFFFF)
 
         if block_max(1) < min(M, R):
-            # K too long to keep A resident: stream A tiles with the B tiles.
+            # K too long to keep A resident: stream A tiles, each once per group of N tiles
+            # that accumulate together, or (when that ring does not fit) with every B tile.
+            grouped = _ws_grouped(cfg, M, kt, nt, None, active)
+            if grouped is not None:
+                return grouped
             b_slots = 2
             mb = min(M, cfg.sp_depth // b_slots - b_rows, cfg.acc_depth // 2, 0xFFFF)
             if mb < 1:
@@ -742,7 +755,7 @@ def _plan(cfg: HwConfig, M: int, K: int, N: int) -> _Plan:
             n_blocks = -(-M // block_max(bufs))
         mb = -(-M // n_blocks)
         plan = _Plan(mb, n_blocks, 1, kc, kt, nt, bufs, mb * kt, b_slots, b_rows, 2, mb)
-        return plan if n_blocks == 1 else _ws_grouped(cfg, M, kt, nt, plan)
+        return plan if n_blocks == 1 else _ws_grouped(cfg, M, kt, nt, plan, active)
     # os: one compute per row panel, k as long as the scratchpad allows.
     kc = min(K, 0xFFFF) if 3 * K <= cfg.sp_depth else (cfg.sp_depth - K) // 2
     if kc < min(K, 2 * cfg.sp_row):
@@ -858,14 +871,14 @@ def _matmul_fields(config: HwConfig, parts: list[Operand], c: MatrixLayout, *, m
         raise ValueError("a PWL output needs out='int8'")
     mult_c, shift_c = _per_column(mult, N, "mult"), _per_column(shift, N, "shift")
     chunks = _chunks(cfg, [p.b.rows for p in parts])
-    p = _plan(cfg, M, len(chunks) * R if ws else K, N)
-    nt_count = p.nt
+    nt_count = -(-N // C)
     if active is None:
         active = np.ones((len(chunks), nt_count), dtype=bool)
     active = np.asarray(active, dtype=bool)
     if active.shape != (len(chunks), nt_count):
         raise ValueError(f"active must be {len(chunks)} chunks x {nt_count} N tiles, "
                          f"got {active.shape}")
+    p = _plan(cfg, M, len(chunks) * R if ws else K, N, active if ws else None)
     ch_part = np.array([ch.part for ch in chunks], dtype=np.int64)
     ch_k0 = np.array([ch.k0 for ch in chunks], dtype=np.int64)
     ch_k = np.array([ch.k for ch in chunks], dtype=np.int64)

@@ -67,7 +67,8 @@ def _one(path: Path, config: HwConfig, tol_lsb: float) -> dict:
         res = run_golden(comp.compiled, feeds[-1])
         row["golden_s"] = round(time.perf_counter() - t1, 1)
     except project_errors() as exc:
-        return row | {"status": "compile error", "detail": str(exc).splitlines()[0][:200]}
+        msg = " ".join(str(exc).replace(f"{path}: ", "").split())
+        return row | {"status": "compile error", "detail": msg[:240]}
     except Exception as exc:  # noqa: BLE001 - a bug: reported, never swallowed
         return row | {"status": "crash", "detail": f"{type(exc).__name__}: {exc}"[:200]}
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -106,7 +107,7 @@ def print_models(r: dict, console) -> None:
     t = Table(title=f"onnx wheel light models, {r['config']}, golden vs onnxruntime "
                     f"(tolerance {r['tolerance_lsb']:g} int8 steps; weights all 0.02)")
     for c in ("model", "status", "err (steps)", "cosine", "useful MACs", "util. %", "occ. %",
-              "compile s", "detail"):
+              "compile s"):
         t.add_column(c)
     for row in r["models"]:
         t.add_row(row["model"], row["status"],
@@ -115,6 +116,9 @@ def print_models(r: dict, console) -> None:
                   f"{row['useful_macs']:,}" if "useful_macs" in row else "",
                   f"{row['utilization_pct']}" if "utilization_pct" in row else "",
                   f"{row['occupancy_pct']}" if "occupancy_pct" in row else "",
-                  f"{row.get('compile_s', '')}", row.get("detail", ""))
+                  f"{row.get('compile_s', '')}")
     console.print(t)
+    for row in r["models"]:
+        if row.get("detail"):
+            console.print(f"  {row['model']}: {row['detail']}", soft_wrap=True)
     console.print(", ".join(f"{k} {v}" for k, v in r["counts"].items()))

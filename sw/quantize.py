@@ -218,8 +218,8 @@ def _ort_runner(model: onnx.ModelProto, extra: list[str]):
 
 
 def double_precision_ops() -> list:
-    """Reference-evaluator kernels that keep double precision (the stock Erf rounds to
-    float32, whose steps look like kinks to the PWL fit); ``new_ops`` of
+    """Reference-evaluator kernels that keep double precision (the stock Erf and Gelu round
+    to float32, whose steps look like kinks to the PWL fit); ``new_ops`` of
     ``onnx.reference.ReferenceEvaluator``."""
     from onnx.reference.op_run import OpRun
 
@@ -234,7 +234,18 @@ def double_precision_ops() -> list:
         def _run(self, x):
             return (np.asarray(erf(np.asarray(x, dtype=np.float64))).astype(x.dtype),)
 
-    return [Erf]
+    class Gelu(OpRun):
+        op_domain = ""
+
+        def _run(self, x, approximate="none"):
+            v = np.asarray(x, dtype=np.float64)
+            if approximate == "tanh":
+                y = 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
+            else:
+                y = 0.5 * v * (1 + np.asarray(erf(v / math.sqrt(2))))
+            return (y.astype(x.dtype),)
+
+    return [Erf, Gelu]
 
 
 def _reference_runner(model: onnx.ModelProto, extra: list[str]):

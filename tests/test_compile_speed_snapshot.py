@@ -107,7 +107,7 @@ SNAPSHOT = {
     'gemm3': '86eeb3ee0bbcf651ea39',
     'gemm4': '930d181282809c0c8cce',
     'gemm5': '0bb25aabcbea2fc1d25d',
-    'gemm6': 'f30a73665c83ed80c5fe',
+    'gemm6': 'e1a97bc866e84b3c6388',
     'gemm7': 'ef262990d5ce0fa91178',
     'gemm8': '5842882bd4c56497307f',
     'gemm9': '9d4c7d13c1bdbdf54936',

@@ -396,7 +396,7 @@ def test_report_linearization_percentage():
 
 def _unsupported_model(tmp_path):
     model = make_model([node("Relu", ["x"], ["r"]), node("Hardmax", ["r"], ["h"], name="hm"),
-                        node("LRN", ["x"], ["l"], size=3, name="lrn"), node("Add", ["h", "l"], ["y"])],
+                        node("Round", ["x"], ["l"], name="rnd"), node("Add", ["h", "l"], ["y"])],
                        [("x", [1, 4, 3, 3])], ["y"])
     for i, n in enumerate(model.graph.node):
         n.name = n.name or f"n{i}"
@@ -411,7 +411,7 @@ def test_unsupported_ops_listed_and_nothing_written(tmp_path, capsys):
     assert cli.main(["compile", str(path), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "2 unsupported operators" in err
-    assert 'Hardmax (node "hm")' in err and 'LRN (node "lrn")' in err
+    assert 'Hardmax (node "hm")' in err and 'Round (node "rnd")' in err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
     with pytest.raises(UnsupportedOpsError):

@@ -416,3 +416,65 @@ def test_tiny_real_sweep(tools, tmp_path, capsys):
         assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     assert not (out / "throughput_per_watt.png").exists()
     assert len(list((out / "runs").iterdir())) == 2   # the flow's files of each configuration
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis only (target xilinx): labelled rows, no Fmax, the same machinery.
+
+def _read_csv(path: Path) -> dict:
+    import csv
+
+    with open(path, newline="") as fh:
+        return {(r["dataflow"], int(r["rows"])): r for r in csv.DictReader(fh)}
+
+
+def test_xilinx_sweep_rows_are_labelled_synthesis_only(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sweep", "--rows", "2", "--dataflow", "ws", "--target", "xilinx",
+                 "--workload", WORKLOAD, "--jobs", "1", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "synthesis only, no timing" in text and "counted: hierarchical" in text
+    assert "LUT4" not in text                  # Xilinx LUTs are LUT1..LUT6 cells
+    row = _read_csv(out / "results.csv")[("ws", 2)]
+    assert row["flow"] == "synthesis only, no timing" and row["fits"] == "n/a"
+    assert "identical PE modules merged" in row["counted"]
+    assert row["target"] == "xilinx" and row["device"] == "xc7" and row["error"] == ""
+    assert int(row["dsps"]) == 4 and int(row["luts"]) > 0 and int(row["ffs"]) > 0
+    assert row["fmax_mhz"] == row["gops"] == row["luts_pct"] == ""
+    assert int(row["cycles"]) > 0              # the workload estimate needs no timing
+    assert (out / "resources.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (out / "fmax.png").exists() and not (out / "throughput.png").exists()
+
+
+def test_pnr_rows_say_place_and_route(tmp_path, calls):
+    report, _ = _sweep(tmp_path / "out", CONFIGS[:1], functools.partial(fake_synth, calls=calls),
+                       plots=())
+    assert report.rows[0]["flow"] == "place and route" and report.rows[0]["counted"] == ""
+    assert report.rows[0]["fits"] == "yes"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rows", "16,65"], "rows must be 1..64, got 65"),
+    (["--freq", "200"], "freq: target xilinx is synthesis only"),
+    (["--device", "85k"], "device for target xilinx must be one of xc7, xcu, xcup, got '85k'"),
+    (["--power", "digits"], "power: the power model covers ECP5 only"),
+])
+def test_xilinx_sweep_bad_parameters(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["sweep", "--target", "xilinx", "--rows", "2", *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_xilinx_sweep_16x16_and_24x24(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sweep", "--rows", "16,24", "--square", "--dataflow", "ws", "--target",
+                 "xilinx", "--workload", WORKLOAD, "--jobs", "1", "--out", str(out)])
+    assert code == 0
+    rows = _read_csv(out / "results.csv")
+    for n in (16, 24):
+        assert int(rows[("ws", n)]["dsps"]) == n * n
+        assert rows[("ws", n)]["flow"] == "synthesis only, no timing"
+    assert int(rows[("ws", 24)]["ffs"]) > 2 * int(rows[("ws", 16)]["ffs"])

@@ -54,7 +54,11 @@ def no_tools(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"target": "xilinx"}, "target must be one of ecp5, ice40, got 'xilinx'"),
+    ({"target": "gowin"}, "target must be one of ecp5, ice40, xilinx, got 'gowin'"),
+    ({"target": "xilinx", "device": "85k"}, "device for target xilinx must be one of xc7, xcu, "
+                                            "xcup, got '85k'"),
+    ({"target": "xilinx", "freq_mhz": 100}, "freq: target xilinx is synthesis only (no place "
+                                            "and route, no timing), got freq 100"),
     ({"target": "ecp5", "device": "up5k"}, "device for target ecp5 must be one of 12k, 25k, "
                                            "45k, 85k, got 'up5k'"),
     ({"target": "ice40", "device": "85k"}, "device for target ice40 must be one of up5k, hx8k, "
@@ -83,7 +87,9 @@ def test_devices_resolve_by_short_or_part_name():
 @pytest.mark.parametrize("args,message", [
     (["--rows", "0"], "rows must be 1..64, got 0"),
     (["--dataflow", "xs"], "dataflow must be one of ws, os, got 'xs'"),
-    (["--target", "gowin"], "target must be one of ecp5, ice40, got 'gowin'"),
+    (["--target", "gowin"], "target must be one of ecp5, ice40, xilinx, got 'gowin'"),
+    (["--target", "xilinx", "--rows", "65"], "rows must be 1..64, got 65"),
+    (["--target", "xilinx", "--freq", "100"], "freq: target xilinx is synthesis only"),
     (["--device", "100k"], "device for target ecp5 must be one of 12k, 25k, 45k, 85k, got '100k'"),
     (["--top", "gpu"], "top must be one of array, accelerator, got 'gpu'"),
     (["--freq", "-5"], "freq must be a clock in MHz"),
@@ -263,3 +269,95 @@ def test_ecp5_85k_accelerator(tools, tmp_path):
                    workdir=tmp_path)
     assert r.resources["DSP"] >= 16 and r.resources["BRAM"] > 0
     assert r.fmax_mhz > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis only (target xilinx): Yosys synth_xilinx counts, identical PE modules merged.
+
+def _stat_totals(work: Path) -> dict:
+    from neuralmatrix.fpga.synth_only import design_cells
+
+    return design_cells(json.loads((work / "stat.json").read_text()))
+
+
+def test_merge_keeps_one_module_per_kind_of_pe():
+    from neuralmatrix.fpga.synth_only import merge_identical_modules
+
+    text = generate_verilog(HwConfig(rows=4, cols=4), "array")
+    merged, counts = merge_identical_modules(text)
+    # Top + 16 PEs; the ws PEs come in 8 kinds (row 0 but its last PE, the last column, the
+    # first column, the last row, the corners, the interior: pe_1_1, pe_1_2, pe_2_1, pe_2_2).
+    assert sum(counts.values()) == 17 and len(counts) == 9
+    assert counts["\\nm_array.pe_1_1"] == 4 and counts["\\nm_array.pe_0_0"] == 3
+    assert counts["nm_array"] == 1
+    assert merged.count("\nmodule ") == 9
+    assert "module \\nm_array.pe_2_2 " not in merged
+    # Every instance names a module that is still there.
+    assert merged.count("\\nm_array.pe_1_1  pe_") == 4
+    for name in counts:
+        assert f"module {name} " in merged or f"module {name}(" in merged
+
+
+@pytest.fixture(scope="module")
+def xilinx_4x4_os(tmp_path_factory):
+    try:
+        check_tools("xilinx")
+    except ToolMissing as exc:
+        pytest.fail(str(exc))
+    work = tmp_path_factory.mktemp("xc7-os4")
+    return synthesize(HwConfig(rows=4, cols=4, dataflow="os"), target="xilinx", workdir=work)
+
+
+def test_xilinx_counts_are_labelled_synthesis_only(xilinx_4x4_os):
+    r = xilinx_4x4_os
+    assert r.flow == "synthesis only, no timing" and "hierarchical" in r.counted
+    assert r.fmax_mhz is None and r.capacity == {} and r.utilization == {}
+    assert r.resources["DSP"] == 16 == r.cells["DSP48E1"]      # one DSP48E1 per PE
+    assert r.resources["LUT"] > 16 and r.resources["FF"] > 16 * 16
+    assert r.modules == {"generated": 17, "synthesized": 7}
+    assert "nextpnr" not in r.seconds and r.device == "xc7"
+    data = r.as_dict()
+    assert data["flow"] == "synthesis only, no timing" and data["freq_mhz"] is None
+
+
+def test_xilinx_merged_counts_equal_the_unmerged_design(xilinx_4x4_os, tmp_path):
+    """Synthesizing every uniquified PE module gives the same totals as the merged design."""
+    from neuralmatrix.fpga.synth_only import yosys_script
+
+    work = tmp_path / "full"
+    work.mkdir()
+    (work / "full.v").write_text(generate_verilog(HwConfig(rows=4, cols=4, dataflow="os")))
+    (work / "synth.ys").write_text(yosys_script("xc7", "full.v", "nm_array"))
+    synth_mod._run("yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], work, None, None,
+                   work / "yosys.log")
+    assert _stat_totals(work) == xilinx_4x4_os.cells
+    assert _stat_totals(xilinx_4x4_os.workdir) == xilinx_4x4_os.cells
+
+
+def test_xilinx_cli_table_says_no_timing(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert _main(["synth", "--target", "xilinx", "--rows", "2", "--cols", "2",
+                  "--json", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    text = capsys.readouterr().out
+    assert "synthesis only, no timing" in text and "no timing: synthesis only" in text
+    data = json.loads(out.read_text())
+    assert data["resources"]["DSP"] == 4 and data["fmax_mhz"] is None
+
+
+@pytest.mark.slow
+def test_xilinx_16x16_merged_equals_unmerged(tmp_path):
+    """At 16x16 the 256 PE modules are 8 kinds; the totals match synthesizing all 256
+    (about 4.5 min for the unmerged run)."""
+    from neuralmatrix.fpga.synth_only import yosys_script
+
+    cfg = HwConfig(rows=16, cols=16)
+    r = synthesize(cfg, target="xilinx", workdir=tmp_path / "merged")
+    assert r.modules == {"generated": 257, "synthesized": 9}
+    assert r.resources["DSP"] == 256
+    work = tmp_path / "full"
+    work.mkdir()
+    (work / "full.v").write_text(generate_verilog(cfg))
+    (work / "synth.ys").write_text(yosys_script("xc7", "full.v", "nm_array"))
+    synth_mod._run("yosys", ["-q", "-l", "yosys.log", "-s", "synth.ys"], work, None, None,
+                   work / "yosys.log")
+    assert _stat_totals(work) == r.cells

@@ -53,9 +53,11 @@ ELEMENTWISE = frozenset({
 ACTIVATIONS = ELEMENTWISE - {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Cast", "Neg"}
 #: Function kinds of the PWL tables, the keys of ``func_segments``: each activation op by its
 #: lower-case name, and the functions of the lowerings (softmax exp and log, LayerNorm rsqrt,
-#: the square of tensor products, the reciprocal of a division, the relu of max trees).
+#: the square of tensor products, the reciprocal of a division, the relu of max trees, the
+#: window power of LRN).
 FUNCTION_KINDS = frozenset({op.lower() for op in ACTIVATIONS}
-                           | {"gelu", "exp", "log", "rsqrt", "square", "reciprocal", "relu"})
+                           | {"gelu", "exp", "log", "rsqrt", "square", "reciprocal", "relu",
+                              "lrn"})
 _IN16 = 32000.0          # int16 codes used for a PWL input range (headroom below 32767)
 
 

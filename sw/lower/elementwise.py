@@ -38,7 +38,7 @@ def _elementwise_chain(ctx, node) -> bool:
     t = ctx.vals[x]
     r = ctx.range_of(x)
     f = chain_function(ctx, x, nodes, out)
-    kind = chain_kind(nodes)
+    kind = chain_kind(nodes, x)
     if kind == "affine":
         # a * x + b: a scale change (a > 0, b = 0: no step) or one GEMM with a bias.
         b = float(f(np.zeros(1))[0])
@@ -69,10 +69,48 @@ def _elementwise_chain(ctx, node) -> bool:
 @rule("Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
       "Softplus", "Gelu", "Erf", "Exp", "Sqrt", "Reciprocal", "Clip", "Neg", "Pow")
 def unary(ctx, node):
-    """An element-wise function and the chain it starts: one PWL kernel."""
+    """An element-wise function and the chain it starts: one PWL kernel (a Pow with an
+    exponent tensor: :func:`_pow_elements`)."""
+    if node.op_type == "Pow" and node.input[1] in ctx.consts and \
+            ctx.consts[node.input[1]].size > 1 and node.input[0] in ctx.vals:
+        return _pow_elements(ctx, node)
     if not _elementwise_chain(ctx, node):
         raise LinearizeError(f"{node.op_type} (node {node.name!r}): not an element-wise "
                              f"function of one tensor")
+
+
+#: Most distinct exponents of a Pow with an exponent tensor (one PWL kernel each).
+POW_EXPONENTS = 8
+
+
+def _pow_elements(ctx, node):
+    """``x ** e`` with a constant exponent tensor *e*: one PWL kernel per distinct exponent
+    (over all of ``x``, at the output's scale), and a host transfer picking each element
+    from the kernel of its exponent."""
+    shape = tuple(ctx.shape_of(node.output[0]))
+    x = ctx.val(node.input[0], node)
+    e = np.asarray(ctx.consts[node.input[1]], dtype=np.float64)
+    if np.broadcast_shapes(e.shape, shape) != shape:
+        raise LinearizeError(f"Pow (node {node.name!r}): the exponent must broadcast to "
+                             f"the output")
+    x = _broadcast_to(ctx, x, shape, x.perm, node.name)
+    levels, code = np.unique(np.broadcast_to(e, shape), return_inverse=True)
+    if levels.size > POW_EXPONENTS:
+        raise LinearizeError(f"Pow (node {node.name!r}): {levels.size} distinct exponents; "
+                             f"at most {POW_EXPONENTS} (one PWL table each)")
+    r = ctx.range_of(node.input[0])
+    scale = ctx.scale_of(node.output[0])
+    parts = []
+    for j, p in enumerate(levels):
+        o = ctx.new(f"{node.output[0]}.pow{j}", shape, x.perm, scale)
+        ctx.kernel(f"{node.name or 'Pow'}.pow{j}", node.name, [Term(x, ctx.diag(x.cols, 1))],
+                   o, x.scale, func=lambda v, p=float(p): np.power(np.asarray(v, np.float64), p),
+                   pre=(r.lo, r.hi), role="linearization", kind="pow")
+        parts.append(o)
+    code = code.reshape(shape)
+    ctx.vals[node.output[0]] = ctx.gather(node.output[0], node.name, parts,
+                                          lambda *idx: np.choose(code, idx), x.perm)
+    ctx.notes.append(f"{node.name or 'Pow'}: {levels.size} exponents, a PWL table each")
 
 
 @rule("PRelu")

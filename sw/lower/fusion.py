@@ -125,11 +125,17 @@ def chain_function(ctx, x: str, nodes, out: str):
     return f
 
 
-def chain_kind(nodes) -> str:
-    """The function kind of a chain (its first activation; ``"gelu"`` for any Erf or Gelu;
-    ``"affine"`` for none)."""
+def chain_kind(nodes, x: str | None = None) -> str:
+    """The function kind of a chain of the tensor *x* (its first activation; ``"gelu"`` for
+    any Erf or Gelu; ``"square"`` for a product or quotient of two values of the chain,
+    ``x * x``, without an activation; ``"affine"`` for none)."""
     ops = [n.op_type for n in nodes if n.op_type in ACTIVATIONS]
     if not ops:
+        # Every other input of a chain node is a scalar constant.
+        values = {n.output[0] for n in nodes} | {x}
+        if any(n.op_type in ("Mul", "Div") and len(n.input) == 2
+               and all(i in values for i in n.input) for n in nodes):
+            return "square"
         return "affine"
     if "Erf" in ops or "Gelu" in ops:
         return "gelu"
@@ -145,7 +151,7 @@ def tail(ctx, x: str):
     for n in nodes:
         ctx.done.add(id(n))
     r = ctx.range_of(x)
-    kind = chain_kind(nodes)
+    kind = chain_kind(nodes, x)
     ctx.chain_input[out] = x
     ctx.notes.append(f"{', '.join(n.name or n.op_type for n in nodes)}: one PWL "
                      f"({kind}) on the output of {x}")

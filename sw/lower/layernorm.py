@@ -38,16 +38,14 @@ RSQRT_MARGIN = 0.8
 @rule("LayerNormalization")
 def layer_normalization(ctx, node):
     """LayerNormalization: :func:`_layer_norm` with the node's attributes."""
-    if len(node.output) > 1 and any(node.output[1:]):
-        raise LinearizeError(f"LayerNormalization (node {node.name!r}): only the Y output "
-                             f"is supported")
+    extra = [o if o else None for o in list(node.output[1:3]) + [""] * (3 - len(node.output))]
     gamma = ctx.consts.get(node.input[1])
     beta = ctx.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if gamma is None or (len(node.input) > 2 and node.input[2] and beta is None):
         raise LinearizeError(f"LayerNormalization (node {node.name!r}): scale and bias "
                              f"must be constant")
     _layer_norm(ctx, node, node.name, node.input[0], node.output[0], attr(node, "axis", -1),
-                float(attr(node, "epsilon", 1e-5)), gamma, beta)
+                float(attr(node, "epsilon", 1e-5)), gamma, beta, *extra[:2])
 
 
 def lower_chain(ctx, node):
@@ -62,13 +60,16 @@ def lower_chain(ctx, node):
     _layer_norm(ctx, node, p.name, p.x, p.output, p.axis, p.epsilon, gamma, p.beta)
 
 
-def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta):
+def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta,
+                mean_name=None, inv_name=None):
     """LayerNorm of *x_name* over the axes from *axis* on into *out_name* (kernel names
     from *name*), as the module doc describes: mean by GEMM with a ones vector, centering
     by a rank-1 term (the sign of gamma folded in), per-row sums of squares by GEMM of row
     blocks with their transposes, a PWL rsqrt on the output path, and the per-row scaling
     as a GEMM with a diagonal block; |gamma| goes into the per-column requantization and
-    beta (None: zero) into the bias."""
+    beta (None: zero) into the bias. *mean_name* and *inv_name* (LayerNormalization's
+    optional Mean and InvStdDev outputs) are the mean and the diagonal of the rsqrt blocks,
+    moved by the host into the reduced shape (``x.shape[:axis] + (1,) * ...``)."""
     x = ctx.val(x_name, node, percol=True)
     rank = len(x.shape)
     axis = axis % rank
@@ -143,7 +144,8 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta):
     row_gain = np.ones(M)
     inv_rows, ss_rows = r_inv.rowmax, rss.rowmax
     ss_low = rss.rowmin
-    if inv_rows is not None and inv_rows.size == M and ss_rows is not None and \
+    if inv_name is None and inv_rows is not None and inv_rows.size == M and \
+            ss_rows is not None and \
             ss_rows.size == M and ss_low is not None and ss_low.size == M:
         big = inv_rows < inv_scale * INT8_MAX / 8
         big &= ss_low / D > 1e4 * eps
@@ -158,6 +160,7 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta):
         v = np.asarray(v, dtype=np.float64)
         return 1.0 / np.sqrt(np.maximum(v, 0.0) / D + eps)
 
+    invs = []
     for r0 in range(0, M, R):
         n = min(R, M - r0)
         cb = ctx.view(c, r0, n)
@@ -176,6 +179,7 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta):
         ctx.kernel(f"{name}.rsqrt{r0}", name, [Term(cb, ct)], inv,
                    c.scale * c.scale * a, func=rsqrt, pre=(lo_ss, hi_ss),
                    role="linearization", kind="rsqrt")
+        invs.append(inv)
         dg = ctx.gather(f"{out_name}.diag{r0}", name, [inv],
                         lambda i: np.where(np.eye(n, dtype=bool), i, FILL_ZERO))
         # Rows of one input gain share a scaling kernel (its output scale).
@@ -194,6 +198,15 @@ def _layer_norm(ctx, node, name, x_name, out_name, axis, eps, gamma, beta):
     else:
         res = out
     ctx.vals[out_name] = res
+    reduced = tuple(x.shape[:axis]) + (1,) * (rank - axis)
+    if mean_name is not None:
+        ctx.vals[mean_name] = ctx.gather(mean_name, name, [mean],
+                                         lambda i: i.reshape(reduced))
+    if inv_name is not None:
+        # (No input gain on the rsqrt rows then: every row has the scale inv_scale.)
+        ctx.vals[inv_name] = ctx.gather(
+            inv_name, name, invs,
+            lambda *i: np.concatenate([np.diagonal(b) for b in i]).reshape(reduced))
 
 
 def _square_levels(cm: np.ndarray, D: int, budget: float | None = None):

@@ -10,7 +10,11 @@ per batch matrix.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+
+from neuralmatrix.hw.arith import INT8_MAX
 
 from ..ir import FILL_ZERO, Term
 from ..quantize import quantize_weights
@@ -67,7 +71,7 @@ def _fold_after(ctx, name, nchan: int, chan_axis: int):
 
 @rule("Conv")
 def conv(ctx, node):
-    """Conv (1-D, 2-D; groups, depthwise): im2col (a host gather) times a block-diagonal
+    """Conv (1-D, 2-D, 3-D; groups, depthwise): im2col (a host gather) times a block-diagonal
     weight matrix, with the BatchNormalization and constant per-channel arithmetic after it
     folded in."""
     x = ctx.val(node.input[0], node)
@@ -76,8 +80,8 @@ def conv(ctx, node):
         raise LinearizeError(f"Conv (node {node.name!r}): weights must be constant")
     bias = ctx.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     rank = len(x.shape)
-    if rank not in (3, 4):
-        raise LinearizeError(f"Conv (node {node.name!r}): only 1-D and 2-D convolutions, "
+    if rank not in (3, 4, 5):
+        raise LinearizeError(f"Conv (node {node.name!r}): only 1-D, 2-D and 3-D convolutions, "
                              f"input has rank {rank}")
     nb = x.shape[0]
     x = ctx.relayout(x, channels_last(rank), node.name)
@@ -99,48 +103,43 @@ def conv(ctx, node):
             pads[d], pads[d + sp] = lo, total - lo
     elif auto == "VALID":
         pads = [0] * (2 * sp)
-    if sp == 1:                                 # treat 1-D as 2-D with height 1
-        ks, strides, dil = [1] + ks, [1] + strides, [1] + dil
-        pads = [0, pads[0], 0, pads[1]]
-        in_sp = [1] + in_sp
-        w = w[:, :, None, :]
-    cout, cin_g, kh, kw = w.shape
+    cout, cin_g = w.shape[:2]
     cin = x.shape[1]
     if cin != cin_g * group:
         raise LinearizeError(f"Conv (node {node.name!r}): {cin} input channels, weights "
                              f"expect {cin_g} x group {group}")
-    H, W = in_sp
-    Ho = (H + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
-    Wo = (W + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    out_sp = [(in_sp[d] + pads[d] + pads[d + sp] - dil[d] * (ks[d] - 1) - 1) // strides[d] + 1
+              for d in range(sp)]
+    taps = list(itertools.product(*[range(k) for k in ks]))
 
     def im2col(i):
-        i = i.reshape(nb, cin, H, W)
-        p = np.pad(i, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
+        i = i.reshape(nb, cin, *in_sp)
+        p = np.pad(i, ((0, 0), (0, 0)) + tuple((pads[d], pads[d + sp]) for d in range(sp)),
                    constant_values=FILL_ZERO)
-        b = np.arange(nb)[:, None, None, None, None, None]
-        oy = np.arange(Ho)[None, :, None, None, None, None]
-        ox = np.arange(Wo)[None, None, :, None, None, None]
-        c = np.arange(cin)[None, None, None, :, None, None]
-        ky = np.arange(kh)[None, None, None, None, :, None]
-        kx = np.arange(kw)[None, None, None, None, None, :]
-        cols = p[b, c, oy * strides[0] + ky * dil[0], ox * strides[1] + kx * dil[1]]
-        return cols.reshape(nb * Ho * Wo, cin * kh * kw)
+        views = []
+        for tap in taps:
+            v = p
+            for d in range(sp):
+                v = np.take(v, np.arange(out_sp[d]) * strides[d] + tap[d] * dil[d], axis=2 + d)
+            views.append(v)                                 # (nb, cin, *out_sp)
+        cols = np.moveaxis(np.stack(views, axis=2), (1, 2), (-2, -1))
+        return cols.reshape(nb * prod(out_sp), cin * len(taps))   # columns (c, taps)
 
     a = ctx.gather(f"{node.name}.im2col", node.name, [x], im2col)
     s_bn, t_bn, out_name = _fold_after(ctx, node.output[0], cout, 1)
-    wf = w.astype(np.float64).reshape(cout, cin_g * kh * kw)
+    wf = w.astype(np.float64).reshape(cout, cin_g * len(taps))
     bf = np.zeros(cout) if bias is None else bias.astype(np.float64)
     if s_bn is not None:
         wf = wf * s_bn[:, None]
         bf = bf * s_bn + t_bn
     q, sw = quantize_weights(wf, axis=0, sum_group=kh * kw)
     cout_g = cout // group
-    B = np.zeros((cin * kh * kw, cout), dtype=np.int64)
-    kg = cin_g * kh * kw
+    B = np.zeros((cin * len(taps), cout), dtype=np.int64)
+    kg = cin_g * len(taps)
     for g in range(group):
         B[g * kg:(g + 1) * kg, g * cout_g:(g + 1) * cout_g] = q[g * cout_g:(g + 1) * cout_g].T
     wt = ctx.const(f"{node.name}.W", B, 1.0)
-    shape = (nb, cout) + ((Wo,) if sp == 1 else (Ho, Wo))
+    shape = (nb, cout) + tuple(out_sp)
     emit_linear(ctx, node, [Term(a, wt)], x.scale * sw, bf, out_name, shape,
                 channels_last(len(shape)))
 
@@ -166,8 +165,7 @@ def gemm(ctx, node):
     alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
     bias = ctx.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if bias is None and len(node.input) > 2 and node.input[2] and beta != 0:
-        raise LinearizeError(f"Gemm (node {node.name!r}): C must be a constant (an "
-                             f"activation C is not supported)")
+        return _gemm_activation_c(ctx, node, x, w, alpha, beta)
     if w is None:
         return _gemm_activations(ctx, node, x, alpha, beta, bias)
     w = w.astype(np.float64) * alpha
@@ -179,6 +177,36 @@ def gemm(ctx, node):
     if bias is not None and bias.size not in (1, N):
         raise LinearizeError(f"Gemm (node {node.name!r}): C must broadcast along rows")
     _linear_const(ctx, node, x, w, bf, (x.shape[0], N))
+
+
+def _gemm_activation_c(ctx, node, x, w, alpha, beta):
+    """Gemm whose C is an activation: ``alpha A B`` as one kernel (its int8 scale from the
+    calibrated ranges of the output and of C), then ``+ beta C`` as a sum of two tensors."""
+    if w is None:
+        y = ctx.relayout(ctx.val(node.input[1], node), (0, 1), node.name)
+        if attr(node, "transB", 0):
+            y = ctx.gather(f"{node.name}.transB", node.name, [y], lambda i: i.T)
+        if alpha <= 0:
+            raise LinearizeError(f"Gemm (node {node.name!r}): alpha must be positive with an "
+                                 f"activation B")
+        N, terms, acc = y.shape[1], [Term(x, y)], x.scale * y.scale * alpha
+    else:
+        wf = w.astype(np.float64) * alpha
+        wf = (wf.T if attr(node, "transB", 0) else wf) * x.colw[:, None]
+        q, sw = quantize_weights(wf, axis=1)
+        N, terms, acc = wf.shape[1], [Term(x, ctx.const(f"{node.name}.W", q, 1.0))], x.scale * sw
+    shape = (x.shape[0], N)
+    top = ctx.range_of(node.output[0]).absmax + abs(beta) * ctx.range_of(node.input[2]).absmax
+    ab = ctx.new(f"{node.output[0]}.ab", shape, (0, 1), max(top, 1e-8) / INT8_MAX)
+    ctx.kernel(f"{node.name or 'Gemm'}.ab", node.name, terms, ab, acc)
+    c = ctx.val(node.input[2], node)
+    if tuple(c.shape) != shape:
+        c = ctx.gather(f"{c.name}.bcast", node.name, [c], lambda i: np.broadcast_to(
+            i.reshape((1,) * (2 - i.ndim) + i.shape), shape), (0, 1))
+    else:
+        c = ctx.relayout(c, (0, 1), node.name)
+    emit_sum(ctx, node, [(ab, np.ones(N)), (c, np.full(N, float(beta)))], node.output[0],
+             shape, (0, 1))
 
 
 def _gemm_activations(ctx, node, x, alpha, beta, bias):

@@ -124,14 +124,28 @@ def pad(ctx, node):
     pads = ctx.constant(node.input[1], node, "pads").tolist() if len(node.input) > 1 \
         else attr(node, "pads")
     value = ctx.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else 0.0
-    if mode == "constant" and value:
-        raise LinearizeError(f"Pad (node {node.name!r}): constant padding with {value} "
-                             f"(only zero)")
     if len(node.input) > 3 and node.input[3]:
         raise LinearizeError(f"Pad (node {node.name!r}): the axes input is not supported")
     x = ctx.val(node.input[0], node)
     rank = len(x.shape)
     width = [(pads[d], pads[d + rank]) for d in range(rank)]
+    if mode == "constant" and value:
+        # The pad value is one more int8 element the gather copies: the input and the value
+        # at the output's scale (the input requantized to it when they differ).
+        s_out = ctx.scale_of(node.output[0])
+        if abs(value) > INT8_MAX * s_out * (1 + 1e-6):
+            s_out = abs(value) / INT8_MAX
+        if x.colscale is not None or not np.isclose(x.scale, s_out, rtol=1e-9, atol=0):
+            xs = ctx.new(f"{node.output[0]}.in", x.shape, x.perm, s_out)
+            ctx.kernel(f"{node.name or 'Pad'}.requant", node.name,
+                       [Term(x, ctx.diag(x.cols, 1))], xs, x.scale * x.colw,
+                       role="linearization")
+            x = xs
+        q = int(np.clip(np.round(value / s_out), -INT8_MAX, INT8_MAX))
+        cst = ctx.const(f"pad{q}", np.full((1, 1), q), s_out)
+        _move(ctx, node, lambda i, c: np.pad(i, width, constant_values=c[0, 0]),
+              srcs=[x, cst], perm=x.perm)
+        return
     if mode == "constant":
         fn = lambda i: np.pad(i, width, constant_values=FILL_ZERO)  # noqa: E731
     else:                       # reflect / edge / wrap: a gather like any other

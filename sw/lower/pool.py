@@ -7,6 +7,8 @@ relu.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from neuralmatrix.hw.arith import INT8_MAX
@@ -70,14 +72,15 @@ def global_average_pool(ctx, node):
     ctx.vals[node.output[0]] = out
 
 
-def _windows(ctx, node, x: Tensor, fill):
-    """The shifted views of a pooling window (one gather stacks them): ``(views, out_shape,
-    has_pad, window size)``."""
+def _geometry(ctx, node, x: Tensor):
+    """Window geometry of a pooling node: ``(ks, strides, dil, pads, out_sp, extra)``, pads
+    as ONNX lists them (all begins, then all ends), ``extra`` the ceil-mode overhang past the
+    end padding per spatial axis."""
     rank = len(x.shape)
     sp = rank - 2
-    if sp not in (1, 2):
-        raise LinearizeError(f"{node.op_type} (node {node.name!r}): only 1-D and 2-D pooling, "
-                             f"input has rank {rank}")
+    if sp not in (1, 2, 3):
+        raise LinearizeError(f"{node.op_type} (node {node.name!r}): only 1-D, 2-D and 3-D "
+                             f"pooling, input has rank {rank}")
     ks = list(attr(node, "kernel_shape"))
     strides = list(attr(node, "strides", [1] * sp))
     dil = list(attr(node, "dilations", [1] * sp))
@@ -86,52 +89,81 @@ def _windows(ctx, node, x: Tensor, fill):
     auto = attr(node, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     in_sp = list(x.shape[2:])
-    if auto != "NOTSET":
-        raise LinearizeError(f"{node.op_type} (node {node.name!r}): auto_pad={auto} is not "
-                             f"supported; use explicit pads")
-    out_sp = []
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * sp)
+        for d in range(sp):
+            o = -(-in_sp[d] // strides[d])
+            total = max(0, (o - 1) * strides[d] + (ks[d] - 1) * dil[d] + 1 - in_sp[d])
+            small = total // 2
+            pads[d], pads[d + sp] = (small, total - small) if auto == "SAME_UPPER" else \
+                (total - small, small)
+    elif auto == "VALID":
+        pads = [0] * (2 * sp)
+    elif auto != "NOTSET":
+        raise LinearizeError(f"{node.op_type} (node {node.name!r}): unknown auto_pad {auto!r}")
+    out_sp, extra = [], []
     for d in range(sp):
         span = in_sp[d] + pads[d] + pads[d + sp] - dil[d] * (ks[d] - 1) - 1
         o = (-(-span // strides[d]) if ceil else span // strides[d]) + 1
         if ceil and (o - 1) * strides[d] >= in_sp[d] + pads[d]:
             o -= 1
         out_sp.append(o)
-    if sp == 1:
-        ks, strides, dil, in_sp, out_sp = [1] + ks, [1] + strides, [1] + dil, [1] + in_sp, [1] + out_sp
-        pads = [0, pads[0], 0, pads[1]]
-    C = x.shape[1]
-    H, W = in_sp
-    Ho, Wo = out_sp
-    kh, kw = ks
-    extra_h = max(0, (Ho - 1) * strides[0] + (kh - 1) * dil[0] + 1 - (H + pads[0] + pads[2]))
-    extra_w = max(0, (Wo - 1) * strides[1] + (kw - 1) * dil[1] + 1 - (W + pads[1] + pads[3]))
+        extra.append(max(0, (o - 1) * strides[d] + (ks[d] - 1) * dil[d] + 1
+                         - (in_sp[d] + pads[d] + pads[d + sp])))
+    return ks, strides, dil, pads, out_sp, extra
 
-    nb = x.shape[0]
+
+def _windows(ctx, node, x: Tensor, fill, order=None):
+    """The shifted views of a pooling window (one gather stacks them, output positions in
+    *order* when given): ``(views, out_shape, has_pad, window size)``."""
+    rank = len(x.shape)
+    sp = rank - 2
+    ks, strides, dil, pads, out_sp, extra = _geometry(ctx, node, x)
+    C, nb, in_sp = x.shape[1], x.shape[0], list(x.shape[2:])
+    taps = list(itertools.product(*[range(k) for k in ks]))
+    px = nb * prod(out_sp)
 
     def stack(i):
-        i = i.reshape(nb, C, H, W)
-        width = ((0, 0), (0, 0), (pads[0], pads[2] + extra_h), (pads[1], pads[3] + extra_w))
+        i = i.reshape(nb, C, *in_sp)
+        width = ((0, 0), (0, 0)) + tuple((pads[d], pads[d + sp] + extra[d]) for d in range(sp))
         if fill == "edge":
             p = np.pad(i, width, mode="edge")
         else:
             p = np.pad(i, width, constant_values=fill)
         views = []
-        for ky in range(kh):
-            for kx in range(kw):
-                ys = np.arange(Ho) * strides[0] + ky * dil[0]
-                xs = np.arange(Wo) * strides[1] + kx * dil[1]
-                v = p[:, :, ys][:, :, :, xs]
-                views.append(np.transpose(v, (0, 2, 3, 1)).reshape(nb * Ho * Wo, C))
+        for tap in taps:
+            v = p
+            for d in range(sp):
+                v = np.take(v, np.arange(out_sp[d]) * strides[d] + tap[d] * dil[d], axis=2 + d)
+            v = np.moveaxis(v, 1, -1).reshape(px, C)
+            views.append(v if order is None else v[order])
         return np.concatenate(views, axis=0)
 
     x = ctx.relayout(x, channels_last(rank), node.name)
     st = ctx.gather(f"{node.name}.windows", node.name, [x], stack)
-    n = kh * kw
-    px = nb * Ho * Wo
-    views = [ctx.view(st, t * px, px) for t in range(n)]
-    out_shape = (nb, C) + ((Wo,) if sp == 1 else (Ho, Wo))
-    has_pad = any(pads) or extra_h or extra_w
-    return views, out_shape, has_pad, n
+    views = [ctx.view(st, t * px, px) for t in range(len(taps))]
+    out_shape = (nb, C) + tuple(out_sp)
+    has_pad = any(pads) or any(extra)
+    return views, out_shape, has_pad, len(taps)
+
+
+def _counts(ctx, node, x: Tensor, include_pad: bool) -> np.ndarray:
+    """Per output position (flattened, batch first), how many window taps an AveragePool
+    divides by: the taps inside the input (``count_include_pad=0``) or inside the input and
+    its explicit padding (``1``; the ceil-mode overhang never counts)."""
+    sp = len(x.shape) - 2
+    ks, strides, dil, pads, out_sp, _ = _geometry(ctx, node, x)
+    in_sp = list(x.shape[2:])
+    per_axis = []
+    for d in range(sp):
+        lo, hi = (-pads[d], in_sp[d] + pads[d + sp]) if include_pad else (0, in_sp[d])
+        pos = (np.arange(out_sp[d])[:, None] * strides[d] - pads[d]
+               + np.arange(ks[d])[None, :] * dil[d])
+        per_axis.append(((pos >= lo) & (pos < hi)).sum(axis=1))
+    cnt = per_axis[0]
+    for c in per_axis[1:]:
+        cnt = np.multiply.outer(cnt, c)
+    return np.tile(cnt.reshape(-1), x.shape[0])
 
 
 @rule("MaxPool")
@@ -181,17 +213,84 @@ def max_pool(ctx, node):
 
 @rule("AveragePool")
 def average_pool(ctx, node):
-    """AveragePool: one kernel summing the shifted window views."""
+    """AveragePool: one kernel summing the shifted window views, requantized by the window
+    size. Where the divisor varies with the position (``count_include_pad=0`` with padding,
+    ceil-mode windows past the end), the gather orders the output positions by divisor and
+    each group of one divisor is a kernel of its own requantization; a second gather puts
+    the positions back in order. A single window over the whole input of one image (no
+    padding) is global pooling: a ones row times the rows."""
     x = ctx.val(node.input[0], node)
-    views, out_shape, has_pad, n = _windows(ctx, node, x, FILL_ZERO)
-    if has_pad and not attr(node, "count_include_pad", 0):
-        raise LinearizeError(f"AveragePool (node {node.name!r}): padding with "
-                             f"count_include_pad=0 (a per-pixel divisor) is not supported")
+    sp = x.shape[2:]
+    if x.shape[0] == 1 and len(sp) == 2 and list(attr(node, "kernel_shape")) == list(sp) \
+            and not any(attr(node, "pads", [0] * 4)) and not attr(node, "ceil_mode", 0) \
+            and all(d == 1 for d in attr(node, "dilations", [1, 1])) \
+            and attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
+        global_average_pool(ctx, node)      # one window over the whole image: a ones row
+        return
+    cnt = _counts(ctx, node, x, bool(attr(node, "count_include_pad", 0)))
     C = x.shape[1]
-    out = ctx.new(node.output[0], out_shape, channels_last(len(out_shape)),
-                  ctx.scale_of(node.output[0]))
-    ctx.kernel(node.name or node.op_type, node.name,
-               [Term(v, ctx.diag(C, 1)) for v in views], out, x.scale / n,
-               role="linearization")
-    ctx.vals[node.output[0]] = out
+    if np.all(cnt == cnt[0]):
+        views, out_shape, _, n = _windows(ctx, node, x, FILL_ZERO)
+        out = ctx.new(node.output[0], out_shape, channels_last(len(out_shape)),
+                      ctx.scale_of(node.output[0]))
+        ctx.kernel(node.name or node.op_type, node.name,
+                   [Term(v, ctx.diag(C, 1)) for v in views], out, x.scale / int(cnt[0]),
+                   role="linearization")
+        ctx.vals[node.output[0]] = out
+        return
+    order = np.argsort(-cnt, kind="stable")
+    views, out_shape, _, _ = _windows(ctx, node, x, FILL_ZERO, order)
+    scale = ctx.scale_of(node.output[0])
+    grouped = Tensor(ctx.uniq(f"{node.output[0]}.bycount"), len(order), C, scale)
+    sorted_cnt = cnt[order]
+    starts = np.flatnonzero(np.r_[True, sorted_cnt[1:] != sorted_cnt[:-1]])
+    for r0, r1 in zip(starts, list(starts[1:]) + [len(order)]):
+        n = int(sorted_cnt[r0])
+        ctx.kernel(f"{node.name or node.op_type}.div{n}", node.name,
+                   [Term(ctx.view(v, int(r0), int(r1 - r0)), ctx.diag(C, 1)) for v in views],
+                   ctx.view(grouped, int(r0), int(r1 - r0)), x.scale / n,
+                   role="linearization")
+    inverse = np.argsort(order)
+    nb = out_shape[0]
+    sp_out = out_shape[2:]
+    ctx.vals[node.output[0]] = ctx.gather(
+        node.output[0], node.name, [grouped],
+        lambda g: np.moveaxis(g[inverse].reshape((nb,) + tuple(sp_out) + (C,)), -1, 1),
+        perm=channels_last(len(out_shape)))
 
+
+@rule("LRN")
+def lrn(ctx, node):
+    """LRN, ``y = x / (bias + alpha/size * sum_window x^2)^beta`` over a window of channels:
+    a PWL square of ``x``, the window sums as one GEMM with a band matrix over the channels
+    carrying the PWL ``(bias + alpha/size * s)^-beta``, then the product with ``x``. The
+    intermediate ranges follow from ``x``'s calibrated magnitude ``X``: squares in
+    ``[0, X^2]``, window sums in ``[0, size X^2]``."""
+    from .elementwise import _product
+
+    x = ctx.val(node.input[0], node)
+    if len(x.shape) < 3:
+        raise LinearizeError(f"LRN (node {node.name!r}): input of rank {len(x.shape)}, "
+                             f"need (N, C, spatial...)")
+    size = int(attr(node, "size"))
+    alpha, beta = float(attr(node, "alpha", 1e-4)), float(attr(node, "beta", 0.75))
+    bias = float(attr(node, "bias", 1.0))
+    if bias <= 0:
+        raise LinearizeError(f"LRN (node {node.name!r}): bias {bias:g} must be positive")
+    x = ctx.relayout(x, channels_last(len(x.shape)), node.name)
+    C, shape = x.shape[1], tuple(x.shape)
+    X = max(ctx.range_of(node.input[0]).absmax, 1e-12)
+    sq = ctx.new(f"{node.output[0]}.sq", shape, x.perm, X * X / INT8_MAX)
+    ctx.kernel(f"{node.name or 'LRN'}.square", node.name, [Term(x, ctx.diag(C, 1))], sq,
+               x.scale, func=lambda v: np.asarray(v, dtype=np.float64) ** 2, pre=(-X, X),
+               role="linearization", kind="square")
+    c = np.arange(C)
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    band = ((c[:, None] >= c[None, :] - lo) & (c[:, None] <= c[None, :] + hi)).astype(np.int64)
+    top = bias ** -beta
+    d = ctx.new(f"{node.output[0]}.scale", shape, x.perm, top / INT8_MAX)
+    ctx.kernel(f"{node.name or 'LRN'}.window", node.name,
+               [Term(sq, ctx.const(f"lrn_band{C}x{size}", band, 1.0))], d, sq.scale,
+               func=lambda s: (bias + alpha / size * np.maximum(np.asarray(s, np.float64), 0))
+               ** -beta, pre=(0.0, size * X * X), role="linearization", kind="lrn")
+    _product(ctx, node, x, d, shape, absmax=(X, top))
