@@ -132,7 +132,7 @@ def conv(ctx, node):
     if s_bn is not None:
         wf = wf * s_bn[:, None]
         bf = bf * s_bn + t_bn
-    q, sw = quantize_weights(wf, axis=0, sum_group=kh * kw)
+    q, sw = quantize_weights(wf, axis=0, sum_group=len(taps))
     cout_g = cout // group
     B = np.zeros((cin * len(taps), cout), dtype=np.int64)
     kg = cin_g * len(taps)
