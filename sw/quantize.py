@@ -19,7 +19,11 @@ import onnx
 
 from neuralmatrix.hw.arith import INT8_MAX, MAX_SHIFT, MULT_BITS
 
-__all__ = ["METHODS", "Range", "calibrate", "layer_norm_parts", "threshold", "quantize_weights", "requant_params",
+#: Largest int32 bias magnitude a weight scale is chosen for (:func:`bias_floor`): half the
+#: int32 range, the other half is headroom for the products.
+BIAS_LIMIT = 2 ** 30
+
+__all__ = ["METHODS", "BIAS_LIMIT", "bias_floor", "Range", "calibrate", "layer_norm_parts", "threshold", "quantize_weights", "requant_params",
            "bias_int32", "double_precision_ops"]
 
 METHODS = ("max", "percentile", "mse")
@@ -35,6 +39,7 @@ class Range:
     colmax: np.ndarray | None = None     # largest magnitude per index of the last axis
     rowmax: np.ndarray | None = None     # largest magnitude per index of the next-to-last axis
     rowmin: np.ndarray | None = None     # smallest magnitude per index of the next-to-last axis
+    chanmean: np.ndarray | None = None   # mean per index of axis 1 (NCHW channels, features)
 
     @property
     def absmax(self) -> float:
@@ -92,6 +97,7 @@ class _Stats:
         self.seen: dict[str, list[np.ndarray]] = {}
         self.cols: dict[str, np.ndarray] = {}
         self.rows: dict[str, list[np.ndarray]] = {}
+        self.sums: dict[str, list] = {}             # per axis-1 index: [sum, count]
 
     def add(self, chunk: list[dict[str, np.ndarray]]) -> None:
         """Fold in the tensors of *chunk* (one dict per feed, the same tensors in each)."""
@@ -125,6 +131,13 @@ class _Stats:
                             else flat[self.rng.integers(0, flat.size, take)])
         if v.ndim < 2:                              # a scalar per feed: no columns or rows
             return
+        if v.ndim >= 3:                             # axis 1 of the tensor is axis 2 of v
+            c = np.moveaxis(v, 2, 0).reshape(v.shape[2], -1)
+            prev = self.sums.get(k)
+            if prev is None or prev[0].shape != (c.shape[0],):
+                prev = self.sums[k] = [np.zeros(c.shape[0]), 0]
+            prev[0] += c.sum(axis=1, dtype=np.float64)
+            prev[1] += c.shape[1]
         m = np.abs(v).reshape(-1, v.shape[-1])
         cm = m.max(axis=0).astype(np.float64)
         prev = self.cols.get(k)
@@ -142,8 +155,10 @@ class _Stats:
         for k, vs in self.seen.items():
             v = np.concatenate(vs).astype(np.float64) if vs else np.zeros(0)
             sample = v if v.size <= max_sample else self.rng.choice(v, max_sample, replace=False)
+            sums = self.sums.get(k)
             out[k] = Range(self.low.get(k, 0.0), self.high.get(k, 0.0), sample, self.cols.get(k),
-                           *self.rows.get(k, (None, None)))
+                           *self.rows.get(k, (None, None)),
+                           None if sums is None else sums[0] / max(sums[1], 1))
         return out
 
 
@@ -314,8 +329,18 @@ def threshold(r: Range, method: str = "max") -> float:
     return best
 
 
-def quantize_weights(w: np.ndarray, axis: int | None = -1) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weights(w: np.ndarray, axis: int | None = -1, sum_group: int = 1,
+                     min_scale=None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 weights, one scale per index of *axis* (``None``: one scale).
+
+    *min_scale* (per index of *axis*) is a floor of the scales: a channel whose bias is huge
+    against its weights (a BatchNorm channel of variance 0, weights decayed to ~1e-9) gets
+    a scale whose accumulator unit still holds the bias in int32 (its tiny weights round
+    to 0 and its output is the constant bias, as in float).
+
+    With *sum_group* > 1 (2-D *w*), every run of *sum_group* consecutive weights of one
+    output channel (a convolution's kernel window of one input channel) keeps the rounded
+    sum of its real values (:func:`_sum_preserving_round`).
 
     Returns ``(q, scale)`` with ``w ~ q * scale`` (``scale`` broadcast along *axis*).
     """
@@ -328,10 +353,36 @@ def quantize_weights(w: np.ndarray, axis: int | None = -1) -> tuple[np.ndarray, 
     other = tuple(i for i in range(w.ndim) if i != axis)
     top = np.max(np.abs(w), axis=other) if w.size else np.zeros(w.shape[axis])
     scale = np.where(top > 0, top / INT8_MAX, 1.0)
+    if min_scale is not None:
+        scale = np.maximum(scale, np.broadcast_to(np.asarray(min_scale, np.float64), scale.shape))
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return q, scale
+    exact = w / scale.reshape(shape)
+    if sum_group > 1 and w.ndim == 2 and w.shape[1 - axis] % sum_group == 0:
+        q = _sum_preserving_round(exact if axis == 0 else exact.T, sum_group)
+        q = q if axis == 0 else q.T
+    else:
+        q = np.round(exact)
+    return np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8), scale
+
+
+def _sum_preserving_round(e: np.ndarray, group: int) -> np.ndarray:
+    """Round the rows of *e* (N x K, K a multiple of *group*) to integers so that every run of
+    *group* consecutive entries sums to the rounded sum of its real values: the entries with
+    the largest rounding residuals move by one step. A convolution's response to an input
+    channel that is constant over the kernel window (flat image regions) is then as exact as
+    one rounding of the sum, instead of the sum of *group* independent rounding errors
+    (an edge detector with large weights summing to ~0 otherwise gives a brightness-
+    proportional offset)."""
+    n, k = e.shape
+    g = e.reshape(n, k // group, group)
+    q = np.round(g)
+    r = g - q
+    d = (np.round(g.sum(axis=2)) - q.sum(axis=2)).astype(np.int64)[..., None]
+    rank_up = np.argsort(np.argsort(-r, axis=2, kind="stable"), axis=2, kind="stable")
+    rank_dn = np.argsort(np.argsort(r, axis=2, kind="stable"), axis=2, kind="stable")
+    q = q + (rank_up < d) - (rank_dn < -d)
+    return q.reshape(n, k)
 
 
 def requant_params(ratio) -> tuple[np.ndarray, np.ndarray]:
@@ -358,6 +409,12 @@ def requant_params(ratio) -> tuple[np.ndarray, np.ndarray]:
     m = np.where(over, np.round(r * np.exp2(s)).astype(np.int64), m)
     mult[pos], shift[pos] = m[pos], s[pos]
     return mult, shift
+
+
+def bias_floor(bias, in_scale) -> np.ndarray:
+    """The smallest weight scale per output channel for which ``bias / (in_scale * scale)``
+    stays within :data:`BIAS_LIMIT` (the *min_scale* of :func:`quantize_weights`)."""
+    return np.abs(np.asarray(bias, dtype=np.float64)) / (float(in_scale) * BIAS_LIMIT)
 
 
 def bias_int32(bias: np.ndarray, acc_scale) -> np.ndarray:

@@ -150,6 +150,30 @@ def test_batchnorm_folds_into_conv():
     assert any("folded" in n for n in comp.compiled.network.notes)
 
 
+def test_conv_channel_of_variance_zero_keeps_its_constant_output():
+    """A BatchNorm channel of running variance 0 (EfficientNet-Lite0 has 130): its conv
+    weights are ~1e-9 and its folded bias (-5 / sqrt(eps) * gamma) is huge against them.
+    The output is the constant bias in float; without a weight-scale floor the bias saturated
+    int32 and the products wrapped the accumulator (garbage instead of the constant)."""
+    C = 4
+    w = _w(C, 2, 3, 3)
+    w[1] = 1e-9 * np.sign(w[1])
+    var = 0.5 + np.abs(_w(C))
+    var[1] = 0.0
+    mean = _w(C)
+    mean[1] = 5.0                                   # folded bias of channel 1: about -158
+    model = make_model(
+        [node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+         node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], epsilon=1e-3)],
+        [("x", [1, 2, 6, 6])], ["y"],
+        [("W", w), ("g", np.ones(C)), ("b", np.zeros(C)), ("m", mean), ("v", var)])
+    worst, comp = steps_off(model, [("x", [1, 2, 6, 6])])
+    assert worst <= 2 * TOL
+    k = comp.compiled.network.kernels[0]
+    assert np.all(np.abs(k.bias) <= 2 ** 30)
+    assert not np.any(k.terms[0].b.data[:, 1])      # its weights round to 0: a constant
+
+
 def test_add_and_mul_of_tensors_and_constants():
     model = make_model([node("Add", ["x", "z"], ["s"]), node("Mul", ["s", "c"], ["t"]),
                         node("Mul", ["t", "z"], ["y"])],

@@ -17,7 +17,7 @@ import numpy as np
 from neuralmatrix.hw.arith import INT8_MAX
 
 from ..ir import FILL_ZERO, Term
-from ..quantize import quantize_weights
+from ..quantize import bias_floor, quantize_weights
 from .context import LinearizeError, attr, channels_last, per_channel, prod
 from .fusion import emit_linear, emit_sum, tail
 from .rules import rule
@@ -132,8 +132,20 @@ def conv(ctx, node):
     if s_bn is not None:
         wf = wf * s_bn[:, None]
         bf = bf * s_bn + t_bn
-    q, sw = quantize_weights(wf, axis=0)
+    q, sw = quantize_weights(wf, axis=0, sum_group=len(taps),
+                             min_scale=bias_floor(bf, x.scale))
     cout_g = cout // group
+    r = ctx.ranges.get(node.input[0])
+    if r is not None and r.chanmean is not None and r.chanmean.size == cin:
+        valid = np.ones(len(taps))                  # share of each tap's reads inside the input
+        for d in range(sp):
+            o = np.arange(out_sp[d]) * strides[d] - pads[d]
+            inside = [np.mean((o + t * dil[d] >= 0) & (o + t * dil[d] < in_sp[d]))
+                      for t in range(ks[d])]
+            valid *= np.array([inside[tap[d]] for tap in taps])
+        mean_cols = (r.chanmean.reshape(group, 1, cin_g, 1) * valid).reshape(group, 1, -1)
+        err = (q * sw[:, None] - wf).reshape(group, cout_g, -1)
+        bf = bf - (err * mean_cols).sum(axis=2).reshape(cout)
     B = np.zeros((cin * len(taps), cout), dtype=np.int64)
     kg = cin_g * len(taps)
     for g in range(group):
@@ -247,7 +259,7 @@ def _linear_const(ctx, node, x, w, bf, shape):
         w = w * s[None, :]
         bf = bf * s + t
     w = w * x.colw[:, None]                     # per-column input scales: weight rows
-    q, sw = quantize_weights(w, axis=1)
+    q, sw = quantize_weights(w, axis=1, min_scale=bias_floor(bf, x.scale))
     wt = ctx.const(f"{node.name}.W", q, 1.0)
     emit_linear(ctx, node, [Term(x, wt)], x.scale * sw, bf, out_name, shape,
                 tuple(range(len(shape))))
@@ -264,7 +276,7 @@ def linear_grouped(ctx, node, name, w, bf):
     if s is not None:
         w = w * s[None, :]
         bf = bf * s + t_
-    q, sw = quantize_weights(w * s_row[:, None], axis=1)
+    q, sw = quantize_weights(w * s_row[:, None], axis=1, min_scale=bias_floor(bf, 1.0))
     terms = [Term(t, ctx.const(f"{node.name}.W.{i}", q[idx], 1.0))
              for i, (idx, t) in enumerate(groups)]
     out_shape = tuple(shape[:-1]) + (w.shape[1],)

@@ -132,24 +132,16 @@ def dead_channels(weights: dict | None = None) -> dict[str, np.ndarray]:
     return out
 
 
-def build_onnx(weights: dict | None = None, *, batch: int = 1, image_size: int = IMAGE_SIZE,
-               zero_dead_channels: bool = True) -> onnx.ModelProto:
-    """The ONNX graph (opset 17) with the state dict's weights as initializers.
+def build_onnx(weights: dict | None = None, *, batch: int = 1,
+               image_size: int = IMAGE_SIZE) -> onnx.ModelProto:
+    """The ONNX graph (opset 17) with the state dict's weights as initializers, unchanged.
 
-    With *zero_dead_channels* (the default) the conv weights of :func:`dead_channels` are
-    set to exactly 0 (they are below 2.2e-6; the logits move by less than 1e-5, checked
-    against torch). Reason: the compiler quantizes such a channel's weights with a scale
-    of ~1e-9, the folded BatchNorm bias (-1 to -7) then overflows the int32 accumulator
-    scale and saturates at -2**31, and the channel's products wrap the accumulator around to
-    large positive values: garbage instead of the constant 0, in every block.
+    The :func:`dead_channels` keep their raw weights (up to 2.2e-6): the compiler floors a
+    channel's weight scale so that its folded bias fits the int32 accumulator
+    (:func:`neuralmatrix.sw.quantize.bias_floor`), so such a channel's weights round to 0
+    and its output is the constant folded bias, as in float.
     """
     w = load_weights() if weights is None else weights
-    if zero_dead_channels:
-        w = dict(w)
-        for conv, chans in dead_channels(w).items():
-            wt = np.array(w[f"{conv}.weight"], np.float32)
-            wt[chans] = 0.0
-            w[f"{conv}.weight"] = wt
     nodes, inits, used = [], [], set()
 
     def init(name):
