@@ -242,7 +242,9 @@ class SystolicArray(wiring.Component):
             chain_b = [Signal(name=f"skew_bank_{i}_{d}", reset_less=True) for d in range(i + 1)]
             with m.If(en_pe):
                 m.d.sync += [
-                    chain_a[0].eq(Mux(a_take, self.acts.payload.data[R - 1 - i], 0)),
+                    # Not zeroed between beats: a slot without a beat is never valid at
+                    # the output, and every slot's sum starts from 0 at row 0.
+                    chain_a[0].eq(self.acts.payload.data[R - 1 - i]),
                     chain_b[0].eq(abank),
                 ]
                 for d in range(1, i + 1):

@@ -478,6 +478,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m neuralmatrix.sw.a
 
     _conformance_arguments(p)
     args = p.parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     console = Console()
     limits = _limit_threads()
     out = {}

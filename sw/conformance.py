@@ -279,6 +279,47 @@ def reason_key(message: str) -> str:
     return text[:200]
 
 
+#: Why a case does not pass, by its error or failure category: ``(pattern on the message,
+#: explanation)``, first match wins (:func:`explain`).
+EXPLANATIONS: tuple[tuple[str, str], ...] = (
+    (r"shape inference failed", "ONNX shape inference rejects the (converted) model; the "
+     "frontend needs its static shapes"),
+    (r"constant-only operator left after folding", "shape arithmetic left at run time (If / "
+     "Range on shapes not folded): a dynamic-shape graph"),
+    (r"graph output .* is a constant or was not computed", "an output the lowered graph does "
+     "not compute (training-mode statistics of BatchNormalization)"),
+    (r"no elements", "an op over an empty tensor (its result a constant)"),
+    (r"not finite on the calibration", "infinite values (a -inf mask) in the graph"),
+    (r"is not a tensor", "optional or sequence type"),
+    (r"distinct exponents", "per-element exponents (one PWL table per exponent)"),
+    (r"must be (a )?constant", "a run-time operand that the lowering needs constant"),
+    (r"has no lowering", "no lowering rule"),
+    (r"opset conversion", "onnx.version_converter cannot convert the case"),
+)
+#: A failure within this many times the tolerance is explained as rounding (:func:`explain`).
+NEAR_TOLERANCE = 2.0
+
+
+def explain(row: dict, tol_lsb: float) -> str:
+    """The explanation of a non-pass row, from its category (never from the case name):
+    compile errors and crashes by :data:`EXPLANATIONS`; failures by their size, within
+    :data:`NEAR_TOLERANCE` times the tolerance ``int8/PWL rounding accumulated over a chain
+    of ops``, beyond it ``int8 resolution: the output depends on input differences below
+    the input's int8 step``."""
+    if row["status"] == "fail":
+        err = row.get("err_lsb")
+        if err is not None and err <= NEAR_TOLERANCE * tol_lsb:
+            return (f"int8/PWL rounding accumulated over a chain of ops ({err:.1f} steps, "
+                    f"tolerance {tol_lsb:g})")
+        return ("int8 resolution: the output depends on input differences below the input's "
+                f"int8 step ({'?' if err is None else f'{err:.0f}'} steps)")
+    text = f"{row.get('reason', '')} {row.get('detail', '')}"
+    for pattern, why in EXPLANATIONS:
+        if re.search(pattern, text):
+            return why
+    return row.get("reason", "")
+
+
 def run_case(case, config: HwConfig | None = None, by_name: dict | None = None,
              tol_lsb: float | None = None) -> dict:
     """Run one node case through the compiler; one row of the table.
@@ -394,6 +435,12 @@ def conformance(config: HwConfig | None = None, names: list[str] | None = None,
 
 
 def summarize(rows: list[dict], tol_lsb: float, config: HwConfig) -> dict:
+    for r in rows:
+        if r["status"] in ("fail", "compile error", "crash"):
+            r["explanation"] = explain(r, tol_lsb)
+            if r["status"] == "fail":
+                r["reason"] = "numbers outside the int8 tolerance: " + re.sub(
+                    r" \(\d[^)]*\)$", "", r["explanation"])
     counts = Counter(r["status"] for r in rows)
     ops: dict[str, dict] = {}
     for r in rows:
@@ -411,7 +458,8 @@ def summarize(rows: list[dict], tol_lsb: float, config: HwConfig) -> dict:
         if r["status"] in ("fail", "compile error", "crash"):
             key = f"{r['status']}: {r['reason']}"
             f = failures.setdefault(key, {"count": 0, "example": r["case"],
-                                          "message": r.get("detail", ""), "cases": []})
+                                          "message": r.get("detail", ""), "cases": [],
+                                          "explanation": r["explanation"]})
             f["count"] += 1
             f["cases"].append(r["case"])
     float_cases = sum(counts[s] for s in STATUSES if s != "skipped")
@@ -449,24 +497,50 @@ def _header(r: dict) -> str:
             f"{c['compile error']}, crash {c['crash']}; skipped {c['skipped']}")
 
 
-def to_markdown(r: dict) -> str:
-    """The per-op table, the failure reasons and the skip counts as Markdown."""
-    lines = [f"ONNX node test cases on the golden model ({r['config']}); calibration "
-             f"{r['calibration']}; tolerance {r['tolerance']}.", "", _header(r) + ".", "",
-             "| op | cases | pass | fail | compile error | crash | skipped | reasons (non-pass) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+def _cell(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def to_markdown(r: dict, command: str | None = None) -> str:
+    """The per-op table, the failures with their explanations (:func:`explain`), every
+    non-pass case with its reason, and the skip counts as Markdown; *command* (the one that
+    produced it) heads the file."""
+    c, pct = r["counts"], "n/a" if r["pass_pct"] is None else f"{r['pass_pct']:.1f}%"
+    lines = ["# ONNX node test cases on the golden model", ""]
+    if command:
+        lines += ["Generated by", "", "```sh", command, "```", ""]
+    lines += [f"Config {r['config']}; calibration {r['calibration']}; tolerance "
+              f"{r['tolerance']}. The harness and its rules: `sw/conformance.py`.", "",
+              "## Summary", "", _header(r) + ".", "",
+              "| float32 cases of supported ops | pass | fail | compile error | crash |",
+              "|---:|---:|---:|---:|---:|",
+              f"| {r['float_cases']} | {c['pass']} ({pct}) | {c['fail']} | "
+              f"{c['compile error']} | {c['crash']} |", "",
+              "## Per op", "",
+              "| op | cases | pass | fail | compile error | crash | skipped | why (non-pass, "
+              "from the category) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for op, o in r["ops"].items():
         if o["cases"] == o["skipped"]:
             continue
-        reasons = "; ".join(f"{k} ({n})" for k, n in o["reasons"].items())
+        why = Counter(re.sub(r" \(\d[^)]*\)$", "", row["explanation"]) for row in r["rows"]
+                      if row["op"] == op and "explanation" in row)
         lines.append(f"| {op} | {o['cases']} | {o['pass']} | {o['fail']} | "
                      f"{o['compile error']} | {o['crash']} | {o['skipped']} | "
-                     f"{reasons.replace('|', '/')} |")
+                     f"{_cell('; '.join(f'{k} ({n})' for k, n in why.most_common()))} |")
     if r["failures"]:
-        lines += ["", "| failure | cases | example | message |", "|---|---:|---|---|"]
+        lines += ["", "## Failures by category", "",
+                  "| failure | cases | why | example | message |", "|---|---:|---|---|---|"]
         for key, f in r["failures"].items():
-            lines.append(f"| {key.replace('|', '/')} | {f['count']} | {f['example']} | "
-                         f"{f['message'].replace('|', '/')} |")
+            lines.append(f"| {_cell(key)} | {f['count']} | {_cell(f['explanation'])} | "
+                         f"{f['example']} | {_cell(f['message'])} |")
+        lines += ["", "## Every non-pass case", "",
+                  "| case | op | status | error (steps) | reason |", "|---|---|---|---:|---|"]
+        for row in r["rows"]:
+            if "explanation" in row:
+                err = "" if row.get("err_lsb") is None else f"{row['err_lsb']:.2f}"
+                lines.append(f"| {row['case']} | {row['op']} | {row['status']} | {err} | "
+                             f"{_cell(row['explanation'])} |")
+    lines += [""]
     lines += ["", "Skipped: " + ", ".join(f"{k} {n}" for k, n in r["skipped"].items()) + "."]
     blocking = Counter()
     for row in r["rows"]:
@@ -529,7 +603,9 @@ def run_cli(args, console) -> dict:
     r = conformance(config, names=args.case, pattern=args.match)
     print_table(r, console, cases=args.cases)
     if args.markdown:
-        Path(args.markdown).write_text(to_markdown(r))
+        argv = sys.argv[1:] if args.argv is None else args.argv
+        command = "python -m neuralmatrix.sw.accuracy " + " ".join(argv)
+        Path(args.markdown).write_text(to_markdown(r, command))
         console.print(f"wrote {args.markdown}")
     return r
 

@@ -120,7 +120,7 @@ def test_supported_ops_are_the_rule_table():
     # away or that masks.find_masks lowers whole.
     assert SUPPORTED_OPS <= frontend.SUPPORTED_OPS
     assert frontend.SUPPORTED_OPS - SUPPORTED_OPS == {
-        "Shape", "Constant", "ConstantOfShape", "Equal", "Where", "And", "Or", "Not", "GatherND"}
+        "Shape", "Constant", "ConstantOfShape", "Equal", "And", "Or", "Not"}
 
 
 # -- compile_model: calibration and code generation ---------------------------------------------
