@@ -186,7 +186,7 @@ class SystolicArray(wiring.Component):
                     m.d.sync += buf[k].eq(stage)
         # The beat of the next cycle (one at most) must find room.
         go = count_next + 1 <= OUT_BUFFER
-        m.d.sync += [en.eq(go), en_pe.eq(go | ResetSignal())]
+        m.d.sync += [en.eq(go), en_pe.eq(go | ResetSignal(allow_reset_less=True))]
 
     # -- weight-stationary -------------------------------------------------------------------
 

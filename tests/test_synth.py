@@ -310,12 +310,13 @@ def test_merge_keeps_one_module_per_kind_of_pe():
 
     text = generate_verilog(HwConfig(rows=4, cols=4), "array")
     merged, counts = merge_identical_modules(text)
-    # Top + 16 PEs; the ws PEs come in 8 kinds (row 0 but its last PE, the last column, the
-    # first column, the last row, the corners, the interior: pe_1_1, pe_1_2, pe_2_1, pe_2_2).
-    assert sum(counts.values()) == 17 and len(counts) == 9
-    assert counts["\\nm_array.pe_1_1"] == 4 and counts["\\nm_array.pe_0_0"] == 3
+    # Top + 16 PEs; the ws PEs come in 9 kinds (the corner PE (0, 0) that also takes the
+    # registered enable's datapath copy first, the rest of row 0 but its last PE, the last
+    # column, the first column, the last row, the other corners, the interior).
+    assert sum(counts.values()) == 17 and len(counts) == 10
+    assert counts["\\nm_array.pe_1_1"] == 4 and counts["\\nm_array.pe_0_0"] == 1
     assert counts["nm_array"] == 1
-    assert merged.count("\nmodule ") == 9
+    assert merged.count("\nmodule ") == 10
     assert "module \\nm_array.pe_2_2 " not in merged
     # Every instance names a module that is still there.
     assert merged.count("\\nm_array.pe_1_1  pe_") == 4
@@ -339,7 +340,7 @@ def test_xilinx_counts_are_labelled_synthesis_only(xilinx_4x4_os):
     assert r.fmax_mhz is None and r.capacity == {} and r.utilization == {}
     assert r.resources["DSP"] == 16 == r.cells["DSP48E1"]      # one DSP48E1 per PE
     assert r.resources["LUT"] > 16 and r.resources["FF"] > 16 * 16
-    assert r.modules == {"generated": 17, "synthesized": 7}
+    assert r.modules == {"generated": 17, "synthesized": 10}
     assert "nextpnr" not in r.seconds and r.device == "xc7"
     data = r.as_dict()
     assert data["flow"] == "synthesis only, no timing" and data["freq_mhz"] is None
